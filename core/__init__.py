@@ -1,0 +1,58 @@
+"""privateshare: the digi.me Private Share flow, end to end, into your storage."""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from .errors import (
+    AuthorizationRequired,
+    ConfigError,
+    DigimeError,
+    FileDecryptionError,
+    KeyStoreError,
+    PluginError,
+    PrivateShareError,
+    SDKInvalidError,
+    ServerError,
+    SinkError,
+    TokenStoreError,
+    TransportError,
+    UnsafeFileNameError,
+    ValidationError,
+)
+from .framework import PrivateShare, load, loads
+from .hookspecs import hookimpl
+from .keys import KeyHandle
+from .plugin import Plugin, PluginContext
+from .secrets import Secret
+
+try:
+    __version__ = version("privateshare")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0.0.0"
+
+__all__ = [
+    "AuthorizationRequired",
+    "ConfigError",
+    "DigimeError",
+    "FileDecryptionError",
+    "KeyHandle",
+    "KeyStoreError",
+    "Plugin",
+    "PluginContext",
+    "PluginError",
+    "PrivateShare",
+    "PrivateShareError",
+    "SDKInvalidError",
+    "Secret",
+    "ServerError",
+    "SinkError",
+    "TokenStoreError",
+    "TransportError",
+    "UnsafeFileNameError",
+    "ValidationError",
+    "__version__",
+    "hookimpl",
+    "load",
+    "loads",
+]

@@ -1,0 +1,5 @@
+"""``python -m privateshare``."""
+
+from .cli import main
+
+main(prog_name="privateshare")

@@ -1,0 +1,442 @@
+"""The TOML configuration, decoded into msgspec Structs with errors that say where.
+
+The core tables (``[digime]``, ``[pull]``, ``[plugins]``) are decoded here. Each
+plugin table (``[keys]``, ``[tokens]``, ``[transport]``, ``[decryption]``,
+``[sinks.<name>]``) only has its ``type`` read here; the rest is decoded into
+that plugin's own ``Options`` Struct once the plugin is found
+(:mod:`privateshare.plugins`), with the same error format.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import tomllib
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+from .errors import ConfigError
+from .secrets import Secret
+
+DEFAULT_CONFIG = "privateshare.toml"
+
+
+class DigimeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """``[digime]``: who we are to digi.me and where its API is."""
+
+    application_id: str
+    contract_id: str
+    base_url: str = "https://api.digi.me/v1.7/"
+    onboard_url: str = "https://api.digi.me/apps/saas/"
+    #: Where the consent page sends the user back; must be on the contract's allow-list.
+    redirect_uri: str = "http://127.0.0.1:8765/callback"
+    #: Protocol profile: PROTOCOL.md Part A (v1.7) or Part B (v1.5).
+    api: Literal["v1.7", "v1.5"] = "v1.7"
+    #: The SDK name sent in ``agent.sdk.name``.
+    agent_name: str = "privateshare"
+
+
+class PullConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """``[pull]``: how files are received."""
+
+    #: Files downloaded at once per user.
+    concurrency: int = 8
+    #: Users pulled at once by ``pull --all-users``.
+    user_concurrency: int = 4
+    #: Seconds between file-list polls while the library is pending or running.
+    poll_interval: float = 3.0
+    #: Give up when the library stays ``pending`` this long (seconds).
+    max_pending: float = 60.0
+    #: Give up when the file list does not change for this long while running (seconds).
+    max_unchanged: float = 300.0
+    #: Give up on the whole pull after this long (seconds).
+    timeout: float = 1800.0
+    #: Attempts per file within one run before it is reported failed.
+    file_attempts: int = 3
+
+
+class PluginsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """``[plugins]``: your own hook implementations and how broken plugins are treated."""
+
+    #: Importable modules whose ``@hookimpl`` functions are registered.
+    modules: list[str] = []
+    #: Entry points of the ``privateshare`` group not to load.
+    disable: list[str] = []
+    #: Re-raise a broken plugin's error instead of reporting it (for plugin authors).
+    strict: bool = False
+
+
+@dataclass(frozen=True)
+class PluginSpec:
+    """One plugin table: which plugin, under what name, with which raw options."""
+
+    family: str
+    #: Config name, also the pluggy registration name: ``keys``, ``sinks.archive``.
+    name: str
+    type: str
+    options: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Config:
+    """A decoded configuration; plugin options are decoded when plugins load."""
+
+    source: str
+    base_dir: Path
+    digime: DigimeConfig
+    pull: PullConfig
+    plugins: PluginsConfig
+    #: Provider families by family key; sinks by their config name.
+    providers: dict[str, PluginSpec] = field(default_factory=dict)
+    sinks: dict[str, PluginSpec] = field(default_factory=dict)
+
+    def plugin_specs(self) -> list[PluginSpec]:
+        return [*self.providers.values(), *self.sinks.values()]
+
+
+#: Provider family key -> (default type or None when required).
+PROVIDER_DEFAULTS: dict[str, str | None] = {
+    "keys": None,
+    "tokens": "file",
+    "transport": "requests",
+    "decryption": "digime",
+}
+CORE_TABLES = {"digime", "pull", "plugins", "sinks", *PROVIDER_DEFAULTS}
+
+
+# --- reading -----------------------------------------------------------------
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """Parse a TOML file; a missing file or a syntax error becomes a ConfigError."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(
+            f"the config file {path} does not exist; create it (see docs/configuration.md) "
+            "or pass --config PATH",
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"the config file {path} cannot be read: {exc.strerror}") from None
+    return parse_toml(data.decode("utf-8", errors="replace"), str(path))
+
+
+def parse_toml(text: str, source: str = "<string>") -> dict[str, Any]:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"not valid TOML: {exc}; fix the syntax there", source) from None
+
+
+def load_config(source: str | Path | Mapping[str, Any], base_dir: Path | None = None) -> Config:
+    """Decode a TOML path or an already-parsed mapping; report every problem at once."""
+    if isinstance(source, Mapping):
+        raw, name = dict(source), "<dict>"
+        base = base_dir or Path.cwd()
+    else:
+        raw, name = read_toml(source), str(source)
+        base = base_dir or Path(source).resolve().parent
+    return decode_config(raw, name, base)
+
+
+def decode_config(raw: dict[str, Any], source: str, base_dir: Path) -> Config:
+    config, problems = inspect_config(raw, source, base_dir)
+    if problems:
+        raise ConfigError(problems, source)
+    return config
+
+
+def inspect_config(raw: dict[str, Any], source: str, base_dir: Path) -> tuple[Config, list[str]]:
+    """Decode what can be decoded and list every problem found on the way.
+
+    The config is only usable when there are no problems; it is returned anyway
+    so that plugin tables can still be checked.
+    """
+    problems: list[str] = []
+    for key in raw:
+        if key not in CORE_TABLES:
+            problems.append(
+                unknown_key_problem(key, sorted(CORE_TABLES), where="top level", table=True)
+            )
+
+    digime = _decode_table(raw, "digime", DigimeConfig, problems, base_dir, required=True)
+    pull = _decode_table(raw, "pull", PullConfig, problems, base_dir) or PullConfig()
+    plugins = _decode_table(raw, "plugins", PluginsConfig, problems, base_dir) or PluginsConfig()
+
+    providers: dict[str, PluginSpec] = {}
+    for family, default in PROVIDER_DEFAULTS.items():
+        table = raw.get(family)
+        if table is None:
+            if default is None:
+                problems.append(
+                    f"[{family}] is missing; add it, for example:\n"
+                    f'      [{family}]\n      type = "file"\n      path = "contract.pem"'
+                )
+            else:
+                providers[family] = PluginSpec(family, family, default, {})
+            continue
+        spec = _plugin_spec(family, family, table, problems)
+        if spec:
+            providers[family] = spec
+
+    sinks: dict[str, PluginSpec] = {}
+    sink_tables = raw.get("sinks", {})
+    if not isinstance(sink_tables, dict):
+        problems.append(
+            f"[sinks] must be a table of named sinks such as [sinks.local]; "
+            f"found {describe_value(sink_tables)}"
+        )
+        sink_tables = {}
+    for sink_name, table in sink_tables.items():
+        spec = _plugin_spec("sinks", f"sinks.{sink_name}", table, problems)
+        if spec:
+            sinks[spec.name] = spec
+    if not sink_tables and not plugins.modules:
+        problems.append(
+            "no sinks are configured; add at least one, for example:\n"
+            '      [sinks.local]\n      type = "file"\n      root = "data"'
+        )
+
+    # A broken [digime] still yields a config, so plugin tables can be checked too.
+    digime = digime or DigimeConfig(application_id="", contract_id="")
+    return Config(source, base_dir, digime, pull, plugins, providers, sinks), problems
+
+
+def _decode_table(
+    raw: dict[str, Any],
+    key: str,
+    struct: type[msgspec.Struct],
+    problems: list[str],
+    base_dir: Path,
+    *,
+    required: bool = False,
+) -> Any:
+    table = raw.get(key)
+    if table is None:
+        if required:
+            fields = ", ".join(f.name for f in msgspec.structs.fields(struct) if f.required)
+            problems.append(f"[{key}] is missing; add it with {fields}")
+        return None
+    if not isinstance(table, dict):
+        problems.append(f"[{key}] must be a table; found {describe_value(table)}")
+        return None
+    try:
+        return decode_options(table, struct, f"[{key}]", base_dir)
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+        return None
+
+
+def _plugin_spec(family: str, name: str, table: Any, problems: list[str]) -> PluginSpec | None:
+    if not isinstance(table, dict):
+        problems.append(f"[{name}] must be a table; found {describe_value(table)}")
+        return None
+    kind = table.get("type")
+    if not isinstance(kind, str) or not kind:
+        problems.append(
+            f'[{name}] type: expected the plugin name as a string (for example type = "file"); '
+            f"found {describe_value(kind) if 'type' in table else 'nothing'}; "
+            "run `privateshare plugins` to see what is installed"
+        )
+        return None
+    options = {k: v for k, v in table.items() if k != "type"}
+    return PluginSpec(family, name, kind, options)
+
+
+# --- decoding options with located errors --------------------------------------
+
+_EXPECTED = re.compile(
+    r"^Expected `(?P<expected>[^`]+)`, got `(?P<found>[^`]+)`(?: - at `\$(?P<path>[^`]*)`)?$"
+)
+_UNKNOWN = re.compile(
+    r"^Object contains unknown field `(?P<key>[^`]+)`(?: - at `\$(?P<path>[^`]*)`)?$"
+)
+_MISSING = re.compile(
+    r"^Object missing required field `(?P<key>[^`]+)`(?: - at `\$(?P<path>[^`]*)`)?$"
+)
+_AT = re.compile(r"^(?P<message>.*) - at `\$(?P<path>[^`]*)`$", re.S)
+
+_SECRET_NAMES = ("password", "secret", "token", "pin", "key_material", "credential")
+
+
+def decode_options(
+    table: Mapping[str, Any], struct: type[Any], where: str, base_dir: Path | None = None
+) -> Any:
+    """Decode ``table`` into ``struct``; any failure is a ConfigError naming ``where``."""
+
+    def dec_hook(kind: type, obj: Any) -> Any:
+        if kind is Secret:
+            return Secret.from_reference(obj, base_dir)
+        if kind is Path and isinstance(obj, str):
+            return Path(obj)
+        raise NotImplementedError(kind)
+
+    problems = _field_problems(table, struct, where, dec_hook)
+    if problems:
+        raise ConfigError(problems)
+    try:
+        return msgspec.convert(dict(table), struct, dec_hook=dec_hook, strict=True)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(located_problem(str(exc), table, struct, where)) from None
+
+
+def _field_problems(
+    table: Mapping[str, Any], struct: type[Any], where: str, dec_hook: Any
+) -> list[str]:
+    """Check each key on its own, so one run reports every problem of a table."""
+    try:
+        fields = {f.encode_name: f for f in msgspec.structs.fields(struct)}
+    except TypeError:
+        return []
+    problems = [
+        unknown_key_problem(key, list(fields), where=where) for key in table if key not in fields
+    ]
+    problems += [
+        f"{where} {name}: required but missing; add {name} = ..."
+        for name, f in fields.items()
+        if f.required and name not in table
+    ]
+    for name, value in table.items():
+        if name not in fields:
+            continue
+        try:
+            msgspec.convert(
+                {name: value}, _single_field(struct, fields[name]), dec_hook=dec_hook, strict=True
+            )
+        except msgspec.ValidationError as exc:
+            problems.append(located_problem(str(exc), table, struct, where))
+    return problems
+
+
+def _single_field(struct: type[Any], field_info: Any) -> type[msgspec.Struct]:
+    """A one-field Struct with the same type, to validate that field alone."""
+    return msgspec.defstruct(
+        f"{struct.__name__}_{field_info.name}",
+        [(field_info.name, field_info.type)],
+        rename={field_info.name: field_info.encode_name},
+    )
+
+
+def located_problem(message: str, table: Mapping[str, Any], struct: type[Any], where: str) -> str:
+    """Rewrite a msgspec validation message as: where, key, expected, found, fix."""
+    if m := _UNKNOWN.match(message):
+        path = _dotted(m["path"])
+        known = _field_names(struct) if not path else []
+        return unknown_key_problem(m["key"], known, where=_join(where, path))
+    if m := _MISSING.match(message):
+        key = m["key"]
+        location = _join(where, _dotted(m["path"]))
+        return f"{location} {key}: required but missing; add {key} = ..."
+    if m := _EXPECTED.match(message):
+        path = _dotted(m["path"])
+        found = _lookup(table, m["path"] or "")
+        shown = _show(found, path)
+        expected = _type_words(m["expected"])
+        return (
+            f"{where} {path or '(table)'}: expected {expected}, "
+            f"found {_type_words(m['found'])}{shown}; change the value to {expected}"
+        )
+    if m := _AT.match(message):
+        path = _dotted(m["path"])
+        text = m["message"]
+        if text.startswith("Invalid enum value"):
+            allowed = _literal_values(struct, path)
+            found = _lookup(table, m["path"] or "")
+            return (
+                f"{where} {path}: expected one of {allowed}, found {found!r}; choose one of those"
+            )
+        return f"{where} {path}: {text}"
+    return f"{where}: {message}"
+
+
+def unknown_key_problem(key: str, known: list[str], *, where: str, table: bool = False) -> str:
+    what = "table" if table else "key"
+    text = f"{where}: unknown {what} {key!r}"
+    close = difflib.get_close_matches(key, known, n=1)
+    if close:
+        text += f"; did you mean {close[0]!r}?"
+    elif known:
+        text += f"; valid {what}s are: {', '.join(known)}"
+    return text
+
+
+def describe_value(value: Any) -> str:
+    kinds = {
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+        bool: "a boolean",
+        list: "an array",
+        dict: "a table",
+    }
+    if value is None:
+        return "nothing"
+    return kinds.get(type(value), type(value).__name__)
+
+
+def _literal_values(struct: type[Any], path: str) -> str:
+    try:
+        fields = {f.encode_name: f.type for f in msgspec.structs.fields(struct)}
+    except TypeError:
+        return "the documented values"
+    kind = fields.get(path.split(".")[0].split("[")[0])
+    values = [a for a in typing.get_args(kind) if not isinstance(a, type)]
+    return ", ".join(repr(v) for v in values) or "the documented values"
+
+
+def _field_names(struct: type[Any]) -> list[str]:
+    try:
+        return [f.encode_name for f in msgspec.structs.fields(struct)]
+    except TypeError:
+        return []
+
+
+def _dotted(path: str | None) -> str:
+    if not path:
+        return ""
+    return path.lstrip(".").replace("].", "]").replace(".", ".")
+
+
+def _join(where: str, path: str) -> str:
+    return f"{where} {path}".rstrip() if path else where
+
+
+def _lookup(table: Mapping[str, Any], path: str) -> Any:
+    node: Any = table
+    for part in re.findall(r"\.([^.\[]+)|\[(\d+)\]", path):
+        key, index = part
+        try:
+            node = node[key] if key else node[int(index)]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return node
+
+
+def _show(value: Any, path: str) -> str:
+    if value is None or isinstance(value, dict | list):
+        return ""
+    if isinstance(value, str) and any(s in path.lower() for s in _SECRET_NAMES):
+        return ""
+    text = repr(value)
+    return f" ({text})" if len(text) <= 60 else ""
+
+
+_TYPE_WORDS = {
+    "str": "a string",
+    "int": "an integer",
+    "float": "a number",
+    "bool": "a boolean",
+    "array": "an array",
+    "object": "a table",
+    "null": "nothing",
+}
+
+
+def _type_words(name: str) -> str:
+    return " or ".join(_TYPE_WORDS.get(p.strip(), f"`{p.strip()}`") for p in name.split("|"))

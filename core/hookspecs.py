@@ -1,0 +1,281 @@
+"""Every hook privateshare calls, in one place.
+
+Each docstring follows one template: what the hook does, its parameters, what
+it returns, whether the first non-``None`` result wins (``firstresult``) or all
+results are collected, and when the core calls it. ``docs/hooks.md`` is the
+reference; ``tests/test_hooks_documented.py`` fails when a hook is missing
+there or has no test.
+
+Provider families (transport, key storage, token storage, decryption) have
+exactly one configured plugin and use ``firstresult``. Sinks and observers are
+called for every implementation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, BinaryIO
+
+import pluggy
+
+if TYPE_CHECKING:
+    from .keys import KeyHandle
+    from .models import (
+        DataFile,
+        FileMetadata,
+        LibraryStatus,
+        RunInfo,
+        RunSummary,
+        Session,
+        UserAccessToken,
+    )
+    from .sinks import FileWriter
+    from .transport import HttpRequest, HttpResponse
+
+PROJECT = "privateshare"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+# --- transport ---------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def privateshare_transport_send(request: HttpRequest) -> HttpResponse | None:
+    """Send one HTTP request to the digi.me API and return its response.
+
+    :param request: method, URL, headers, JSON body, an ``authorize`` callback to
+        call once per attempt, and whether to stream the body.
+    :returns: the response; its body is read by the caller and closed by it.
+    :result: firstresult — the configured transport answers.
+    :called: for every API call, including JWKS fetches and file downloads.
+    """
+
+
+# --- key storage -------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def privateshare_key_handle() -> KeyHandle | None:
+    """Return the contract's private key as a handle with operations.
+
+    :returns: a :class:`privateshare.keys.KeyHandle` — PS512 signing, RSA-OAEP-SHA1
+        decryption, the public key. Never PEM bytes.
+    :result: firstresult — the configured key store answers.
+    :called: once when the framework starts (the result is cached).
+    """
+
+
+# --- token storage -----------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def privateshare_token_load(user_id: str) -> UserAccessToken | None:
+    """Load a user's saved access token.
+
+    :param user_id: the application's own identifier for the user.
+    :returns: the token, or ``None`` when the user has none.
+    :result: firstresult.
+    :called: before a pull with a saved token, and after taking the refresh lock.
+    """
+
+
+@hookspec(firstresult=True)
+def privateshare_token_save(user_id: str, token: UserAccessToken) -> bool | None:
+    """Save a user's token atomically, replacing the previous one.
+
+    :param user_id: the user.
+    :param token: the token to keep; a refreshed token is saved before it is used.
+    :returns: ``True`` once saved.
+    :result: firstresult.
+    :called: after a code exchange and after every refresh.
+    """
+
+
+@hookspec(firstresult=True)
+def privateshare_token_delete(user_id: str) -> bool | None:
+    """Forget a user: token and checkpoint.
+
+    :param user_id: the user.
+    :returns: ``True`` if something was deleted, ``False`` if there was nothing.
+    :result: firstresult.
+    :called: by ``delete-user`` and when a consent is withdrawn.
+    """
+
+
+@hookspec(firstresult=True)
+def privateshare_token_users() -> list[str] | None:
+    """List the users that have a saved token.
+
+    :returns: user ids, sorted.
+    :result: firstresult.
+    :called: by ``pull --all-users`` and ``privateshare users``.
+    """
+
+
+@hookspec(firstresult=True)
+def privateshare_token_lock(user_id: str) -> AbstractContextManager[None] | None:
+    """Return a lock that serialises token refresh for one user across processes.
+
+    :param user_id: the user.
+    :returns: a context manager; while held, no other process refreshes this user.
+    :result: firstresult.
+    :called: around every refresh; the token is re-loaded inside the lock so that
+        a refresh done meanwhile by another worker is reused, not repeated.
+    """
+
+
+@hookspec(firstresult=True)
+def privateshare_checkpoint_load(user_id: str) -> dict[str, int] | None:
+    """Load a user's checkpoint: file name -> last delivered ``updatedDate`` (ms).
+
+    :param user_id: the user.
+    :returns: the mapping, empty when nothing was delivered yet.
+    :result: firstresult.
+    :called: at the start of each pull, to skip files already delivered.
+    """
+
+
+@hookspec(firstresult=True)
+def privateshare_checkpoint_save(user_id: str, checkpoint: dict[str, int]) -> bool | None:
+    """Save a user's checkpoint atomically.
+
+    :param user_id: the user.
+    :param checkpoint: the whole mapping, replacing the saved one.
+    :returns: ``True`` once saved.
+    :result: firstresult.
+    :called: after each file has reached every sink.
+    """
+
+
+# --- decryption --------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def privateshare_decrypt(
+    source: BinaryIO, metadata: FileMetadata, key: KeyHandle, file_name: str
+) -> Iterator[bytes | memoryview] | None:
+    """Turn an encrypted file stream into a plaintext stream.
+
+    :param source: a readable binary stream of the encrypted body.
+    :param metadata: the decoded ``x-metadata`` (its ``compression`` says how to
+        decompress after decrypting).
+    :param key: the contract key handle, to unwrap the file key.
+    :param file_name: for error messages.
+    :returns: an iterator of plaintext chunks; a chunk may be a view into a reused
+        buffer, valid until the next chunk is requested. Raises
+        :class:`privateshare.FileDecryptionError` naming the failed check.
+    :result: firstresult — the configured decryptor answers.
+    :called: once per downloaded file.
+    """
+
+
+# --- sinks -------------------------------------------------------------------
+
+
+@hookspec
+def privateshare_sink_open_run(run: RunInfo) -> None:
+    """Prepare for a run (connect, create tables, make directories).
+
+    :param run: the run id, the user and when it started.
+    :returns: nothing.
+    :result: called for every sink.
+    :called: once per user per run, before the first file.
+    """
+
+
+@hookspec
+def privateshare_sink_open_file(run: RunInfo, file: DataFile) -> FileWriter | None:
+    """Start writing one file; return a writer that commits all or nothing.
+
+    :param run: the current run.
+    :param file: the file's user, name, ``updated_date`` and metadata.
+    :returns: a :class:`privateshare.sinks.FileWriter`, or ``None`` to ignore the file.
+    :result: called for every sink; each returns its own writer.
+    :called: once per file to deliver; the flow then streams the plaintext to
+        every writer and commits them all, or aborts them all.
+    """
+
+
+@hookspec
+def privateshare_sink_close_run(run: RunInfo, summary: RunSummary) -> None:
+    """Finish a run (flush, close connections).
+
+    :param run: the run.
+    :param summary: what the run delivered and what failed.
+    :returns: nothing.
+    :result: called for every sink.
+    :called: once per user per run, after the last file, also after a failure.
+    """
+
+
+# --- observers ---------------------------------------------------------------
+
+
+@hookspec
+def privateshare_session_established(user_id: str, session: Session) -> None:
+    """A data session exists for a user (after authorize or trigger).
+
+    :param user_id: the user.
+    :param session: the session; its key is redacted in its repr.
+    :result: called for every implementation; results ignored.
+    :called: once per pull, before the first poll.
+    """
+
+
+@hookspec
+def privateshare_status_changed(user_id: str, status: LibraryStatus) -> None:
+    """The library state of a user's session changed.
+
+    :param user_id: the user.
+    :param status: the new state and per-account details.
+    :result: called for every implementation; results ignored.
+    :called: when a poll returns a state other than the previous one.
+    """
+
+
+@hookspec
+def privateshare_file_written(user_id: str, file: DataFile, size: int, sinks: list[str]) -> None:
+    """A file reached every sink.
+
+    :param user_id: the user.
+    :param file: the file.
+    :param size: plaintext bytes written.
+    :param sinks: the names of the sinks that committed it.
+    :result: called for every implementation; results ignored.
+    :called: after all sink writers committed, before the checkpoint advances.
+    """
+
+
+@hookspec
+def privateshare_file_failed(user_id: str, file_name: str, error: Exception) -> None:
+    """A file could not be delivered; it will be retried on the next run.
+
+    :param user_id: the user.
+    :param file_name: the file's name in the library.
+    :param error: what went wrong (a privateshare error where we know).
+    :result: called for every implementation; results ignored.
+    :called: once per failed file; the run carries on.
+    """
+
+
+@hookspec
+def privateshare_token_refreshed(user_id: str, token: UserAccessToken) -> None:
+    """A user's token was refreshed and saved.
+
+    :param user_id: the user.
+    :param token: the new token (values redacted in its repr; do not log them).
+    :result: called for every implementation; results ignored.
+    :called: after the new token is saved, before it is used.
+    """
+
+
+@hookspec
+def privateshare_run_finished(summary: RunSummary) -> None:
+    """A user's run finished.
+
+    :param summary: files and bytes delivered, skipped, failed, accounts, state.
+    :result: called for every implementation; results ignored.
+    :called: once per user per run, after the sinks closed.
+    """

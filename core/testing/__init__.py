@@ -1,0 +1,1 @@
+"""A pytest plugin and conformance suites for plugin authors."""

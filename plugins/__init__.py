@@ -1,0 +1,1 @@
+"""The built-in plugins, one module per plugin, registered through entry points like any other."""

@@ -1,0 +1,56 @@
+"""Shared fixtures for privateshare's own tests."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(scope="session")
+def hello_dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The ``privateshare-hello`` fixture distribution, pip-installed into a target dir.
+
+    Installed for real (wheel build, ``.dist-info`` with entry points) but into its
+    own directory, so the test environment is left as it was; callers put the
+    directory on ``sys.path`` or ``PYTHONPATH``.
+    """
+    target = tmp_path_factory.mktemp("hello-site")
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(FIXTURES / "privateshare-hello"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return target
+
+
+@pytest.fixture
+def with_hello(hello_dist: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    import importlib
+
+    from stevedore import ExtensionManager
+
+    # stevedore memoises entry points per process; a plugin installed mid-run
+    # (only ever in tests) needs that memo cleared, before and after.
+    monkeypatch.syspath_prepend(str(hello_dist))
+    importlib.invalidate_caches()
+    ExtensionManager.ENTRY_POINT_CACHE.clear()
+    yield hello_dist
+    ExtensionManager.ENTRY_POINT_CACHE.clear()
+    sys.modules.pop("privateshare_hello", None)
