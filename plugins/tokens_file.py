@@ -1,0 +1,539 @@
+"""Token storage in a local directory, encrypted at rest (``file``).
+
+Layout, one directory per contract under ``path``::
+
+    <path>/<contract>/store.key            the store key, wrapped to the contract's public key
+    <path>/<contract>/<digest>.token       a user's access + refresh token (AES-256-GCM)
+    <path>/<contract>/<digest>.checkpoint  a user's checkpoint (AES-256-GCM)
+    <path>/<contract>/locks/<digest>.lock  the per-user refresh lock (empty)
+
+``<digest>`` is an HMAC of the user id under a key derived from the store key,
+so file names reveal nothing about who the users are, and any user id (slashes,
+dots, emoji) maps to a safe name. The store key is 32 random bytes, wrapped with
+RSA-OAEP-SHA1 to the contract key and unwrapped once per process through the
+key handle, so the same code works when the private key lives in KMS or an HSM.
+A copy of the directory without the contract private key is useless.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import hmac
+import logging
+import os
+import re
+import secrets
+import stat
+import tempfile
+import threading
+import time
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import filelock
+import msgspec
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from privateshare.errors import PrivateShareError, TokenStoreError
+from privateshare.hookspecs import hookimpl
+from privateshare.keys import OAEP_SHA1_PADDING, public_key_fingerprint
+from privateshare.models import UserAccessToken
+from privateshare.plugin import Plugin, PluginContext
+
+log = logging.getLogger("privateshare.tokens")
+
+STORE_KEY_FILE = "store.key"
+STORE_KEY_FORMAT = "privateshare-token-store-key"
+STORE_KEY_VERSION = 1
+RECORD_MAGIC = b"PSTOK\x01"
+NONCE_BYTES = 12
+Kind = Literal["token", "checkpoint"]
+_SAFE_DIR_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+_FORGET_HINT = (
+    "delete that file (the user then consents again), or restore the token directory "
+    "together with its store.key and the contract key it was created with"
+)
+
+
+class _StoreKeyFile(msgspec.Struct, frozen=True):
+    """``store.key`` on disk: the wrapped store key and what it was wrapped to."""
+
+    format: str
+    version: int
+    contract_id: str
+    wrapping: str
+    public_key_sha256: str
+    wrapped_key: str
+    key_check: str
+    created_at: float = 0.0
+
+
+class _TokenRecord(msgspec.Struct, frozen=True):
+    user_id: str
+    token: UserAccessToken
+    saved_at: float = 0.0
+
+
+class _CheckpointRecord(msgspec.Struct, frozen=True):
+    user_id: str
+    checkpoint: dict[str, int] = {}
+    saved_at: float = 0.0
+
+
+class _Keys:
+    """The store key's derived sub-keys: one for sealing records, one for naming files."""
+
+    __slots__ = ("_names", "aead")
+
+    def __init__(self, store_key: bytes) -> None:
+        self.aead = AESGCM(_derive(store_key, b"records"))
+        self._names = _derive(store_key, b"file-names")
+
+    def digest(self, user_id: str) -> str:
+        return hmac.new(self._names, user_id.encode("utf-8"), hashlib.sha256).hexdigest()
+
+    def __repr__(self) -> str:
+        return "_Keys(<redacted>)"
+
+
+def _derive(store_key: bytes, purpose: bytes) -> bytes:
+    return HKDF(
+        algorithm=hashes.SHA256(),
+        length=32,
+        salt=None,
+        info=b"privateshare token store v1: " + purpose,
+    ).derive(store_key)
+
+
+def _key_check(store_key: bytes, contract_id: str) -> str:
+    """Ties ``store.key`` to its contract, so a store key copied from elsewhere is caught."""
+    return hmac.new(
+        _derive(store_key, b"key-check"), contract_id.encode("utf-8"), hashlib.sha256
+    ).hexdigest()
+
+
+def _aad(contract_id: str, kind: Kind, digest: str) -> bytes:
+    # msgspec JSON of a list: unambiguous whatever characters the parts hold.
+    return msgspec.json.encode(["privateshare-token-record/v1", contract_id, kind, digest])
+
+
+def _fsync_dir(path: Path) -> None:
+    if os.name != "posix":
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` all or nothing: temp file, fsync, rename, fsync directory.
+
+    The temp file is created by :func:`tempfile.mkstemp`, so it is mode 0600 from
+    its first byte; readers see either the old file or the new one, never a part.
+    """
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _make_private_dir(path: Path, warn: bool = True) -> None:
+    """Create ``path`` (and parents) as 0700; warn when an existing one is more open."""
+    if path.is_dir():
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if warn and os.name == "posix" and mode & 0o077:
+            log.warning(
+                "the token directory %s is accessible by group or others (mode %04o); "
+                "restrict it with 'chmod 700 %s'",
+                path,
+                mode,
+                path,
+            )
+        return
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(path, 0o700)  # mkdir's mode is filtered by the umask
+    except OSError as exc:
+        raise TokenStoreError(
+            f"cannot create the token directory {path} ({exc.strerror}); create it or "
+            "choose another [tokens] path"
+        ) from None
+
+
+class FileTokenStore(Plugin):
+    """Users' tokens and checkpoints in a local directory, encrypted with a wrapped store key."""
+
+    class Options(msgspec.Struct, forbid_unknown_fields=True):
+        #: Root directory; one subdirectory per contract is created in it.
+        path: Annotated[str, msgspec.Meta(min_length=1)] = "privateshare-tokens"
+        #: Seconds to wait for another process's refresh lock before giving up.
+        lock_timeout: Annotated[float, msgspec.Meta(gt=0)] = 60.0
+
+    description = "tokens and checkpoints in a local directory, encrypted at rest (AES-256-GCM)"
+
+    def __init__(self, options: Options, context: PluginContext) -> None:
+        super().__init__(options, context)
+        self.root = context.resolve(options.path)
+        contract = context.contract_id
+        if _SAFE_DIR_NAME.match(contract) and contract not in (".", ".."):
+            name = contract
+        else:
+            name = "contract-" + hashlib.sha256(contract.encode("utf-8")).hexdigest()[:32]
+        self.directory = self.root / name
+        self._keys: _Keys | None = None
+        self._open_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"FileTokenStore({self.context.name}, directory={self.directory})"
+
+    # --- the store key -------------------------------------------------------
+
+    def _open(self) -> _Keys:
+        """The store's keys, unwrapping (or creating) the store key on first use only."""
+        with self._open_lock:
+            if self._keys is None:
+                if not self.context.contract_id:
+                    raise TokenStoreError(
+                        "the file token store needs the contract id; set contract_id in the "
+                        "[digime] table"
+                    )
+                # The contract directory guards the records; the root may be shared.
+                _make_private_dir(self.root, warn=False)
+                _make_private_dir(self.directory)
+                _make_private_dir(self.directory / "locks", warn=False)
+                key_path = self.directory / STORE_KEY_FILE
+                if not key_path.exists():
+                    # Two processes may start on an empty store at once: only one creates.
+                    lock_path = self.directory / "locks" / "store.key.lock"
+                    with self._file_lock(lock_path, "the store key"):
+                        if not key_path.exists():
+                            self._keys = _Keys(self._create_store_key(key_path))
+                if self._keys is None:
+                    self._keys = _Keys(self._unwrap_store_key(key_path))
+            return self._keys
+
+    def _public_key(self) -> rsa.RSAPublicKey:
+        try:
+            return self.context.key_handle().public_key()
+        except PrivateShareError:
+            raise
+        except Exception as exc:
+            raise TokenStoreError(
+                f"the token store {self.directory} needs the contract key, and the key store "
+                f"failed ({type(exc).__name__}); check the [keys] table"
+            ) from exc
+
+    def _create_store_key(self, key_path: Path) -> bytes:
+        public = self._public_key()
+        store_key = secrets.token_bytes(32)
+        wrapped = public.encrypt(store_key, OAEP_SHA1_PADDING)
+        # Prove the handle can unwrap what it will be asked to unwrap before any token
+        # depends on it (a KMS handle whose public key does not match its private key).
+        try:
+            unwrapped = self.context.key_handle().decrypt_oaep_sha1(wrapped)
+        except PrivateShareError:
+            raise
+        except Exception as exc:
+            raise TokenStoreError(
+                f"the contract key cannot decrypt what its own public key encrypts "
+                f"({type(exc).__name__}); check the [keys] table: the key handle's private "
+                "and public halves must belong together"
+            ) from None
+        if not hmac.compare_digest(unwrapped, store_key):
+            raise TokenStoreError(
+                "the contract key handle's private and public halves do not belong together; "
+                "check the [keys] table"
+            )
+        record = _StoreKeyFile(
+            format=STORE_KEY_FORMAT,
+            version=STORE_KEY_VERSION,
+            contract_id=self.context.contract_id,
+            wrapping="RSA-OAEP-SHA1",
+            public_key_sha256=public_key_fingerprint(public),
+            wrapped_key=base64.b64encode(wrapped).decode(),
+            key_check=_key_check(store_key, self.context.contract_id),
+            created_at=time.time(),
+        )
+        atomic_write(key_path, msgspec.json.encode(record))
+        log.info("created a new token store key in %s", key_path)
+        return store_key
+
+    def _unwrap_store_key(self, key_path: Path) -> bytes:
+        forget = (
+            f"if the tokens are expendable, move {self.directory} aside and let users consent again"
+        )
+        try:
+            raw = key_path.read_bytes()
+        except OSError as exc:
+            raise TokenStoreError(
+                f"cannot read the token store key {key_path} ({exc.strerror}); check its "
+                "permissions (it should be mode 0600, owned by the user running privateshare)"
+            ) from None
+        try:
+            record = msgspec.json.decode(raw, type=_StoreKeyFile)
+            wrapped = base64.b64decode(record.wrapped_key, validate=True)
+        except (msgspec.DecodeError, ValueError):
+            raise TokenStoreError(
+                f"the token store key {key_path} is damaged (not a privateshare store key); "
+                f"restore it from a backup, or {forget}"
+            ) from None
+        if record.format != STORE_KEY_FORMAT or record.version != STORE_KEY_VERSION:
+            raise TokenStoreError(
+                f"the token store key {key_path} has format {record.format!r} version "
+                f"{record.version}, which this privateshare does not read; upgrade privateshare"
+            )
+        if record.contract_id != self.context.contract_id:
+            raise TokenStoreError(
+                f"the token store key {key_path} belongs to contract {record.contract_id!r}, "
+                f"not to {self.context.contract_id!r}; put it back in its own contract's "
+                f"directory, or {forget}"
+            )
+        expected = public_key_fingerprint(self._public_key())
+        if not hmac.compare_digest(record.public_key_sha256, expected):
+            raise TokenStoreError(
+                f"the token store {self.directory} was created with a different contract key "
+                f"(public key sha256 {record.public_key_sha256[:16]}..., the configured key is "
+                f"{expected[:16]}...); configure the contract key it was created with, or "
+                f"{forget}"
+            )
+        try:
+            store_key = self.context.key_handle().decrypt_oaep_sha1(wrapped)
+        except PrivateShareError:
+            raise
+        except Exception as exc:
+            raise TokenStoreError(
+                f"the token store key {key_path} cannot be unwrapped with the configured "
+                f"contract key ({type(exc).__name__}): it is damaged or was not wrapped to this "
+                f"key; restore it from a backup, or {forget}"
+            ) from None
+        if len(store_key) != 32 or not hmac.compare_digest(
+            record.key_check, _key_check(store_key, self.context.contract_id)
+        ):
+            raise TokenStoreError(
+                f"the token store key {key_path} does not belong to this store (its check "
+                f"value does not match: damaged, or copied from another store); restore the "
+                f"right one, or {forget}"
+            )
+        return store_key
+
+    # --- records -------------------------------------------------------------
+
+    def _record_path(self, keys: _Keys, user_id: str, kind: Kind) -> tuple[Path, str]:
+        if not isinstance(user_id, str) or not user_id:
+            raise TokenStoreError("a user id must be a non-empty string")
+        digest = keys.digest(user_id)
+        return self.directory / f"{digest}.{kind}", digest
+
+    def _seal(self, keys: _Keys, kind: Kind, digest: str, record: msgspec.Struct) -> bytes:
+        nonce = secrets.token_bytes(NONCE_BYTES)
+        plaintext = msgspec.json.encode(record)
+        aad = _aad(self.context.contract_id, kind, digest)
+        return RECORD_MAGIC + nonce + keys.aead.encrypt(nonce, plaintext, aad)
+
+    def _open_record(
+        self, keys: _Keys, path: Path, kind: Kind, digest: str, who: str
+    ) -> bytes | None:
+        """Decrypt one record; ``None`` if it does not exist."""
+        try:
+            blob = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise TokenStoreError(
+                f"cannot read the {kind} record of {who} at {path} ({exc.strerror}); check "
+                "its permissions (mode 0600, owned by the user running privateshare)"
+            ) from None
+        head = len(RECORD_MAGIC)
+        if len(blob) < head + NONCE_BYTES + 16 or blob[:head] != RECORD_MAGIC:
+            raise TokenStoreError(
+                f"the {kind} record of {who} at {path} is not a privateshare record "
+                f"(truncated or overwritten); {_FORGET_HINT}"
+            )
+        nonce, sealed = blob[head : head + NONCE_BYTES], blob[head + NONCE_BYTES :]
+        try:
+            return keys.aead.decrypt(nonce, sealed, _aad(self.context.contract_id, kind, digest))
+        except InvalidTag:
+            raise TokenStoreError(
+                f"the {kind} record of {who} at {path} cannot be decrypted: it was modified, "
+                f"moved from another user or contract, or written under another store key; "
+                f"{_FORGET_HINT}"
+            ) from None
+
+    def _decode(self, plaintext: bytes, type_: type[Any], path: Path, who: str) -> Any:
+        try:
+            return msgspec.json.decode(plaintext, type=type_)
+        except msgspec.DecodeError:
+            raise TokenStoreError(
+                f"the record of {who} at {path} decrypts but its content is not understood "
+                "(written by a newer privateshare?); upgrade privateshare, or " + _FORGET_HINT
+            ) from None
+
+    def _load(self, user_id: str, kind: Kind, type_: type[Any]) -> Any:
+        keys = self._open()
+        path, digest = self._record_path(keys, user_id, kind)
+        who = f"user {user_id!r}"
+        plaintext = self._open_record(keys, path, kind, digest, who)
+        if plaintext is None:
+            return None
+        record = self._decode(plaintext, type_, path, who)
+        if record.user_id != user_id:
+            raise TokenStoreError(
+                f"the {kind} record at {path} belongs to another user, not {user_id!r}; "
+                + _FORGET_HINT
+            )
+        return record
+
+    def _save(self, user_id: str, kind: Kind, record: msgspec.Struct) -> None:
+        keys = self._open()
+        path, digest = self._record_path(keys, user_id, kind)
+        try:
+            atomic_write(path, self._seal(keys, kind, digest, record))
+        except OSError as exc:
+            raise TokenStoreError(
+                f"cannot write the {kind} record of user {user_id!r} to {path} "
+                f"({exc.strerror}); check free space and permissions of {self.directory}"
+            ) from None
+
+    def _file_lock(self, path: Path, what: str) -> AbstractContextManager[None]:
+        return _TimedLock(path, self.options.lock_timeout, what)
+
+    # --- hooks ---------------------------------------------------------------
+
+    @hookimpl
+    def privateshare_token_load(self, user_id: str) -> UserAccessToken | None:
+        """The user's saved token, or ``None``; a record that fails to decrypt is an error."""
+        record = self._load(user_id, "token", _TokenRecord)
+        return None if record is None else record.token
+
+    @hookimpl
+    def privateshare_token_save(self, user_id: str, token: UserAccessToken) -> bool:
+        """Replace the user's token atomically and durably (fsync) before returning."""
+        if not isinstance(token, UserAccessToken):
+            raise TokenStoreError(
+                f"privateshare_token_save expects a UserAccessToken, got {type(token).__name__}"
+            )
+        self._save(user_id, "token", _TokenRecord(user_id, token, time.time()))
+        return True
+
+    @hookimpl
+    def privateshare_token_delete(self, user_id: str) -> bool:
+        """Remove the user's token and checkpoint; ``False`` when there was nothing."""
+        keys = self._open()
+        deleted = False
+        for kind in ("token", "checkpoint"):
+            path, _ = self._record_path(keys, user_id, kind)
+            try:
+                path.unlink()
+                deleted = True
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                raise TokenStoreError(
+                    f"cannot delete the {kind} record of user {user_id!r} at {path} "
+                    f"({exc.strerror}); check the permissions of {self.directory}"
+                ) from None
+        if deleted:
+            _fsync_dir(self.directory)
+        return deleted
+
+    @hookimpl
+    def privateshare_token_users(self) -> list[str]:
+        """Every user with a saved token, sorted; each record is decrypted to read its user id."""
+        keys = self._open()
+        users = []
+        for path in sorted(self.directory.glob("*.token")):
+            digest = path.name.removesuffix(".token")
+            who = "an unknown user"
+            plaintext = self._open_record(keys, path, "token", digest, who)
+            if plaintext is None:  # deleted meanwhile
+                continue
+            record = self._decode(plaintext, _TokenRecord, path, who)
+            if keys.digest(record.user_id) != digest:
+                raise TokenStoreError(
+                    f"the token record at {path} does not match its file name (renamed?); "
+                    + _FORGET_HINT
+                )
+            users.append(record.user_id)
+        return sorted(users)
+
+    @hookimpl
+    def privateshare_token_lock(self, user_id: str) -> AbstractContextManager[None]:
+        """A per-user lock held across processes (``filelock``), waiting ``lock_timeout`` s."""
+        keys = self._open()
+        _, digest = self._record_path(keys, user_id, "token")
+        path = self.directory / "locks" / f"{digest}.lock"
+        return self._file_lock(path, f"the token of user {user_id!r}")
+
+    @hookimpl
+    def privateshare_checkpoint_load(self, user_id: str) -> dict[str, int]:
+        """The user's checkpoint (file name -> updatedDate ms); empty when none was saved."""
+        record = self._load(user_id, "checkpoint", _CheckpointRecord)
+        return {} if record is None else dict(record.checkpoint)
+
+    @hookimpl
+    def privateshare_checkpoint_save(self, user_id: str, checkpoint: dict[str, int]) -> bool:
+        """Replace the user's checkpoint atomically."""
+        try:
+            record = msgspec.convert(
+                {"user_id": user_id, "checkpoint": checkpoint, "saved_at": time.time()},
+                _CheckpointRecord,
+            )
+        except msgspec.ValidationError as exc:
+            raise TokenStoreError(
+                f"the checkpoint of user {user_id!r} must map file names to integer "
+                f"updatedDate values in ms: {exc}"
+            ) from None
+        self._save(user_id, "checkpoint", record)
+        return True
+
+
+class _TimedLock(AbstractContextManager[None]):
+    """A ``filelock.FileLock`` whose timeout becomes a :class:`TokenStoreError` saying what."""
+
+    def __init__(self, path: Path, timeout: float, what: str) -> None:
+        self.path = path
+        self.timeout = timeout
+        self.what = what
+        self._lock = filelock.FileLock(path, timeout=timeout, mode=0o600)
+
+    def __enter__(self) -> None:
+        try:
+            self._lock.acquire()
+        except filelock.Timeout:
+            raise TokenStoreError(
+                f"timed out after {self.timeout:g} s waiting for the lock on {self.what} "
+                f"({self.path}); another privateshare process holds it (probably refreshing). "
+                "Retry later, or raise [tokens] lock_timeout"
+            ) from None
+        except OSError as exc:
+            raise TokenStoreError(
+                f"cannot take the lock {self.path} ({exc.strerror}); check the permissions "
+                "of the token directory"
+            ) from None
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._lock.release()
+
+    @property
+    def is_locked(self) -> bool:
+        return self._lock.is_locked
+
+    def __repr__(self) -> str:
+        return f"TokenLock({self.path})"
