@@ -1,0 +1,433 @@
+"""The ``file`` sink: each user's files under ``root/<user>/<name>``, written atomically.
+
+Every file goes to a temp file in its final directory (prefix
+``.privateshare-tmp-``), is fsynced, then ``os.replace``-d over the old version
+and the directory is fsynced, so a reader (or a crash) sees the old file or the
+new one, never a mix. Server-supplied names and user ids are checked before
+anything touches the disk, and the directories are walked with
+``O_NOFOLLOW`` directory descriptors, so no name and no planted symlink can
+make the sink write outside ``root``. Layout, commit order and guarantees are
+documented in ``docs/sinks.md``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import io
+import logging
+import os
+import secrets
+import threading
+import unicodedata
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+from privateshare.errors import SinkError, UnsafeFileNameError
+from privateshare.hookspecs import hookimpl
+from privateshare.models import DataFile, RunInfo, RunSummary
+from privateshare.plugin import Plugin, PluginContext
+
+log = logging.getLogger(__name__)
+
+#: Every temp file starts with this; data files never do (such names are rejected).
+TEMP_PREFIX = ".privateshare-tmp-"
+#: Suffix of the metadata file written beside each data file.
+METADATA_SUFFIX = ".metadata.json"
+#: Longest path component most file systems accept, in bytes.
+MAX_COMPONENT_BYTES = 255
+
+_BUFFER = 1 << 20
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+# Temp files being written by this process, so that open_run never removes a live one.
+_active_temps: set[str] = set()
+_active_lock = threading.Lock()
+
+
+# --- name checks ---------------------------------------------------------------
+
+
+def _shown(value: str) -> str:
+    """A name as it may appear in a message: escaped, and cut if very long."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:60] + "...'" + f" ({len(value)} characters)"
+
+
+def _component_problem(part: str, limit: int) -> str | None:
+    """Why one path component is unsafe, or ``None`` when it is fine."""
+    if part == "":
+        return "it has an empty path segment (a leading, trailing or doubled '/')"
+    if part in (".", ".."):
+        return f"it has a {part!r} segment, which could point outside the sink's root"
+    if part.startswith(TEMP_PREFIX):
+        return f"a segment starts with {TEMP_PREFIX!r}, which the sink reserves for temp files"
+    try:
+        size = len(part.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "it is not valid Unicode (it contains a lone surrogate)"
+    if size > limit:
+        return f"a segment is {size} bytes long; the limit is {limit} bytes"
+    return None
+
+
+def check_name(
+    name: str,
+    *,
+    what: str = "file name",
+    allow_slash: bool = True,
+    reserved_suffix: str | None = None,
+    user_id: str | None = None,
+) -> list[str]:
+    """Check a server-supplied name (or a user id) and return its path segments.
+
+    Rejects, with :class:`UnsafeFileNameError` naming the value and the reason:
+    empty names, absolute paths, backslashes, NUL and other control characters,
+    ``.``/``..`` segments, the temp prefix, segments over 255 bytes, and (when
+    ``allow_slash`` is false, as for user ids) any ``/`` at all.
+    """
+    owner = f" of user {_shown(user_id)}" if user_id is not None else ""
+
+    def unsafe(reason: str) -> UnsafeFileNameError:
+        return UnsafeFileNameError(
+            f"{what} {_shown(name)}{owner} is unsafe: {reason}; nothing was written. "
+            + (
+                "Use a user id that is a plain name (no '/', '\\', '..' or control characters)."
+                if what == "user id"
+                else "The name comes from the server; the file is reported as failed "
+                "and the rest of the run carries on."
+            )
+        )
+
+    if not isinstance(name, str) or name == "":
+        raise unsafe("it is empty")
+    if name.startswith("/"):
+        raise unsafe("it is an absolute path")
+    if "\\" in name:
+        raise unsafe("it contains a backslash, a path separator on Windows")
+    for char in name:
+        if unicodedata.category(char) == "Cc":
+            raise unsafe(f"it contains the control character U+{ord(char):04X}")
+    if not allow_slash and "/" in name:
+        raise unsafe("it contains '/'")
+    parts = name.split("/")
+    for index, part in enumerate(parts):
+        last = index == len(parts) - 1
+        limit = MAX_COMPONENT_BYTES
+        if last and reserved_suffix:
+            limit -= len(reserved_suffix.encode())
+        problem = _component_problem(part, limit)
+        if problem:
+            if last and reserved_suffix and "bytes long" in problem:
+                problem += f" (room is kept for the {reserved_suffix!r} file beside it)"
+            raise unsafe(problem)
+    if reserved_suffix and name.endswith(reserved_suffix):
+        raise unsafe(
+            f"it ends with {reserved_suffix!r}, which the sink uses for metadata files "
+            "(set metadata = false to accept such names)"
+        )
+    return parts
+
+
+# --- the plugin ----------------------------------------------------------------
+
+
+class FileSink(Plugin):
+    """Writes each user's files under ``root/<user>/<name>``, atomically, never outside root."""
+
+    description = "Write files atomically under a local directory, one folder per user."
+
+    class Options(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+        #: Directory the files go to; relative paths are resolved against the config file.
+        root: str
+        #: Write ``<name>.metadata.json`` beside each file.
+        metadata: bool = True
+        #: fsync files and directories on commit (turn off only for throwaway data).
+        fsync: bool = True
+
+    def __init__(self, options: FileSink.Options, context: PluginContext) -> None:
+        super().__init__(options, context)
+        self.root: Path = context.resolve(options.root)
+
+    def __repr__(self) -> str:
+        return f"FileSink({self.context.name}, root={str(self.root)!r})"
+
+    # hooks ----------------------------------------------------------------------
+
+    @hookimpl
+    def privateshare_sink_open_run(self, run: RunInfo) -> None:
+        """Create the user's directory and remove temp files a killed process left behind."""
+        check_name(run.user_id, what="user id", allow_slash=False)
+        root = self._real_root(create=True)
+        fd = self._open_dir(root, [run.user_id], run.user_id, "")
+        os.close(fd)
+        removed = _clean_stale_temps(root / run.user_id)
+        if removed:
+            log.info(
+                "sink %s removed %d temp file(s) left by an interrupted run in %s",
+                self.context.name,
+                removed,
+                root / run.user_id,
+            )
+
+    @hookimpl
+    def privateshare_sink_open_file(self, run: RunInfo, file: DataFile) -> FileSinkWriter:
+        """Check the names, create the directories, and open a temp file beside the target."""
+        user = file.user_id or run.user_id
+        check_name(user, what="user id", allow_slash=False)
+        suffix = METADATA_SUFFIX if self.options.metadata else None
+        parts = check_name(file.name, reserved_suffix=suffix, user_id=user)
+        root = self._real_root(create=True)
+        target = root.joinpath(user, *parts)
+        _verify_inside(root, target, file.name, user)
+        dir_fd = self._open_dir(root, [user, *parts[:-1]], user, file.name)
+        return FileSinkWriter(self, dir_fd, target, file)  # owns dir_fd from here on
+
+    @hookimpl
+    def privateshare_sink_close_run(self, run: RunInfo, summary: RunSummary) -> None:
+        """Nothing to flush: every file was made durable when it was committed."""
+
+    # plumbing -------------------------------------------------------------------
+
+    def _real_root(self, *, create: bool) -> Path:
+        if create:
+            try:
+                self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+            except OSError as exc:
+                raise SinkError(
+                    f"sink {self.context.name}: cannot create its root directory {self.root}: "
+                    f"{exc.strerror}; create it or change root in [{self.context.name}]"
+                ) from None
+        return self.root.resolve()
+
+    def _open_dir(self, root: Path, parts: list[str], user: str, name: str) -> int:
+        """Walk (creating) ``root/parts...`` without following symlinks; return the dir fd."""
+        fd = os.open(root, _DIR_FLAGS)
+        try:
+            here = root
+            for part in parts:
+                here = here / part
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(part, 0o700, dir_fd=fd)
+                try:
+                    child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                except OSError as exc:
+                    if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                        what = "a symbolic link" if os.path.islink(here) else "not a directory"
+                        raise UnsafeFileNameError(
+                            f"sink {self.context.name}: {here} is {what}, so "
+                            f"{_shown(name or user)} of user {_shown(user)} could land outside "
+                            f"{root}; nothing was written. Replace it with a real directory."
+                        ) from None
+                    raise SinkError(
+                        f"sink {self.context.name}: cannot open directory {here}: "
+                        f"{exc.strerror}; check its permissions"
+                    ) from None
+                os.close(fd)
+                fd = child
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+
+def _verify_inside(root: Path, target: Path, name: str, user: str) -> None:
+    """Second line of defence: the resolved target must stay under the resolved root."""
+    resolved = target.parent.resolve() / target.name
+    if not resolved.is_relative_to(root):
+        raise UnsafeFileNameError(
+            f"file name {_shown(name)} of user {_shown(user)} resolves to {resolved}, outside "
+            f"the sink's root {root}; nothing was written. Remove the symbolic link on the way."
+        )
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _clean_stale_temps(top: Path) -> int:
+    """Remove temp files under ``top`` whose writer is gone (dead pid, or ours but inactive)."""
+    removed = 0
+    own = os.getpid()
+    for directory, _dirs, files in os.walk(top, followlinks=False):
+        for name in files:
+            if not name.startswith(TEMP_PREFIX):
+                continue
+            path = os.path.join(directory, name)
+            pid_text = name[len(TEMP_PREFIX) :].split("-", 1)[0]
+            pid = int(pid_text) if pid_text.isdigit() else 0
+            with _active_lock:
+                live = path in _active_temps
+            if live or (pid and pid != own and _pid_alive(pid)):
+                continue
+            try:
+                os.unlink(path)
+                removed += 1
+            except FileNotFoundError:
+                pass
+    return removed
+
+
+def _temp_name() -> str:
+    return f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(8)}"
+
+
+class FileSinkWriter:
+    """One file on its way to disk: a temp file that ``commit`` renames into place.
+
+    Commit order: the data temp file is written and fsynced while chunks arrive;
+    at commit the metadata temp file is written and fsynced, then the data file
+    is renamed into place, the directory fsynced, then the metadata file renamed
+    and the directory fsynced again. The metadata is the last thing to change,
+    so it never claims a newer ``updated_date`` than the data beside it; a crash
+    between the renames leaves new data with old metadata, and the rerun (the
+    checkpoint did not advance) delivers the file again.
+    """
+
+    def __init__(self, sink: FileSink, dir_fd: int, target: Path, file: DataFile) -> None:
+        self._state: Literal["open", "committed", "aborted"] = "open"
+        self._out: io.BufferedWriter | None = None
+        self._dir_fd = dir_fd
+        self._sink = sink
+        self.target = target
+        self._file = file
+        self._size = 0
+        self._temps: list[str] = []
+        self._data_temp = self._new_temp()
+        try:
+            fd = os.open(self._data_temp, _TEMP_FLAGS, 0o600, dir_fd=dir_fd)
+        except OSError as exc:
+            self._state = "aborted"
+            self._cleanup()
+            raise self._fail("create a temp file for", exc) from None
+        self._out = open(fd, "wb", buffering=_BUFFER)  # noqa: SIM115
+
+    def __repr__(self) -> str:
+        return f"FileSinkWriter({str(self.target)!r}, {self._state}, {self._size} bytes)"
+
+    def _new_temp(self) -> str:
+        name = _temp_name()
+        self._temps.append(name)
+        with _active_lock:
+            _active_temps.add(str(self.target.parent / name))
+        return name
+
+    def _fail(self, action: str, exc: OSError) -> SinkError:
+        return SinkError(
+            f"sink {self._sink.context.name}: cannot {action} {self.target}: "
+            f"{exc.strerror or exc}; check free space and permissions under {self._sink.root}"
+        )
+
+    def write(self, chunk: bytes | memoryview) -> None:
+        """Append a chunk (written through at once, so a reused buffer is safe to pass)."""
+        if self._out is None:
+            raise SinkError(f"cannot write to {self.target}: the writer is already {self._state}")
+        try:
+            self._out.write(chunk)
+        except OSError as exc:
+            raise self._fail("write", exc) from None
+        self._size += len(chunk) if isinstance(chunk, bytes) else chunk.nbytes
+
+    def commit(self) -> None:
+        """Make the file (then its metadata) visible atomically, replacing the old version."""
+        if self._state != "open" or self._out is None:
+            raise SinkError(f"cannot commit {self.target}: the writer is already {self._state}")
+        fsync = self._sink.options.fsync
+        name = self.target.name
+        try:
+            out, self._out = self._out, None
+            out.flush()
+            if fsync:
+                os.fsync(out.fileno())
+            out.close()
+            meta_temp = None
+            if self._sink.options.metadata:
+                meta_temp = self._write_metadata(fsync)
+            os.replace(self._data_temp, name, src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd)
+            self._forget(self._data_temp)
+            if fsync:
+                os.fsync(self._dir_fd)
+            if meta_temp is not None:
+                os.replace(
+                    meta_temp,
+                    name + METADATA_SUFFIX,
+                    src_dir_fd=self._dir_fd,
+                    dst_dir_fd=self._dir_fd,
+                )
+                self._forget(meta_temp)
+                if fsync:
+                    os.fsync(self._dir_fd)
+        except OSError as exc:
+            self._cleanup()
+            self._state = "aborted"
+            raise self._fail("commit", exc) from None
+        self._state = "committed"
+        self._close_dir()
+
+    def abort(self) -> None:
+        """Remove the temp files; a committed file is left alone. Safe to call twice."""
+        if self._out is not None:
+            out, self._out = self._out, None
+            with contextlib.suppress(OSError):
+                out.close()
+        if self._state == "open":
+            self._state = "aborted"
+        self._cleanup()
+
+    def __del__(self) -> None:
+        # A writer dropped without commit or abort must not leave its descriptors open.
+        with contextlib.suppress(Exception):
+            if self._state == "open":
+                self.abort()
+
+    # plumbing -------------------------------------------------------------------
+
+    def _write_metadata(self, fsync: bool) -> str:
+        file = self._file
+        document: dict[str, Any] = {
+            "user_id": file.user_id,
+            "name": file.name,
+            "updated_date": file.updated_date,
+            "last_modified": file.last_modified,
+            "size": self._size,
+            "metadata": file.metadata.metadata,
+            "compression": file.metadata.compression,
+        }
+        temp = self._new_temp()
+        fd = os.open(temp, _TEMP_FLAGS, 0o600, dir_fd=self._dir_fd)
+        with open(fd, "wb") as out:
+            out.write(msgspec.json.format(msgspec.json.encode(document), indent=2) + b"\n")
+            out.flush()
+            if fsync:
+                os.fsync(out.fileno())
+        return temp
+
+    def _forget(self, temp: str) -> None:
+        self._temps.remove(temp)
+        with _active_lock:
+            _active_temps.discard(str(self.target.parent / temp))
+
+    def _cleanup(self) -> None:
+        for temp in list(self._temps):
+            try:
+                os.unlink(temp, dir_fd=self._dir_fd)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                log.warning("could not remove temp file %s: %s", self.target.parent / temp, exc)
+            self._forget(temp)
+        self._close_dir()
+
+    def _close_dir(self) -> None:
+        if self._dir_fd >= 0:
+            fd, self._dir_fd = self._dir_fd, -1
+            os.close(fd)
