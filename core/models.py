@@ -69,7 +69,7 @@ class AccountState(msgspec.Struct, frozen=True):
 
 
 class LibraryStatus(msgspec.Struct, frozen=True):
-    state: str
+    state: LibraryState
     details: dict[str, AccountState] = {}
 
 

@@ -86,7 +86,6 @@ class RequestsTransport(Plugin):
             session.mount("https://", adapter)
             session.mount("http://", adapter)
             session.headers["User-Agent"] = self.options.user_agent
-            session.verify = self._verify
             self._local.session = session
         return session
 
@@ -106,6 +105,8 @@ class RequestsTransport(Plugin):
                     stream=request.stream,
                     timeout=(self.options.connect_timeout, self.options.read_timeout),
                     allow_redirects=True,
+                    # Per request: requests lets REQUESTS_CA_BUNDLE override session.verify.
+                    verify=self._verify,
                 )
             except requests.exceptions.SSLError as exc:
                 raise TransportError(

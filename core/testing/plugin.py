@@ -123,3 +123,23 @@ def privateshare_memory(privateshare_factory: PrivateShareFactory) -> PrivateSha
 def memory_sink() -> MemorySink:
     """A fresh memory sink outside any framework (register it with ``extra_plugins``)."""
     return MemorySink.create("memory_sink")
+
+
+@pytest.fixture(scope="session")
+def privateshare_sandbox_keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A sandbox state directory (application, contracts, keys), made once per session."""
+    from .sandboxed import make_sandbox_keys
+
+    return make_sandbox_keys(tmp_path_factory.mktemp("privateshare-sandbox-keys"))
+
+
+@pytest.fixture
+def privateshare_sandbox(privateshare_sandbox_keys: Path, tmp_path: Path) -> Iterator[Any]:
+    """``start(**settings)`` starts a sandbox (instant pace by default) on 127.0.0.1.
+
+    Every sandbox started is stopped after the test. Build a framework for it with
+    :func:`privateshare.testing.sandboxed.sandbox_framework`.
+    """
+    from .sandboxed import sandbox_starter
+
+    yield from sandbox_starter(privateshare_sandbox_keys, tmp_path)

@@ -1,0 +1,406 @@
+"""The digi.me Public API client: one method per call of the pull flow (PROTOCOL.md Part A).
+
+Every request goes through the transport hook with an ``authorize`` callback,
+so each attempt is signed afresh. Errors are mapped per §A4.6 onto our typed
+hierarchy. The client keeps no user state: tokens are passed in and returned;
+refreshing and persisting them is the flow's job.
+"""
+
+from __future__ import annotations
+
+import binascii
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode
+
+import msgspec
+
+from . import __version__
+from .config import DigimeConfig
+from .errors import SDKInvalidError, ServerError, ValidationError
+from .facade import Hooks
+from .jws import JwksCache, b64url_decode, pkce_pair, random_alphanumeric, sign_request
+from .keys import KeyHandle
+from .models import Account, FileList, FileMetadata, Session, Token, UserAccessToken
+from .transport import HttpRequest, HttpResponse
+
+JSON = {"accept": "application/json"}
+
+
+@dataclass(frozen=True)
+class AuthorizeStart:
+    """What the user needs to consent, and what we keep to finish afterwards."""
+
+    url: str
+    state: str
+    code_verifier: str
+    session: Session
+
+    def __repr__(self) -> str:
+        return f"AuthorizeStart(url=<consent url>, state={self.state[:4]}…, session={self.session})"
+
+
+@dataclass(frozen=True)
+class FileDownload:
+    """An open file download: the metadata, and the response to stream the body from."""
+
+    name: str
+    metadata: FileMetadata
+    last_modified: str | None
+    response: HttpResponse
+
+
+class DigimeClient:
+    """Signs, sends and decodes the pull-flow calls of API v1.7."""
+
+    def __init__(self, config: DigimeConfig, hooks: Hooks, key: Callable[[], KeyHandle]) -> None:
+        self.config = config
+        self.hooks = hooks
+        self._key = key
+        self.base_url = config.base_url if config.base_url.endswith("/") else config.base_url + "/"
+        self.onboard_url = (
+            config.onboard_url if config.onboard_url.endswith("/") else config.onboard_url + "/"
+        )
+        self.client_id = f"{config.application_id}_{config.contract_id}"
+        self.jwks = JwksCache(self.base_url, self._get_json_unsigned)
+
+    # --- plumbing -------------------------------------------------------------
+
+    @property
+    def agent(self) -> dict[str, Any]:
+        import platform
+
+        return {
+            "sdk": {
+                "name": self.config.agent_name,
+                "version": __version__,
+                "meta": {"python": platform.python_version()},
+            }
+        }
+
+    def _authorizer(self, claims: Mapping[str, Any]) -> Callable[[], str]:
+        fixed = {"client_id": self.client_id, **claims}
+
+        def authorize() -> str:
+            return "Bearer " + sign_request(self._key(), fixed)
+
+        return authorize
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        claims: Mapping[str, Any] | None,
+        *,
+        json: Any = None,
+        headers: Mapping[str, str] = JSON,
+        stream: bool = False,
+    ) -> HttpResponse:
+        request = HttpRequest(
+            method=method,
+            url=self.base_url + path,
+            headers=dict(headers),
+            json=json,
+            authorize=self._authorizer(claims) if claims is not None else None,
+            stream=stream,
+        )
+        response = self.hooks.send(request)
+        if response.status_code >= 400:
+            try:
+                body = response.read()
+            except Exception:
+                body = b""
+            finally:
+                response.close()
+            raise server_error(response.status_code, response.reason, response.headers, body)
+        return response
+
+    def _json(self, method: str, path: str, claims: Mapping[str, Any] | None, **kw: Any) -> Any:
+        response = self._send(method, path, claims, **kw)
+        try:
+            body = response.read()
+        finally:
+            response.close()
+        if not body:
+            return None
+        try:
+            return msgspec.json.decode(body)
+        except msgspec.DecodeError:
+            raise ValidationError(
+                f"{method} {path.split('/')[0]}: the server's answer is not JSON"
+            ) from None
+
+    def _get_json_unsigned(self, url: str) -> Any:
+        response = self.hooks.send(HttpRequest("GET", url, headers=JSON))
+        try:
+            body = response.read()
+        finally:
+            response.close()
+        if response.status_code >= 400:
+            raise server_error(response.status_code, response.reason, response.headers, body)
+        try:
+            return msgspec.json.decode(body)
+        except msgspec.DecodeError:
+            raise ValidationError(f"{url} did not return JSON") from None
+
+    def _verified(self, body: Any, what: str) -> dict[str, Any]:
+        from .jws import verify_server_token
+
+        if not isinstance(body, dict):
+            raise ValidationError(f"{what}: the server's answer is not a JSON object")
+        return verify_server_token(body.get("token"), self.jwks)
+
+    # --- authorization --------------------------------------------------------
+
+    def authorize(
+        self,
+        *,
+        redirect_uri: str | None = None,
+        state: str | None = None,
+        access_token: UserAccessToken | None = None,
+        session_options: Mapping[str, Any] | None = None,
+        service_id: int | None = None,
+        locale: str | None = None,
+    ) -> AuthorizeStart:
+        """``POST oauth/authorize``, then the consent URL for the user (§A3.1, §A3.3)."""
+        verifier, challenge = pkce_pair()
+        state = state or random_alphanumeric(32)
+        claims = {
+            "access_token": access_token.access_token.value if access_token else None,
+            "code_challenge": challenge,
+            "code_challenge_method": "S256",
+            "redirect_uri": redirect_uri or self.config.redirect_uri,
+            "response_mode": "query",
+            "response_type": "code",
+            "state": state,
+        }
+        body: dict[str, Any] = {"agent": self.agent}
+        if session_options is not None:
+            body["actions"] = {"pull": dict(session_options)}
+        answer = self._json("POST", "oauth/authorize", claims, json=body)
+        payload = self._verified(answer, "oauth/authorize")
+        code = payload.get("preauthorization_code")
+        if not code:
+            raise ValidationError("oauth/authorize: the server token has no preauthorization_code")
+        params: dict[str, str] = {"code": str(code), "sourceType": "pull"}
+        if service_id:
+            params["service"] = str(service_id)
+        if locale:
+            params["lng"] = locale
+        url = f"{self.onboard_url}authorize?{urlencode(params)}"
+        return AuthorizeStart(url, state, verifier, decode_session(answer.get("session")))
+
+    def exchange_code(self, code: str, code_verifier: str) -> UserAccessToken:
+        """``POST oauth/token`` with the authorization code (§A3.5)."""
+        claims = {
+            "code": code,
+            "code_verifier": code_verifier,
+            "grant_type": "authorization_code",
+        }
+        answer = self._json("POST", "oauth/token", claims, headers={})
+        return decode_token(self._verified(answer, "oauth/token"))
+
+    def refresh(self, token: UserAccessToken) -> UserAccessToken:
+        """``POST oauth/token`` with the refresh token (§A3.6)."""
+        claims = {"grant_type": "refresh_token", "refresh_token": token.refresh_token.value}
+        answer = self._json(
+            "POST", "oauth/token", claims, headers={"content-type": "application/json"}
+        )
+        return decode_token(self._verified(answer, "oauth/token"))
+
+    def reauthorize(
+        self, token: UserAccessToken, *, redirect_uri: str | None = None, state: str | None = None
+    ) -> AuthorizeStart:
+        """``POST oauth/token/reference``: a consent URL when the refresh token expired."""
+        verifier, challenge = pkce_pair()
+        state = state or random_alphanumeric(32)
+        claims = {
+            "access_token": token.access_token.value,
+            "code_challenge": challenge,
+            "code_challenge_method": "S256",
+            "redirect_uri": redirect_uri or self.config.redirect_uri,
+            "state": state,
+        }
+        answer = self._json("POST", "oauth/token/reference", claims, json={"agent": self.agent})
+        payload = self._verified(answer, "oauth/token/reference")
+        code = payload.get("reference_code")
+        if not code:
+            raise ValidationError("oauth/token/reference: the server token has no reference_code")
+        url = f"{self.onboard_url}user-reauth?{urlencode({'code': str(code)})}"
+        return AuthorizeStart(url, state, verifier, decode_session(answer.get("session")))
+
+    # --- data -----------------------------------------------------------------
+
+    def trigger(
+        self, token: UserAccessToken, session_options: Mapping[str, Any] | None = None
+    ) -> Session:
+        """``POST permission-access/trigger``: a new data session for a saved token (§A3.7)."""
+        body = {**dict(session_options or {}), "agent": self.agent}
+        answer = self._json(
+            "POST",
+            "permission-access/trigger",
+            {"access_token": token.access_token.value},
+            json=body,
+        )
+        if not isinstance(answer, dict) or "session" not in answer:
+            raise ValidationError("permission-access/trigger: the answer has no session")
+        return decode_session(answer["session"], strict=True)
+
+    def file_list(self, session_key: str, token: UserAccessToken) -> FileList:
+        """``GET permission-access/query/{sessionKey}`` (§A3.8)."""
+        response = self._send(
+            "GET", f"permission-access/query/{session_key}", self._token_claims(token)
+        )
+        try:
+            body = response.read()
+        finally:
+            response.close()
+        try:
+            return msgspec.json.decode(body, type=FileList)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            raise ValidationError(
+                f"the file list does not have the expected shape: {exc}"
+            ) from None
+
+    def open_file(self, session_key: str, name: str, token: UserAccessToken) -> FileDownload:
+        """``GET .../{fileName}``: headers checked, body left to stream (§A3.9)."""
+        response = self._send(
+            "GET",
+            f"permission-access/query/{session_key}/{name}",
+            self._token_claims(token),
+            headers={"accept": "application/octet-stream"},
+            stream=True,
+        )
+        try:
+            metadata = decode_x_metadata(response.headers.get("x-metadata"), name)
+        except ValidationError:
+            response.close()
+            raise
+        return FileDownload(name, metadata, response.headers.get("last-modified"), response)
+
+    def file_metadata(self, session_key: str, name: str, token: UserAccessToken) -> FileMetadata:
+        """``HEAD .../{fileName}``: the metadata only (§A3.10)."""
+        response = self._send(
+            "HEAD", f"permission-access/query/{session_key}/{name}", self._token_claims(token)
+        )
+        response.close()
+        return decode_x_metadata(response.headers.get("x-metadata"), name)
+
+    def accounts(self, token: UserAccessToken) -> list[Account]:
+        """``GET permission-access/accounts`` (§A3.11)."""
+        answer = self._json("GET", "permission-access/accounts", self._token_claims(token))
+        try:
+            return msgspec.convert(answer, list[Account])
+        except msgspec.ValidationError as exc:
+            raise ValidationError(
+                f"the accounts answer does not have the expected shape: {exc}"
+            ) from None
+
+    def delete_user(self, token: UserAccessToken) -> None:
+        """``DELETE user``: the user's library and consent are removed at digi.me (§A3.12)."""
+        self._json("DELETE", "user", self._token_claims(token))
+
+    def sample_datasets(self, source_id: int) -> dict[str, Any]:
+        """``GET permission-access/sample/datasets/{sourceId}`` (§A3.14)."""
+        answer = self._json("GET", f"permission-access/sample/datasets/{source_id}", {})
+        if not isinstance(answer, dict):
+            raise ValidationError("the sample data sets answer is not a JSON object")
+        return answer
+
+    @staticmethod
+    def _token_claims(token: UserAccessToken) -> dict[str, Any]:
+        return {"access_token": token.access_token.value}
+
+
+# --- decoding -------------------------------------------------------------------
+
+
+def decode_session(value: Any, *, strict: bool = False) -> Session:
+    if isinstance(value, dict) and isinstance(value.get("key"), str):
+        expiry = value.get("expiry", 0)
+        if isinstance(expiry, int | float):
+            return Session(value["key"], int(expiry))
+    if strict:
+        raise ValidationError("the session is not {key: string, expiry: number}")
+    return Session("", 0)
+
+
+def decode_token(payload: Mapping[str, Any]) -> UserAccessToken:
+    """Map the server token payload (§A4.2) to a :class:`UserAccessToken`."""
+
+    def token(name: str) -> Token:
+        part = payload.get(name)
+        if not isinstance(part, dict) or not isinstance(part.get("value"), str):
+            raise ValidationError(f"the server token has no {name} value")
+        expiry = part.get("expires_on") or 0
+        return Token(part["value"], int(expiry) if isinstance(expiry, int | float) else 0)
+
+    consent = payload.get("consentid")
+    return UserAccessToken(
+        access_token=token("access_token"),
+        refresh_token=token("refresh_token"),
+        user_id=str(payload.get("sub") or ""),
+        consent_id=str(consent) if consent is not None else None,
+    )
+
+
+def decode_x_metadata(header: str | None, name: str) -> FileMetadata:
+    """The base64url JSON ``x-metadata`` header (§A4.4)."""
+    if not header:
+        raise ValidationError(f"{name}: the x-metadata header is missing")
+    try:
+        data = msgspec.json.decode(b64url_decode(header.strip()))
+    except (binascii.Error, ValueError, msgspec.DecodeError):
+        raise ValidationError(f"{name}: the x-metadata header is not base64url JSON") from None
+    if not isinstance(data, dict) or not isinstance(data.get("metadata", {}), dict):
+        raise ValidationError(f"{name}: the x-metadata header has no metadata object")
+    compression = data.get("compression")
+    return FileMetadata(
+        metadata=data.get("metadata", {}),
+        compression=compression if isinstance(compression, str) else None,
+    )
+
+
+def server_error(status: int, reason: str, headers: Mapping[str, str], body: bytes) -> ServerError:
+    """Map an error response to ServerError / SDKInvalidError (§A4.6)."""
+    code = message = reference = None
+    try:
+        data = msgspec.json.decode(body) if body else None
+    except msgspec.DecodeError:
+        data = None
+    if isinstance(data, dict):
+        error = data.get("error")
+        if isinstance(error, dict):
+            code, message, reference = (
+                error.get("code"),
+                error.get("message"),
+                error.get("reference"),
+            )
+        elif isinstance(error, str):
+            code, message = error, data.get("message")
+    code = code or headers.get("x-error-code")
+    message = message or headers.get("x-error-message")
+    reference = reference or headers.get("x-error-reference")
+    cls = SDKInvalidError if code in ("SDKInvalid", "SDKVersionInvalid") else ServerError
+    return cls(
+        str(message or f"HTTP {status} {reason}".strip()),
+        code=str(code or "DigiMeServerError"),
+        reference=str(reference or "Unknown reference"),
+        status_code=status,
+        status_message=reason,
+    )
+
+
+def needs_refresh(error: BaseException) -> bool:
+    """A 401 that a token refresh can fix (§A7): InvalidToken or no standard error body."""
+    return (
+        isinstance(error, ServerError)
+        and error.status_code == 401
+        and error.code in ("InvalidToken", "DigiMeServerError")
+    )
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)

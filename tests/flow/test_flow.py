@@ -1,0 +1,303 @@
+"""The flow against the sandbox over real HTTP; every file checked against ground truth."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from privateshare import AuthorizationRequired, ServerError, ValidationError, hookimpl
+from privateshare.flow import ConsentDenied, Flow
+from privateshare.sandbox import Sandbox
+
+from .conftest import consent, delivered, framework_for
+
+
+def test_ongoing_consent_then_pull_delivers_every_file(sandbox: Sandbox, tmp_path: Path) -> None:
+    fw = framework_for(sandbox, tmp_path)
+    flow = Flow(fw)
+    token, session = consent(flow, "alice")
+    assert fw.hooks.token_load("alice") == token  # ongoing: the token is kept
+    summary = flow.pull("alice", token=token, session=session)
+    assert summary.final_state == "completed"
+    assert not summary.files_failed, summary.files_failed
+    assert delivered(tmp_path, "alice") == sandbox.ground_truth()
+    assert summary.files_delivered == len(sandbox.ground_truth())
+    assert summary.bytes_delivered > 0
+
+
+def test_saved_token_triggers_a_new_session_and_skips_what_is_delivered(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    flow = Flow(framework_for(sandbox, tmp_path))
+    consent(flow, "bob")
+    first = flow.pull("bob")  # trigger with the saved token
+    assert first.files_delivered == len(sandbox.ground_truth())
+    triggers = sandbox.stats()["triggers"]
+    second = flow.pull("bob")
+    assert sandbox.stats()["triggers"] == triggers + 1
+    assert second.files_delivered == 0
+    assert second.files_skipped == len(sandbox.ground_truth())
+    assert delivered(tmp_path, "bob") == sandbox.ground_truth()
+
+
+def test_files_appear_and_update_while_running(
+    start_sandbox: Callable[..., Sandbox], tmp_path: Path
+) -> None:
+    sandbox = start_sandbox(pending_polls=1, running_polls=3, updated_fraction=0.5)
+    flow = Flow(framework_for(sandbox, tmp_path))
+    seen: list[str] = []
+
+    class Observer:
+        @hookimpl
+        def privateshare_status_changed(self, user_id: str, status: object) -> None:
+            seen.append(status.state)  # type: ignore[attr-defined]
+
+    flow.fw.pm.register(Observer())
+    token, session = consent(flow, "carol")
+    summary = flow.pull("carol", token=token, session=session)
+    assert seen[-1] == "completed" and "running" in seen
+    updated = sum(len(f.versions) > 1 for f in sandbox.library.files)
+    assert updated > 0
+    assert summary.files_delivered == len(sandbox.library.files) + updated
+    assert delivered(tmp_path, "carol") == sandbox.ground_truth()
+
+
+def test_one_off_consent_reads_once_and_keeps_no_token(sandbox: Sandbox, tmp_path: Path) -> None:
+    fw = framework_for(sandbox, tmp_path, contract="oneoff")
+    flow = Flow(fw)
+    token, session = consent(flow, "dave", once=True)
+    assert fw.hooks.token_load("dave") is None
+    summary = flow.pull("dave", token=token, session=session, save_token=False)
+    assert delivered(tmp_path, "dave") == sandbox.ground_truth()
+    assert summary.final_state == "completed"
+    # A one-off contract refuses a new session with the token.
+    with pytest.raises(ServerError) as info:
+        flow.client.trigger(token)
+    assert info.value.code == "InsufficientScope"
+
+
+def test_refresh_mid_run_happens_once_with_many_concurrent_downloads(
+    start_sandbox: Callable[..., Sandbox], tmp_path: Path
+) -> None:
+    # The first access token runs out after 40 uses, mid-way through ~60 downloads made
+    # 16 at a time: many downloads hit the 401 together, and exactly one refresh follows.
+    sandbox = start_sandbox(files=60, access_token_max_uses=40)
+    fw = framework_for(sandbox, tmp_path, pull={"concurrency": 16, "poll_interval": 0.05})
+    flow = Flow(fw)
+    refreshed: list[str] = []
+
+    class Observer:
+        @hookimpl
+        def privateshare_token_refreshed(self, user_id: str) -> None:
+            refreshed.append(user_id)
+
+    fw.pm.register(Observer())
+    token, session = consent(flow, "erin")
+    summary = flow.pull("erin", token=token, session=session)
+    assert not summary.files_failed, summary.files_failed[:3]
+    assert delivered(tmp_path, "erin") == sandbox.ground_truth()
+    stats = sandbox.stats()
+    assert stats["errors"].get("InvalidToken", 0) > 1  # several downloads saw the 401
+    assert (stats["refresh"], stats["refresh_failed"]) == (1, 0)
+    assert refreshed == ["erin"]
+    saved = fw.hooks.token_load("erin")
+    assert saved is not None and saved != token  # the refreshed token was saved
+
+
+def test_expired_refresh_token_requires_authorization(
+    start_sandbox: Callable[..., Sandbox], tmp_path: Path
+) -> None:
+    sandbox = start_sandbox(access_token_lifetime=1, refresh_token_lifetime=1)
+    flow = Flow(framework_for(sandbox, tmp_path))
+    consent(flow, "frank")
+    time.sleep(2.1)
+    with pytest.raises(AuthorizationRequired) as info:
+        flow.pull("frank")
+    assert "privateshare authorize --user frank" in str(info.value)
+
+
+def test_partial_library_reports_the_account_with_a_reauthorize_url(
+    start_sandbox: Callable[..., Sandbox], tmp_path: Path
+) -> None:
+    sandbox = start_sandbox(partial=True)
+    flow = Flow(framework_for(sandbox, tmp_path))
+    token, session = consent(flow, "gina")
+    summary = flow.pull("gina", token=token, session=session)
+    assert summary.final_state == "partial"
+    account = sandbox.library.partial_account_id
+    assert account is not None
+    assert summary.accounts[account].error is not None
+    assert summary.accounts[account].error.code == "ServiceAuthorizationError"
+    assert summary.reauthorize_urls[account].startswith(sandbox.onboard_url)
+    assert not summary.ok
+
+
+def test_transient_faults_are_retried_with_fresh_signatures(
+    start_sandbox: Callable[..., Sandbox], tmp_path: Path
+) -> None:
+    sandbox = start_sandbox(files=40, error_rate=0.2, reset_rate=0.05, truncate_rate=0.15)
+    fw = framework_for(
+        sandbox,
+        tmp_path,
+        pull={"file_attempts": 6, "poll_interval": 0.05},
+        transport={"type": "requests", "backoff": 0.01, "retries": 5},
+    )
+    flow = Flow(fw)
+    token, session = consent(flow, "hank")
+    summary = flow.pull("hank", token=token, session=session)
+    faults = sandbox.stats()["faults"]
+    assert sum(faults.values()) > 0, "the fault knobs did not fire"
+    assert not summary.files_failed, summary.files_failed[:3]
+    assert delivered(tmp_path, "hank") == sandbox.ground_truth()
+
+
+def test_corrupt_files_fail_alone_and_are_retried_next_run(
+    start_sandbox: Callable[..., Sandbox], tmp_path: Path
+) -> None:
+    # v1.7 files carry no MAC (PROTOCOL.md §A10): a flipped byte is caught only where
+    # padding or decompression notices. So we demand detection for compressed files and
+    # byte-exact delivery of everything once the faults stop.
+    sandbox = start_sandbox(files=30, corrupt_rate=0.3, bad_metadata_rate=0.1)
+    flow = Flow(framework_for(sandbox, tmp_path))
+    failed: list[str] = []
+
+    class Observer:
+        @hookimpl
+        def privateshare_file_failed(self, file_name: str, error: Exception) -> None:
+            failed.append(file_name)
+
+    flow.fw.pm.register(Observer())
+    consent(flow, "ivy")
+    first = flow.pull("ivy")
+    assert first.files_failed and len(failed) == len(first.files_failed)
+    assert {f.check for f in first.files_failed} >= {"decompression", None}
+    truth = sandbox.ground_truth()
+    compressed = {f.name for f in sandbox.library.files if f.latest.compression}
+    got = delivered(tmp_path, "ivy")
+    assert all(truth[name] == got[name] for name in compressed & set(got))
+    assert not {f.name for f in first.files_failed} & set(got)  # nothing half-written
+    # Faults are decided per attempt: a rerun fetches only the files that failed.
+    for _ in range(8):
+        if set(delivered(tmp_path, "ivy")) == set(truth):
+            break
+        again = flow.pull("ivy")
+        assert again.files_skipped >= len(got)
+    got = delivered(tmp_path, "ivy")
+    assert set(got) == set(truth)
+    assert all(truth[name] == got[name] for name in compressed)
+
+
+def test_killed_run_resumes_without_duplicates_or_holes(
+    start_sandbox: Callable[..., Sandbox], tmp_path: Path
+) -> None:
+    sandbox = start_sandbox(files=80, latency=0.02)
+    fw = framework_for(sandbox, tmp_path, pull={"concurrency": 4, "poll_interval": 0.05})
+    flow = Flow(fw)
+    consent(flow, "jack")
+    config = tmp_path / "kill.toml"
+    config.write_text(_toml_of(fw))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "privateshare", "pull", "--config", str(config), "--user", "jack"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.time() + 30
+    while time.time() < deadline and len(delivered(tmp_path, "jack")) < 10:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    partial = delivered(tmp_path, "jack")
+    truth = sandbox.ground_truth()
+    assert 0 < len(partial) < len(truth)
+    assert all(truth[name] == digest for name, digest in partial.items())
+    summary = flow.pull("jack")
+    assert delivered(tmp_path, "jack") == truth
+    assert summary.files_delivered + summary.files_skipped == len(truth)
+    leftovers = [p.name for p in (tmp_path / "data" / "jack").iterdir() if p.name.startswith(".")]
+    assert leftovers == []
+
+
+def test_state_mismatch_and_cancel_are_refused(sandbox: Sandbox, tmp_path: Path) -> None:
+    flow = Flow(framework_for(sandbox, tmp_path))
+    pending = flow.start_consent("kim")
+    with pytest.raises(ValidationError) as info:
+        flow.finish_consent(pending, {"success": "true", "code": "x", "state": "forged"})
+    assert "state does not match" in str(info.value)
+    with pytest.raises(ConsentDenied) as denied:
+        flow.finish_consent(
+            pending, {"success": "false", "errorCode": "USER_CANCEL", "state": pending.state}
+        )
+    assert denied.value.error_code == "USER_CANCEL"
+    assert flow.fw.hooks.token_load("kim") is None
+
+
+def test_server_errors_are_mapped(sandbox: Sandbox, tmp_path: Path) -> None:
+    fw = framework_for(sandbox, tmp_path)
+    flow = Flow(fw)
+    with pytest.raises(ServerError) as info:
+        flow.client.authorize(redirect_uri="http://evil.example/callback")
+    assert info.value.code == "InvalidRedirectUri"
+    assert info.value.status_code == 404
+    assert info.value.reference != "Unknown reference"
+    wrong = framework_for(sandbox, tmp_path / "w", digime={"contract_id": "nope"})
+    with pytest.raises(ServerError) as info:
+        Flow(wrong).client.authorize()
+    assert info.value.code == "InvalidClient"
+
+
+def test_foreign_jku_is_rejected(sandbox: Sandbox, tmp_path: Path) -> None:
+    # Same server, but configured as "localhost": the tokens' jku names 127.0.0.1,
+    # another origin as far as we are concerned, so we refuse to fetch keys there.
+    base = sandbox.base_url.replace("127.0.0.1", "localhost")
+    fw = framework_for(sandbox, tmp_path, digime={"base_url": base})
+    with pytest.raises(ValidationError) as info:
+        Flow(fw).client.authorize()
+    assert "not on the API origin" in str(info.value)
+
+
+def test_accounts_and_delete_user(sandbox: Sandbox, tmp_path: Path) -> None:
+    flow = Flow(framework_for(sandbox, tmp_path))
+    consent(flow, "lee")
+    accounts = flow.accounts("lee")
+    assert {a.id for a in accounts} == {a["id"] for a in sandbox.library.accounts}
+    assert flow.delete_user("lee") is True
+    assert flow.fw.hooks.token_load("lee") is None
+    assert flow.delete_user("lee") is False
+
+
+def test_pull_without_token_says_what_to_do(sandbox: Sandbox, tmp_path: Path) -> None:
+    flow = Flow(framework_for(sandbox, tmp_path))
+    with pytest.raises(AuthorizationRequired) as info:
+        flow.pull("nobody")
+    assert "privateshare authorize --user nobody" in str(info.value)
+
+
+def _toml_of(fw: object) -> str:
+    """The framework's config as TOML text (for a subprocess)."""
+    config = fw.config  # type: ignore[attr-defined]
+    d = config.digime
+    lines = [
+        "[digime]",
+        f'application_id = "{d.application_id}"',
+        f'contract_id = "{d.contract_id}"',
+        f'base_url = "{d.base_url}"',
+        f'onboard_url = "{d.onboard_url}"',
+    ]
+    for spec in config.plugin_specs():
+        lines.append(f"[{spec.name}]")
+        lines.append(f'type = "{spec.type}"')
+        for key, value in spec.options.items():
+            if key == "path" and spec.family == "keys":
+                value = str(config.base_dir / value)
+            lines.append(f"{key} = {json.dumps(value)}")
+    lines += ["[pull]", "concurrency = 4", "poll_interval = 0.05"]
+    return textwrap.dedent("\n".join(lines)) + "\n"
