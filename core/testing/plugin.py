@@ -127,10 +127,8 @@ def memory_sink() -> MemorySink:
 
 @pytest.fixture(scope="session")
 def privateshare_sandbox_keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A sandbox state directory (application, contracts, keys), made once per session."""
-    from .sandboxed import make_sandbox_keys
-
-    return make_sandbox_keys(tmp_path_factory.mktemp("privateshare-sandbox-keys"))
+    """A sandbox key cache: contract and signing keys made once per test session."""
+    return tmp_path_factory.mktemp("privateshare-sandbox-keys")
 
 
 @pytest.fixture

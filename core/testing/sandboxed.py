@@ -8,7 +8,6 @@ the helpers they and your tests use.
 from __future__ import annotations
 
 import hashlib
-import shutil
 import tomllib
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,22 +22,17 @@ from ..models import Session, UserAccessToken
 from ..sandbox import Sandbox, SandboxSettings
 
 
-def make_sandbox_keys(state: Path) -> Path:
-    """Create a sandbox state directory (application, contracts, keys) once."""
-    with Sandbox(SandboxSettings.instant(), state_dir=state):
-        pass
-    return state
-
-
 def sandbox_starter(keys: Path, workdir: Path) -> Iterator[Callable[..., Sandbox]]:
-    """Yield ``start(**settings)``; every sandbox started is stopped afterwards."""
+    """Yield ``start(**settings)``; every sandbox started is stopped afterwards.
+
+    ``keys`` is a key cache shared by the test session, so RSA keys are made once.
+    """
     running: list[Sandbox] = []
 
     def start(**settings: Any) -> Sandbox:
         state = workdir / f"sandbox-{len(running)}"
-        shutil.copytree(keys, state)
-        sandbox = Sandbox(SandboxSettings.instant(**settings), state_dir=state).start()
-        running.append(sandbox)
+        sandbox = Sandbox(SandboxSettings.instant(**settings), state_dir=state, key_cache=keys)
+        running.append(sandbox.start())
         return sandbox
 
     try:
