@@ -199,8 +199,9 @@ def _attach_commands() -> None:
     from .commands import COMMANDS
     from .demo import demo_command
     from .sandbox.command import sandbox_command
+    from .scaffold import plugin_group
 
-    for command in (*COMMANDS, demo_command, sandbox_command):
+    for command in (*COMMANDS, demo_command, sandbox_command, plugin_group):
         main.add_command(command)
 
 
