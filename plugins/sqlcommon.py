@@ -1,0 +1,477 @@
+"""What the ``sql`` sink and the ``sql`` token store share: options, engine, errors, schema.
+
+Both plugins talk to SQLite (embedded, the default), PostgreSQL (psycopg 3) or
+MariaDB/MySQL (PyMySQL) through SQLAlchemy 2 Core. This module turns a config
+table into an engine (password injected from a secret, SQLite paths resolved
+against the config directory), runs every statement in a transaction whose
+failures become a :class:`~privateshare.errors.PrivateShareError` naming the
+plugin's table, what failed and how to fix it (never a SQLAlchemy traceback,
+never the password), and creates or migrates the plugins' tables under a
+schema-version table. ``docs/sql.md`` describes the layout and the locking.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import re
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import msgspec
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql, postgresql, sqlite
+from sqlalchemy.engine import URL, Connection, Engine
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
+
+from privateshare.errors import ConfigError, PrivateShareError
+from privateshare.plugin import PluginContext
+from privateshare.secrets import Secret
+
+log = logging.getLogger("privateshare.sql")
+
+#: Dialects we test against; anything else is refused with this list.
+SUPPORTED = {"sqlite": "sqlite", "postgresql": "postgresql", "mysql": "mysql", "mariadb": "mysql"}
+#: The driver installed with ``privateshare[sql]`` when a url names none.
+DEFAULT_DRIVERS = {"postgresql": "psycopg", "mysql": "pymysql", "mariadb": "pymysql"}
+INSTALL_HINT = "pip install 'privateshare[sql]'"
+URL_EXAMPLES = (
+    "sqlite:///privateshare.db, postgresql+psycopg://user@host:5432/dbname or "
+    "mysql+pymysql://user@host:3306/dbname"
+)
+_PREFIX = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,39}$")
+_NETLOC_PASSWORD = re.compile(r"(//[^/@:]*):[^/@]*@")
+
+#: A ``Text``/``LargeBinary`` that holds more than 64 KiB on MariaDB/MySQL too.
+LongText = sa.Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
+LongBlob = sa.LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb")
+#: JSON that PostgreSQL can index and query with ``->>`` (``jsonb``).
+Json = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+
+
+class SqlOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Options both SQL plugins take (see ``docs/sql.md``)."""
+
+    #: SQLAlchemy URL; a relative SQLite path is resolved against the config's directory.
+    url: Annotated[str, msgspec.Meta(min_length=1)]
+    #: The database password, as a secret reference, injected into ``url``.
+    password: Secret | None = None
+    #: Prefix of every table the plugin creates, so several setups can share a database.
+    table_prefix: str = "privateshare_"
+    #: Connections kept open per process (a held refresh lock uses one).
+    pool_size: Annotated[int, msgspec.Meta(ge=1, le=100)] = 5
+    #: Seconds to wait for a server connection, or (SQLite) for another writer to finish.
+    timeout: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+
+
+def redact_url_text(text: str) -> str:
+    """A url string with any ``user:password@`` password replaced, for text we cannot parse."""
+    return _NETLOC_PASSWORD.sub(r"\1:***@", text)
+
+
+def _json_serializer(value: Any) -> str:
+    return msgspec.json.encode(value).decode("utf-8")
+
+
+class Database:
+    """One plugin's engine, with transactions whose errors are clear and secret-free.
+
+    ``error`` is the error class the plugin raises (:class:`SinkError`,
+    :class:`TokenStoreError`); messages name the plugin by its config table.
+    """
+
+    def __init__(
+        self,
+        options: SqlOptions,
+        context: PluginContext,
+        *,
+        error: type[PrivateShareError],
+    ) -> None:
+        self.name = context.name
+        self.error = error
+        self.timeout = options.timeout
+        self.prefix = options.table_prefix
+        if not _PREFIX.match(self.prefix):
+            raise ConfigError(
+                f"[{self.name}] table_prefix: {self.prefix!r} is not a plain SQL name; use "
+                "letters, digits and underscores (at most 40, not starting with a digit), "
+                'e.g. table_prefix = "privateshare_"'
+            )
+        self.url = self._parse_url(options, context)
+        self._password = self.url.password if isinstance(self.url.password, str) else None
+        self.safe_url = self.url.render_as_string(hide_password=True)
+        self.dialect = SUPPORTED[self.url.get_backend_name()]
+        self.sqlite_path: Path | None = (
+            Path(self.url.database) if self.dialect == "sqlite" and self.url.database else None
+        )
+        self.engine = self._create_engine(options)
+        self._schema_done: set[str] = set()
+        self._schema_lock = threading.Lock()
+
+    # --- configuration ---------------------------------------------------------
+
+    def _parse_url(self, options: SqlOptions, context: PluginContext) -> URL:
+        where = f"[{self.name}] url"
+        try:
+            url = sa.engine.make_url(options.url)
+        except (ArgumentError, ValueError):
+            raise ConfigError(
+                f"{where}: {redact_url_text(options.url)!r} is not a database URL; write it "
+                f"as dialect+driver://user@host:port/database, e.g. {URL_EXAMPLES}"
+            ) from None
+        backend = url.get_backend_name()
+        if backend not in SUPPORTED:
+            raise ConfigError(
+                f"{where}: the database {backend!r} is not supported; privateshare's SQL "
+                f"plugins work with SQLite, PostgreSQL and MariaDB/MySQL, e.g. {URL_EXAMPLES}"
+            )
+        if "+" not in url.drivername and backend in DEFAULT_DRIVERS:
+            url = url.set(drivername=f"{backend}+{DEFAULT_DRIVERS[backend]}")
+        if options.password is not None:
+            if url.password is not None:
+                raise ConfigError(
+                    f"{where} holds a password and the password option is set too; remove the "
+                    "password from url (keep it only in the password secret)"
+                )
+            url = url.set(password=options.password.reveal())
+        elif url.password is not None:
+            log.warning(
+                "[%s] url contains a password in the config file; move it to "
+                'password = { env = "VARIABLE" } so no secret sits in the config',
+                self.name,
+            )
+        if backend == "sqlite":
+            database = url.database or ""
+            if database in ("", ":memory:") or database.startswith("file::memory:"):
+                raise ConfigError(
+                    f"{where}: an in-memory SQLite database would lose everything when the "
+                    'process ends; name a file, e.g. url = "sqlite:///privateshare.db"'
+                )
+            if not database.startswith("file:"):
+                url = url.set(database=str(context.resolve(database)))
+        return url
+
+    def _create_engine(self, options: SqlOptions) -> Engine:
+        kwargs: dict[str, Any] = {
+            "pool_pre_ping": True,
+            "json_serializer": _json_serializer,
+            "hide_parameters": True,  # content and sealed tokens never reach an error text
+        }
+        if self.dialect == "sqlite":
+            kwargs["connect_args"] = {"timeout": options.timeout}
+            kwargs["pool_size"] = options.pool_size
+        else:
+            kwargs.update(
+                pool_size=options.pool_size,
+                max_overflow=options.pool_size * 2,
+                pool_timeout=options.timeout,
+                pool_recycle=1800,
+                # Each statement sees what others committed: a worker that waited for the
+                # refresh lock reads the token the holder saved.
+                isolation_level="READ COMMITTED",
+                connect_args={"connect_timeout": max(1, int(options.timeout))},
+            )
+        try:
+            engine = sa.create_engine(self.url, **kwargs)
+        except NoSuchModuleError:
+            raise ConfigError(
+                f"[{self.name}] url: SQLAlchemy has no dialect {self.url.drivername!r}; "
+                f"use one of {URL_EXAMPLES}"
+            ) from None
+        except ImportError as exc:
+            backend = self.url.get_backend_name()
+            ours = f"{backend}+{DEFAULT_DRIVERS.get(backend, '')}"
+            raise ConfigError(
+                f"[{self.name}] url: the database driver for {self.url.drivername!r} is not "
+                f"installed ({exc}); install it, or run {INSTALL_HINT} and use "
+                f"{ours if backend in DEFAULT_DRIVERS else 'sqlite'}:// in url"
+            ) from None
+        except (SQLAlchemyError, TypeError, ValueError) as exc:
+            raise ConfigError(
+                f"[{self.name}] url: {self.safe_url} cannot be used: {self._scrub(str(exc))}"
+            ) from None
+        if self.dialect == "sqlite":
+            _sqlite_events(engine)
+        return engine
+
+    # --- connections and transactions -------------------------------------------
+
+    def where(self) -> str:
+        """The database as it may be printed: a SQLite path, or the url without password."""
+        return str(self.sqlite_path) if self.sqlite_path else self.safe_url
+
+    def connect(self, action: str) -> Connection:
+        """A connection; a failure is an error saying the server or file cannot be reached."""
+        if self.sqlite_path is not None and not self.sqlite_path.parent.exists():
+            try:
+                self.sqlite_path.parent.mkdir(parents=True, mode=0o700, exist_ok=True)
+            except OSError as exc:
+                raise self.error(
+                    f"[{self.name}] cannot {action}: the directory of the SQLite database "
+                    f"{self.sqlite_path} cannot be created ({exc.strerror}); create it or "
+                    "change url"
+                ) from None
+        if self.sqlite_path is not None and not self.sqlite_path.exists():
+            # Personal data and sealed tokens: private from the first byte (SQLite gives
+            # its -wal and -shm files the database file's mode).
+            with contextlib.suppress(OSError):
+                os.close(os.open(self.sqlite_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        try:
+            return self.engine.connect()
+        except (DBAPIError, SQLAlchemyError) as exc:
+            raise self.translate(exc, action, connecting=True) from None
+
+    @contextmanager
+    def transaction(self, action: str, *, write: bool = True) -> Iterator[Connection]:
+        """One transaction, committed on success; ``write`` takes SQLite's write lock upfront.
+
+        ``action`` completes "cannot ..." in error messages.
+        """
+        conn = self.connect(action)
+        try:
+            if write and self.dialect == "sqlite":
+                conn.execution_options(privateshare_write=True)
+            try:
+                with conn.begin():
+                    yield conn
+            except (DBAPIError, SQLAlchemyError) as exc:
+                raise self.translate(exc, action) from None
+        finally:
+            conn.close()
+
+    def translate(
+        self, exc: BaseException, action: str, *, connecting: bool = False
+    ) -> PrivateShareError:
+        """A SQLAlchemy/driver error as a clear plugin error (what, where, how to fix)."""
+        orig = getattr(exc, "orig", None) or exc
+        detail = self._scrub(_first_line(orig))
+        code = error_code(orig)
+        lowered = detail.lower()
+        head = f"[{self.name}] cannot {action} in {self.where()}"
+        if code in ("42501", 1044, 1142, 1143, 1227) or "permission denied" in lowered:
+            fix = (
+                "the database user lacks a privilege; grant it (PostgreSQL: GRANT CREATE, "
+                "USAGE ON SCHEMA public TO <user>; MariaDB: GRANT ALL ON <database>.* TO "
+                "<user>), or have an administrator run privateshare once to create the tables"
+            )
+        elif code in ("3D000", 1049) or ("does not exist" in lowered and "database" in lowered):
+            fix = "the database does not exist; create it (CREATE DATABASE <name>) or fix url"
+        elif code in ("28P01", "28000", 1045) or "authentication failed" in lowered:
+            fix = (
+                "the server refused the credentials; check the user in url and the secret "
+                "the password option refers to"
+            )
+        elif code in ("55P03", 1205) or "lock timeout" in lowered:
+            fix = f"a lock was held longer than {self.timeout:g} s; retry, or raise timeout"
+        elif self.dialect == "sqlite" and "locked" in lowered:
+            fix = (
+                f"another process kept the database locked for more than {self.timeout:g} s; "
+                "retry, or raise timeout"
+            )
+        elif self.dialect == "sqlite" and ("unable to open" in lowered or "readonly" in lowered):
+            fix = (
+                "check that the file and its directory exist and are writable by the user "
+                "running privateshare"
+            )
+        elif connecting or code in (2002, 2003, 2005, 2006, 2013) or "connect" in lowered:
+            host = f"{self.url.host or 'localhost'}:{self.url.port or 'default port'}"
+            fix = (
+                f"check that the database server at {host} is running and reachable and "
+                "that url names the right host, port and database"
+            )
+        elif isinstance(exc, DBAPIError) and exc.connection_invalidated:
+            fix = "the connection to the database was lost; retry"
+        else:
+            fix = "check the database's state and the user's privileges"
+        return self.error(f"{head}: {detail}; {fix}")
+
+    def _scrub(self, text: str) -> str:
+        if self._password:
+            text = text.replace(self._password, "***")
+        return redact_url_text(text)
+
+    # --- schema ----------------------------------------------------------------
+
+    def ensure_schema(
+        self,
+        component: str,
+        version: int,
+        metadata: sa.MetaData,
+        migrations: Mapping[int, Callable[[Connection], None]] | None = None,
+    ) -> None:
+        """Create ``metadata``'s tables, or migrate them, once per process and component.
+
+        The schema-version table ``<prefix>schema_version`` holds one row per
+        component; creation and migrations run under a database-wide lock
+        (an advisory lock on PostgreSQL, ``GET_LOCK`` on MariaDB, the write lock on
+        SQLite), so many workers starting at once on an empty database are safe.
+        """
+        with self._schema_lock:
+            if component in self._schema_done:
+                return
+            versions = schema_version_table(sa.MetaData(), self.prefix)
+            action = f"create or upgrade its tables ({self.prefix}*)"
+            conn = self.connect(action)
+            lock_name = "privateshare-schema-" + hashlib.sha256(self.prefix.encode()).hexdigest()
+            try:
+                try:
+                    if self.dialect == "mysql":
+                        got = conn.execute(
+                            sa.text("SELECT GET_LOCK(:n, :t)"),
+                            {"n": lock_name[:64], "t": int(self.timeout)},
+                        ).scalar()
+                        conn.commit()
+                        if got != 1:
+                            raise self.error(
+                                f"[{self.name}] timed out after {self.timeout:g} s waiting for "
+                                f"another process to create the tables in {self.where()}; retry"
+                            )
+                    if self.dialect == "sqlite":
+                        conn.execution_options(privateshare_write=True)
+                    with conn.begin():
+                        if self.dialect == "postgresql":
+                            key = int.from_bytes(bytes.fromhex(lock_name[-16:]), "big", signed=True)
+                            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
+                        versions.create(conn, checkfirst=True)
+                        found = conn.execute(
+                            sa.select(versions.c.version).where(versions.c.component == component)
+                        ).scalar()
+                        if found is None:
+                            metadata.create_all(conn, checkfirst=True)
+                            conn.execute(
+                                versions.insert().values(component=component, version=version)
+                            )
+                            log.info(
+                                "[%s] created tables %s* (%s schema v%d) in %s",
+                                self.name,
+                                self.prefix,
+                                component,
+                                version,
+                                self.where(),
+                            )
+                        elif found > version:
+                            raise self.error(
+                                f"[{self.name}] the {component} tables in {self.where()} have "
+                                f"schema version {found}, newer than this privateshare "
+                                f"understands ({version}); upgrade privateshare"
+                            )
+                        elif found < version:
+                            for step in range(found + 1, version + 1):
+                                (migrations or {})[step](conn)
+                            conn.execute(
+                                versions.update()
+                                .where(versions.c.component == component)
+                                .values(version=version)
+                            )
+                            log.info(
+                                "[%s] migrated the %s tables from v%d to v%d",
+                                self.name,
+                                component,
+                                found,
+                                version,
+                            )
+                except (DBAPIError, SQLAlchemyError) as exc:
+                    raise self.translate(exc, action) from None
+                finally:
+                    if self.dialect == "mysql":
+                        try:
+                            conn.execute(sa.text("SELECT RELEASE_LOCK(:n)"), {"n": lock_name[:64]})
+                            conn.commit()
+                        except SQLAlchemyError:
+                            conn.invalidate()
+            finally:
+                conn.close()
+            self._schema_done.add(component)
+
+    # --- statements ------------------------------------------------------------
+
+    def upsert(
+        self, conn: Connection, table: sa.Table, row: Mapping[str, Any], keys: Sequence[str]
+    ) -> None:
+        """Insert ``row``, or update the row with the same ``keys``; locks that row."""
+        if self.dialect == "mysql":
+            stmt = mysql.insert(table).values(**row)
+            updates = {c: stmt.inserted[c] for c in row if c not in keys} or {
+                keys[0]: stmt.inserted[keys[0]]
+            }
+            conn.execute(stmt.on_duplicate_key_update(updates))
+            return
+        module = postgresql if self.dialect == "postgresql" else sqlite
+        stmt = module.insert(table).values(**row)
+        updates = {c: stmt.excluded[c] for c in row if c not in keys}
+        if updates:
+            conn.execute(stmt.on_conflict_do_update(index_elements=list(keys), set_=updates))
+        else:
+            conn.execute(stmt.on_conflict_do_nothing(index_elements=list(keys)))
+
+    def insert_ignore(
+        self, conn: Connection, table: sa.Table, row: Mapping[str, Any], keys: Sequence[str]
+    ) -> None:
+        """Insert ``row`` unless a row with the same ``keys`` exists (which is left as is)."""
+        if self.dialect == "mysql":
+            stmt = mysql.insert(table).values(**row)
+            conn.execute(stmt.on_duplicate_key_update({keys[0]: getattr(table.c, keys[0])}))
+            return
+        module = postgresql if self.dialect == "postgresql" else sqlite
+        conn.execute(module.insert(table).values(**row).on_conflict_do_nothing(index_elements=keys))
+
+    def dispose(self) -> None:
+        """Close every pooled connection (at framework close)."""
+        self.engine.dispose()
+
+
+def schema_version_table(metadata: sa.MetaData, prefix: str) -> sa.Table:
+    """``<prefix>schema_version``: one row per component (``sink``, ``tokens``)."""
+    return sa.Table(
+        f"{prefix}schema_version",
+        metadata,
+        sa.Column("component", sa.String(64), primary_key=True),
+        sa.Column("version", sa.Integer, nullable=False),
+    )
+
+
+def _sqlite_events(engine: Engine) -> None:
+    """Let us choose ``BEGIN IMMEDIATE`` for writes, and use WAL so readers never wait."""
+
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+        finally:
+            cursor.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        # A write transaction takes the write lock at BEGIN (waiting up to the busy
+        # timeout), so it never fails half-way on a lock upgrade.
+        write = conn.get_execution_options().get("privateshare_write")
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    if isinstance(exc, SQLAlchemyError) and not isinstance(exc, DBAPIError):
+        text = text.split("\n(Background on this error")[0]
+    if isinstance(getattr(exc, "args", None), tuple) and len(exc.args) == 2:
+        code, message = exc.args  # PyMySQL: (code, message)
+        if isinstance(code, int) and isinstance(message, str):
+            text = message
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    text = " ".join(lines[:2]) if lines else type(exc).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def error_code(exc: BaseException) -> str | int | None:
+    """PyMySQL's numeric error code, else the SQLSTATE (psycopg), else ``None``."""
+    args = getattr(exc, "args", None)
+    if isinstance(args, tuple) and args and isinstance(args[0], int):
+        return args[0]
+    sqlstate = getattr(exc, "sqlstate", None)
+    return str(sqlstate) if sqlstate else None

@@ -1,0 +1,527 @@
+"""Token storage in a SQL database, encrypted at rest and shared by many workers (``sql``).
+
+The records are sealed exactly as the ``file`` store seals them: a random
+32-byte store key, wrapped with RSA-OAEP-SHA1 to the contract's public key and
+kept in ``<prefix>token_keys``, is unwrapped once per process through the key
+handle (so the private key may live in KMS or an HSM); each token or
+checkpoint is AES-256-GCM sealed with the contract, the record kind and a keyed
+digest of the user id as associated data. Tables hold digests, never user ids
+or token values, so a copy of the database without the contract key is useless.
+
+The refresh lock (``privateshare_token_lock``) holds across processes and
+machines: on PostgreSQL and MariaDB it is ``SELECT ... FOR UPDATE`` on the
+user's row of ``<prefix>token_locks``, inside a transaction kept open for as
+long as the lock is held (the server releases it if the worker dies); on
+SQLite, whose write lock is database-wide, it is a per-user OS file lock beside
+the database file. ``docs/sql.md`` explains the choice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import logging
+import math
+import secrets
+import threading
+import time
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import filelock
+import msgspec
+import sqlalchemy as sa
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.asymmetric import rsa
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+
+from privateshare.errors import PrivateShareError, TokenStoreError
+from privateshare.hookspecs import hookimpl
+from privateshare.keys import OAEP_SHA1_PADDING, public_key_fingerprint
+from privateshare.models import UserAccessToken
+from privateshare.plugin import Plugin, PluginContext
+from privateshare.plugins.sqlcommon import Database, LongBlob, SqlOptions, error_code
+from privateshare.plugins.tokens_file import (
+    NONCE_BYTES,
+    RECORD_MAGIC,
+    STORE_KEY_FORMAT,
+    STORE_KEY_VERSION,
+    _aad,
+    _CheckpointRecord,
+    _key_check,
+    _Keys,
+    _TokenRecord,
+)
+
+log = logging.getLogger("privateshare.tokens")
+
+SCHEMA_COMPONENT = "tokens"
+SCHEMA_VERSION = 1
+Kind = Literal["token", "checkpoint"]
+_FORGET_HINT = (
+    "delete that row (the user then consents again), or restore the token tables together "
+    "with the contract key they were created with"
+)
+
+
+def token_tables(prefix: str) -> tuple[sa.MetaData, sa.Table, sa.Table, sa.Table]:
+    """The token store's tables: store keys, sealed records, lock rows."""
+    metadata = sa.MetaData()
+    keys = sa.Table(
+        f"{prefix}token_keys",
+        metadata,
+        sa.Column("contract", sa.String(255), primary_key=True),
+        sa.Column("format", sa.String(64), nullable=False),
+        sa.Column("version", sa.Integer, nullable=False),
+        sa.Column("wrapping", sa.String(32), nullable=False),
+        sa.Column("public_key_sha256", sa.String(64), nullable=False),
+        sa.Column("wrapped_key", LongBlob, nullable=False),
+        sa.Column("key_check", sa.String(64), nullable=False),
+        sa.Column("created_at", sa.Float, nullable=False),
+    )
+    records = sa.Table(
+        f"{prefix}token_records",
+        metadata,
+        sa.Column("contract", sa.String(255), primary_key=True),
+        sa.Column("digest", sa.String(64), primary_key=True),
+        sa.Column("kind", sa.String(16), primary_key=True),
+        sa.Column("sealed", LongBlob, nullable=False),
+        sa.Column("saved_at", sa.Float, nullable=False),
+    )
+    locks = sa.Table(
+        f"{prefix}token_locks",
+        metadata,
+        sa.Column("contract", sa.String(255), primary_key=True),
+        sa.Column("digest", sa.String(64), primary_key=True),
+    )
+    return metadata, keys, records, locks
+
+
+class SqlTokenStore(Plugin):
+    """Users' tokens and checkpoints in SQL tables, sealed with a wrapped store key."""
+
+    class Options(SqlOptions, forbid_unknown_fields=True, kw_only=True):
+        #: SQLAlchemy URL; SQLite by default, beside the config file.
+        url: Annotated[str, msgspec.Meta(min_length=1)] = "sqlite:///privateshare-tokens.db"
+        #: Seconds to wait for another worker's refresh lock before giving up.
+        lock_timeout: Annotated[float, msgspec.Meta(gt=0)] = 60.0
+
+    description = (
+        "tokens and checkpoints in SQLite, PostgreSQL or MariaDB, encrypted at rest, "
+        "with a refresh lock shared by every worker"
+    )
+
+    def __init__(self, options: Options, context: PluginContext) -> None:
+        super().__init__(options, context)
+        self.db = Database(options, context, error=TokenStoreError)
+        self.metadata, self.keys_table, self.records, self.locks = token_tables(
+            options.table_prefix
+        )
+        contract = context.contract_id
+        self.contract = (
+            contract
+            if len(contract) <= 200
+            else "sha256:" + hashlib.sha256(contract.encode("utf-8")).hexdigest()
+        )
+        self._keys: _Keys | None = None
+        self._open_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"SqlTokenStore({self.context.name}, url={self.db.safe_url})"
+
+    def __reduce__(self) -> Any:
+        # The instance holds the unwrapped store key; a pickle would carry it away.
+        raise TypeError("a token store cannot be pickled; build another from the same options")
+
+    def close(self) -> None:
+        """Close the pooled connections (called when the framework closes)."""
+        self.db.dispose()
+
+    # --- the store key -------------------------------------------------------
+
+    def _open(self) -> _Keys:
+        """The store's keys: tables created, store key unwrapped (or created) on first use."""
+        with self._open_lock:
+            if self._keys is None:
+                if not self.context.contract_id:
+                    raise TokenStoreError(
+                        f"[{self.context.name}] the sql token store needs the contract id; set "
+                        "contract_id in the [digime] table"
+                    )
+                self.db.ensure_schema(SCHEMA_COMPONENT, SCHEMA_VERSION, self.metadata)
+                row = self._key_row()
+                if row is None:
+                    self._keys = _Keys(self._create_store_key())
+                else:
+                    self._keys = _Keys(self._unwrap_store_key(row))
+            return self._keys
+
+    def _key_row(self) -> Any:
+        with self.db.transaction("read the token store key", write=False) as conn:
+            return conn.execute(
+                sa.select(self.keys_table).where(self.keys_table.c.contract == self.contract)
+            ).first()
+
+    def _public_key(self) -> rsa.RSAPublicKey:
+        try:
+            return self.context.key_handle().public_key()
+        except PrivateShareError:
+            raise
+        except Exception as exc:
+            raise TokenStoreError(
+                f"[{self.context.name}] the token store needs the contract key, and the key "
+                f"store failed ({type(exc).__name__}); check the [keys] table"
+            ) from exc
+
+    def _create_store_key(self) -> bytes:
+        public = self._public_key()
+        store_key = secrets.token_bytes(32)
+        wrapped = public.encrypt(store_key, OAEP_SHA1_PADDING)
+        try:
+            unwrapped = self.context.key_handle().decrypt_oaep_sha1(wrapped)
+        except PrivateShareError:
+            raise
+        except Exception as exc:
+            raise TokenStoreError(
+                f"the contract key cannot decrypt what its own public key encrypts "
+                f"({type(exc).__name__}); check the [keys] table: the key handle's private "
+                "and public halves must belong together"
+            ) from None
+        if not hmac.compare_digest(unwrapped, store_key):
+            raise TokenStoreError(
+                "the contract key handle's private and public halves do not belong together; "
+                "check the [keys] table"
+            )
+        row = {
+            "contract": self.contract,
+            "format": STORE_KEY_FORMAT,
+            "version": STORE_KEY_VERSION,
+            "wrapping": "RSA-OAEP-SHA1",
+            "public_key_sha256": public_key_fingerprint(public),
+            "wrapped_key": wrapped,
+            "key_check": _key_check(store_key, self.context.contract_id),
+            "created_at": time.time(),
+        }
+        with self.db.transaction("save the token store key") as conn:
+            # Two workers may start on an empty store at once: the first insert wins.
+            self.db.insert_ignore(conn, self.keys_table, row, ["contract"])
+            stored = conn.execute(
+                sa.select(self.keys_table).where(self.keys_table.c.contract == self.contract)
+            ).first()
+        if stored is None or stored.wrapped_key != wrapped:
+            return self._unwrap_store_key(stored)
+        log.info("[%s] created a new token store key in %s", self.context.name, self.db.where())
+        return store_key
+
+    def _unwrap_store_key(self, row: Any) -> bytes:
+        where = f"the token store key of contract {self.context.contract_id!r} in {self.db.where()}"
+        forget = (
+            f"if the tokens are expendable, delete that row from {self.keys_table.name} and "
+            "let users consent again"
+        )
+        if row is None:
+            raise TokenStoreError(f"[{self.context.name}] {where} vanished while being created")
+        if row.format != STORE_KEY_FORMAT or row.version != STORE_KEY_VERSION:
+            raise TokenStoreError(
+                f"[{self.context.name}] {where} has format {row.format!r} version {row.version}, "
+                "which this privateshare does not read; upgrade privateshare"
+            )
+        expected = public_key_fingerprint(self._public_key())
+        if not hmac.compare_digest(row.public_key_sha256, expected):
+            raise TokenStoreError(
+                f"[{self.context.name}] {where} was created with a different contract key "
+                f"(public key sha256 {row.public_key_sha256[:16]}..., the configured key is "
+                f"{expected[:16]}...); configure the contract key it was created with, or "
+                f"{forget}"
+            )
+        try:
+            store_key = self.context.key_handle().decrypt_oaep_sha1(bytes(row.wrapped_key))
+        except PrivateShareError:
+            raise
+        except Exception as exc:
+            raise TokenStoreError(
+                f"[{self.context.name}] {where} cannot be unwrapped with the configured contract "
+                f"key ({type(exc).__name__}): it is damaged or was not wrapped to this key; "
+                f"restore it from a backup, or {forget}"
+            ) from None
+        if len(store_key) != 32 or not hmac.compare_digest(
+            row.key_check, _key_check(store_key, self.context.contract_id)
+        ):
+            raise TokenStoreError(
+                f"[{self.context.name}] {where} does not belong to this store (its check value "
+                f"does not match: damaged, or copied from another store); {forget}"
+            )
+        return store_key
+
+    # --- records -------------------------------------------------------------
+
+    def _digest(self, keys: _Keys, user_id: str) -> str:
+        if not isinstance(user_id, str) or not user_id:
+            raise TokenStoreError("a user id must be a non-empty string")
+        return keys.digest(user_id)
+
+    def _where(self, digest: str, kind: str | None = None) -> Any:
+        c = self.records.c
+        clause = sa.and_(c.contract == self.contract, c.digest == digest)
+        return clause if kind is None else sa.and_(clause, c.kind == kind)
+
+    def _open_record(self, keys: _Keys, blob: bytes, kind: Kind, digest: str, who: str) -> bytes:
+        place = f"the {kind} record of {who} in {self.records.name} ({self.db.where()})"
+        head = len(RECORD_MAGIC)
+        if len(blob) < head + NONCE_BYTES + 16 or blob[:head] != RECORD_MAGIC:
+            raise TokenStoreError(
+                f"[{self.context.name}] {place} is not a privateshare record (truncated or "
+                f"overwritten); {_FORGET_HINT}"
+            )
+        nonce, sealed = blob[head : head + NONCE_BYTES], blob[head + NONCE_BYTES :]
+        try:
+            return keys.aead.decrypt(nonce, sealed, _aad(self.context.contract_id, kind, digest))
+        except InvalidTag:
+            raise TokenStoreError(
+                f"[{self.context.name}] {place} cannot be decrypted: it was modified, moved from "
+                f"another user or contract, or written under another store key; {_FORGET_HINT}"
+            ) from None
+
+    def _decode(self, plaintext: bytes, type_: type[Any], who: str) -> Any:
+        try:
+            return msgspec.json.decode(plaintext, type=type_)
+        except msgspec.DecodeError:
+            raise TokenStoreError(
+                f"[{self.context.name}] the record of {who} decrypts but its content is not "
+                "understood (written by a newer privateshare?); upgrade privateshare, or "
+                + _FORGET_HINT
+            ) from None
+
+    def _load(self, user_id: str, kind: Kind, type_: type[Any]) -> Any:
+        keys = self._open()
+        digest = self._digest(keys, user_id)
+        who = f"user {user_id!r}"
+        with self.db.transaction(f"read the {kind} of {who}", write=False) as conn:
+            blob = conn.execute(
+                sa.select(self.records.c.sealed).where(self._where(digest, kind))
+            ).scalar()
+        if blob is None:
+            return None
+        record = self._decode(self._open_record(keys, bytes(blob), kind, digest, who), type_, who)
+        if record.user_id != user_id:
+            raise TokenStoreError(
+                f"[{self.context.name}] the {kind} record stored for {who} belongs to another "
+                f"user; {_FORGET_HINT}"
+            )
+        return record
+
+    def _save(self, user_id: str, kind: Kind, record: msgspec.Struct) -> None:
+        keys = self._open()
+        digest = self._digest(keys, user_id)
+        nonce = secrets.token_bytes(NONCE_BYTES)
+        aad = _aad(self.context.contract_id, kind, digest)
+        blob = RECORD_MAGIC + nonce + keys.aead.encrypt(nonce, msgspec.json.encode(record), aad)
+        row = {
+            "contract": self.contract,
+            "digest": digest,
+            "kind": kind,
+            "sealed": blob,
+            "saved_at": time.time(),
+        }
+        with self.db.transaction(f"save the {kind} of user {user_id!r}") as conn:
+            self.db.upsert(conn, self.records, row, ["contract", "digest", "kind"])
+
+    # --- hooks ---------------------------------------------------------------
+
+    @hookimpl
+    def privateshare_token_load(self, user_id: str) -> UserAccessToken | None:
+        """The user's saved token, or ``None``; a record that fails to decrypt is an error."""
+        record = self._load(user_id, "token", _TokenRecord)
+        return None if record is None else record.token
+
+    @hookimpl
+    def privateshare_token_save(self, user_id: str, token: UserAccessToken) -> bool:
+        """Replace the user's token in one committed transaction before returning."""
+        if not isinstance(token, UserAccessToken):
+            raise TokenStoreError(
+                f"privateshare_token_save expects a UserAccessToken, got {type(token).__name__}"
+            )
+        self._save(user_id, "token", _TokenRecord(user_id, token, time.time()))
+        return True
+
+    @hookimpl
+    def privateshare_token_delete(self, user_id: str) -> bool:
+        """Remove the user's token and checkpoint; ``False`` when there was nothing."""
+        keys = self._open()
+        digest = self._digest(keys, user_id)
+        with self.db.transaction(f"delete the records of user {user_id!r}") as conn:
+            result = conn.execute(self.records.delete().where(self._where(digest)))
+        return bool(result.rowcount)
+
+    @hookimpl
+    def privateshare_token_users(self) -> list[str]:
+        """Every user with a saved token, sorted; each record is decrypted to read its user id."""
+        keys = self._open()
+        c = self.records.c
+        with self.db.transaction("list the users with a token", write=False) as conn:
+            rows = conn.execute(
+                sa.select(c.digest, c.sealed).where(
+                    sa.and_(c.contract == self.contract, c.kind == "token")
+                )
+            ).all()
+        users = []
+        for digest, blob in rows:
+            who = f"an unknown user (digest {digest[:12]}...)"
+            record = self._decode(
+                self._open_record(keys, bytes(blob), "token", digest, who), _TokenRecord, who
+            )
+            if keys.digest(record.user_id) != digest:
+                raise TokenStoreError(
+                    f"[{self.context.name}] the token record with digest {digest[:12]}... does "
+                    f"not belong to its row (moved?); {_FORGET_HINT}"
+                )
+            users.append(record.user_id)
+        return sorted(users)
+
+    @hookimpl
+    def privateshare_token_lock(self, user_id: str) -> AbstractContextManager[None]:
+        """A per-user lock across processes: a row lock on servers, a file lock on SQLite."""
+        keys = self._open()
+        digest = self._digest(keys, user_id)
+        what = f"the token of user {user_id!r}"
+        if self.db.sqlite_path is not None:
+            path = self.db.sqlite_path.parent / f"{self.db.sqlite_path.name}.locks"
+            return _FileLock(self, path, f"{digest}.lock", what)
+        return _RowLock(self, digest, what)
+
+    @hookimpl
+    def privateshare_checkpoint_load(self, user_id: str) -> dict[str, int]:
+        """The user's checkpoint (file name -> updatedDate ms); empty when none was saved."""
+        record = self._load(user_id, "checkpoint", _CheckpointRecord)
+        return {} if record is None else dict(record.checkpoint)
+
+    @hookimpl
+    def privateshare_checkpoint_save(self, user_id: str, checkpoint: dict[str, int]) -> bool:
+        """Replace the user's checkpoint in one transaction."""
+        try:
+            record = msgspec.convert(
+                {"user_id": user_id, "checkpoint": checkpoint, "saved_at": time.time()},
+                _CheckpointRecord,
+            )
+        except msgspec.ValidationError as exc:
+            raise TokenStoreError(
+                f"the checkpoint of user {user_id!r} must map file names to integer "
+                f"updatedDate values in ms: {exc}"
+            ) from None
+        self._save(user_id, "checkpoint", record)
+        return True
+
+
+class _RowLock(AbstractContextManager[None]):
+    """``SELECT ... FOR UPDATE`` on the user's lock row, in a transaction held until exit."""
+
+    def __init__(self, store: SqlTokenStore, digest: str, what: str) -> None:
+        self.store = store
+        self.digest = digest
+        self.what = what
+        self._conn: Connection | None = None
+
+    def _select(self, conn: Connection) -> Any:
+        db, locks = self.store.db, self.store.locks
+        timeout = self.store.options.lock_timeout
+        if db.dialect == "postgresql":
+            conn.exec_driver_sql(f"SET LOCAL lock_timeout = {max(1, int(timeout * 1000))}")
+        else:
+            conn.exec_driver_sql(
+                f"SET SESSION innodb_lock_wait_timeout = {max(1, math.ceil(timeout))}"
+            )
+        return conn.execute(
+            sa.select(locks.c.digest)
+            .where(sa.and_(locks.c.contract == self.store.contract, locks.c.digest == self.digest))
+            .with_for_update()
+        ).first()
+
+    def __enter__(self) -> None:
+        db, locks = self.store.db, self.store.locks
+        action = f"take the lock on {self.what}"
+        conn = db.connect(action)
+        try:
+            conn.begin()
+            if self._select(conn) is None:
+                conn.rollback()
+                with conn.begin():  # the first lock for this user: create its row
+                    db.insert_ignore(
+                        conn,
+                        locks,
+                        {"contract": self.store.contract, "digest": self.digest},
+                        ["contract", "digest"],
+                    )
+                conn.begin()
+                if self._select(conn) is None:
+                    raise TokenStoreError(
+                        f"[{self.store.context.name}] the lock row of {self.what} vanished; retry"
+                    )
+        except (DBAPIError, SQLAlchemyError) as exc:
+            with contextlib.suppress(SQLAlchemyError):
+                conn.close()
+            if error_code(getattr(exc, "orig", exc)) in ("55P03", 1205):
+                raise TokenStoreError(
+                    f"[{self.store.context.name}] timed out after "
+                    f"{self.store.options.lock_timeout:g} s waiting for the lock on {self.what} "
+                    f"in {db.where()}; another worker holds it (probably refreshing). Retry "
+                    "later, or raise lock_timeout"
+                ) from None
+            raise db.translate(exc, action) from None
+        except BaseException:
+            with contextlib.suppress(SQLAlchemyError):
+                conn.close()
+            raise
+        self._conn = conn
+
+    def __exit__(self, *exc_info: object) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        try:
+            conn.rollback()  # nothing was written under the lock row: rolling back releases it
+        except SQLAlchemyError:
+            conn.invalidate()  # the server drops the lock with the connection
+        finally:
+            conn.close()
+
+    def __repr__(self) -> str:
+        return f"TokenLock(row {self.digest[:12]}... in {self.store.db.where()})"
+
+
+class _FileLock(AbstractContextManager[None]):
+    """An OS file lock beside a SQLite database; released by the OS if the process dies."""
+
+    def __init__(self, store: SqlTokenStore, directory: Path, name: str, what: str) -> None:
+        self.store = store
+        self.directory = directory
+        self.path = directory / name
+        self.what = what
+        self._lock = filelock.FileLock(
+            self.path, timeout=store.options.lock_timeout, mode=0o600, is_singleton=False
+        )
+
+    def __enter__(self) -> None:
+        name = self.store.context.name
+        try:
+            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._lock.acquire()
+        except filelock.Timeout:
+            raise TokenStoreError(
+                f"[{name}] timed out after {self.store.options.lock_timeout:g} s waiting for the "
+                f"lock on {self.what} ({self.path}); another worker holds it (probably "
+                "refreshing). Retry later, or raise lock_timeout"
+            ) from None
+        except OSError as exc:
+            raise TokenStoreError(
+                f"[{name}] cannot take the lock {self.path} ({exc.strerror}); check that the "
+                "directory of the SQLite database is writable"
+            ) from None
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._lock.release()
+
+    def __repr__(self) -> str:
+        return f"TokenLock({self.path})"
