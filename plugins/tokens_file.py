@@ -31,30 +31,32 @@ import threading
 import time
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import filelock
 import msgspec
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from privateshare.errors import PrivateShareError, TokenStoreError
 from privateshare.hookspecs import hookimpl
 from privateshare.keys import OAEP_SHA1_PADDING, public_key_fingerprint
 from privateshare.models import UserAccessToken
 from privateshare.plugin import Plugin, PluginContext
+from privateshare.plugins.tokenseal import (
+    STORE_KEY_FORMAT,
+    STORE_KEY_VERSION,
+    CheckpointRecord,
+    Kind,
+    MalformedRecord,
+    StoreKeys,
+    TamperedRecord,
+    TokenRecord,
+    key_check,
+)
 
 log = logging.getLogger("privateshare.tokens")
 
 STORE_KEY_FILE = "store.key"
-STORE_KEY_FORMAT = "privateshare-token-store-key"
-STORE_KEY_VERSION = 1
-RECORD_MAGIC = b"PSTOK\x01"
-NONCE_BYTES = 12
-Kind = Literal["token", "checkpoint"]
 _SAFE_DIR_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _FORGET_HINT = (
     "delete that file (the user then consents again), or restore the token directory "
@@ -73,55 +75,6 @@ class _StoreKeyFile(msgspec.Struct, frozen=True):
     wrapped_key: str
     key_check: str
     created_at: float = 0.0
-
-
-class _TokenRecord(msgspec.Struct, frozen=True):
-    user_id: str
-    token: UserAccessToken
-    saved_at: float = 0.0
-
-
-class _CheckpointRecord(msgspec.Struct, frozen=True):
-    user_id: str
-    checkpoint: dict[str, int] = {}
-    saved_at: float = 0.0
-
-
-class _Keys:
-    """The store key's derived sub-keys: one for sealing records, one for naming files."""
-
-    __slots__ = ("_names", "aead")
-
-    def __init__(self, store_key: bytes) -> None:
-        self.aead = AESGCM(_derive(store_key, b"records"))
-        self._names = _derive(store_key, b"file-names")
-
-    def digest(self, user_id: str) -> str:
-        return hmac.new(self._names, user_id.encode("utf-8"), hashlib.sha256).hexdigest()
-
-    def __repr__(self) -> str:
-        return "_Keys(<redacted>)"
-
-
-def _derive(store_key: bytes, purpose: bytes) -> bytes:
-    return HKDF(
-        algorithm=hashes.SHA256(),
-        length=32,
-        salt=None,
-        info=b"privateshare token store v1: " + purpose,
-    ).derive(store_key)
-
-
-def _key_check(store_key: bytes, contract_id: str) -> str:
-    """Ties ``store.key`` to its contract, so a store key copied from elsewhere is caught."""
-    return hmac.new(
-        _derive(store_key, b"key-check"), contract_id.encode("utf-8"), hashlib.sha256
-    ).hexdigest()
-
-
-def _aad(contract_id: str, kind: Kind, digest: str) -> bytes:
-    # msgspec JSON of a list: unambiguous whatever characters the parts hold.
-    return msgspec.json.encode(["privateshare-token-record/v1", contract_id, kind, digest])
 
 
 def _fsync_dir(path: Path) -> None:
@@ -197,7 +150,7 @@ class FileTokenStore(Plugin):
         else:
             name = "contract-" + hashlib.sha256(contract.encode("utf-8")).hexdigest()[:32]
         self.directory = self.root / name
-        self._keys: _Keys | None = None
+        self._keys: StoreKeys | None = None
         self._open_lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -205,7 +158,7 @@ class FileTokenStore(Plugin):
 
     # --- the store key -------------------------------------------------------
 
-    def _open(self) -> _Keys:
+    def _open(self) -> StoreKeys:
         """The store's keys, unwrapping (or creating) the store key on first use only."""
         with self._open_lock:
             if self._keys is None:
@@ -224,9 +177,9 @@ class FileTokenStore(Plugin):
                     lock_path = self.directory / "locks" / "store.key.lock"
                     with self._file_lock(lock_path, "the store key"):
                         if not key_path.exists():
-                            self._keys = _Keys(self._create_store_key(key_path))
+                            self._keys = StoreKeys(self._create_store_key(key_path))
                 if self._keys is None:
-                    self._keys = _Keys(self._unwrap_store_key(key_path))
+                    self._keys = StoreKeys(self._unwrap_store_key(key_path))
             return self._keys
 
     def _public_key(self) -> rsa.RSAPublicKey:
@@ -268,7 +221,7 @@ class FileTokenStore(Plugin):
             wrapping="RSA-OAEP-SHA1",
             public_key_sha256=public_key_fingerprint(public),
             wrapped_key=base64.b64encode(wrapped).decode(),
-            key_check=_key_check(store_key, self.context.contract_id),
+            key_check=key_check(store_key, self.context.contract_id),
             created_at=time.time(),
         )
         atomic_write(key_path, msgspec.json.encode(record))
@@ -324,7 +277,7 @@ class FileTokenStore(Plugin):
                 f"key; restore it from a backup, or {forget}"
             ) from None
         if len(store_key) != 32 or not hmac.compare_digest(
-            record.key_check, _key_check(store_key, self.context.contract_id)
+            record.key_check, key_check(store_key, self.context.contract_id)
         ):
             raise TokenStoreError(
                 f"the token store key {key_path} does not belong to this store (its check "
@@ -335,20 +288,17 @@ class FileTokenStore(Plugin):
 
     # --- records -------------------------------------------------------------
 
-    def _record_path(self, keys: _Keys, user_id: str, kind: Kind) -> tuple[Path, str]:
+    def _record_path(self, keys: StoreKeys, user_id: str, kind: Kind) -> tuple[Path, str]:
         if not isinstance(user_id, str) or not user_id:
             raise TokenStoreError("a user id must be a non-empty string")
         digest = keys.digest(user_id)
         return self.directory / f"{digest}.{kind}", digest
 
-    def _seal(self, keys: _Keys, kind: Kind, digest: str, record: msgspec.Struct) -> bytes:
-        nonce = secrets.token_bytes(NONCE_BYTES)
-        plaintext = msgspec.json.encode(record)
-        aad = _aad(self.context.contract_id, kind, digest)
-        return RECORD_MAGIC + nonce + keys.aead.encrypt(nonce, plaintext, aad)
+    def _seal(self, keys: StoreKeys, kind: Kind, digest: str, record: msgspec.Struct) -> bytes:
+        return keys.seal(self.context.contract_id, kind, digest, record)
 
     def _open_record(
-        self, keys: _Keys, path: Path, kind: Kind, digest: str, who: str
+        self, keys: StoreKeys, path: Path, kind: Kind, digest: str, who: str
     ) -> bytes | None:
         """Decrypt one record; ``None`` if it does not exist."""
         try:
@@ -360,16 +310,14 @@ class FileTokenStore(Plugin):
                 f"cannot read the {kind} record of {who} at {path} ({exc.strerror}); check "
                 "its permissions (mode 0600, owned by the user running privateshare)"
             ) from None
-        head = len(RECORD_MAGIC)
-        if len(blob) < head + NONCE_BYTES + 16 or blob[:head] != RECORD_MAGIC:
+        try:
+            return keys.open(self.context.contract_id, kind, digest, blob)
+        except MalformedRecord:
             raise TokenStoreError(
                 f"the {kind} record of {who} at {path} is not a privateshare record "
                 f"(truncated or overwritten); {_FORGET_HINT}"
-            )
-        nonce, sealed = blob[head : head + NONCE_BYTES], blob[head + NONCE_BYTES :]
-        try:
-            return keys.aead.decrypt(nonce, sealed, _aad(self.context.contract_id, kind, digest))
-        except InvalidTag:
+            ) from None
+        except TamperedRecord:
             raise TokenStoreError(
                 f"the {kind} record of {who} at {path} cannot be decrypted: it was modified, "
                 f"moved from another user or contract, or written under another store key; "
@@ -419,7 +367,7 @@ class FileTokenStore(Plugin):
     @hookimpl
     def privateshare_token_load(self, user_id: str) -> UserAccessToken | None:
         """The user's saved token, or ``None``; a record that fails to decrypt is an error."""
-        record = self._load(user_id, "token", _TokenRecord)
+        record = self._load(user_id, "token", TokenRecord)
         return None if record is None else record.token
 
     @hookimpl
@@ -429,7 +377,7 @@ class FileTokenStore(Plugin):
             raise TokenStoreError(
                 f"privateshare_token_save expects a UserAccessToken, got {type(token).__name__}"
             )
-        self._save(user_id, "token", _TokenRecord(user_id, token, time.time()))
+        self._save(user_id, "token", TokenRecord(user_id, token, time.time()))
         return True
 
     @hookimpl
@@ -464,7 +412,7 @@ class FileTokenStore(Plugin):
             plaintext = self._open_record(keys, path, "token", digest, who)
             if plaintext is None:  # deleted meanwhile
                 continue
-            record = self._decode(plaintext, _TokenRecord, path, who)
+            record = self._decode(plaintext, TokenRecord, path, who)
             if keys.digest(record.user_id) != digest:
                 raise TokenStoreError(
                     f"the token record at {path} does not match its file name (renamed?); "
@@ -484,7 +432,7 @@ class FileTokenStore(Plugin):
     @hookimpl
     def privateshare_checkpoint_load(self, user_id: str) -> dict[str, int]:
         """The user's checkpoint (file name -> updatedDate ms); empty when none was saved."""
-        record = self._load(user_id, "checkpoint", _CheckpointRecord)
+        record = self._load(user_id, "checkpoint", CheckpointRecord)
         return {} if record is None else dict(record.checkpoint)
 
     @hookimpl
@@ -493,7 +441,7 @@ class FileTokenStore(Plugin):
         try:
             record = msgspec.convert(
                 {"user_id": user_id, "checkpoint": checkpoint, "saved_at": time.time()},
-                _CheckpointRecord,
+                CheckpointRecord,
             )
         except msgspec.ValidationError as exc:
             raise TokenStoreError(

@@ -28,12 +28,11 @@ import threading
 import time
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import filelock
 import msgspec
 import sqlalchemy as sa
-from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric import rsa
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
@@ -44,23 +43,22 @@ from privateshare.keys import OAEP_SHA1_PADDING, public_key_fingerprint
 from privateshare.models import UserAccessToken
 from privateshare.plugin import Plugin, PluginContext
 from privateshare.plugins.sqlcommon import Database, LongBlob, SqlOptions, error_code
-from privateshare.plugins.tokens_file import (
-    NONCE_BYTES,
-    RECORD_MAGIC,
+from privateshare.plugins.tokenseal import (
     STORE_KEY_FORMAT,
     STORE_KEY_VERSION,
-    _aad,
-    _CheckpointRecord,
-    _key_check,
-    _Keys,
-    _TokenRecord,
+    CheckpointRecord,
+    Kind,
+    MalformedRecord,
+    StoreKeys,
+    TamperedRecord,
+    TokenRecord,
+    key_check,
 )
 
 log = logging.getLogger("privateshare.tokens")
 
 SCHEMA_COMPONENT = "tokens"
 SCHEMA_VERSION = 1
-Kind = Literal["token", "checkpoint"]
 _FORGET_HINT = (
     "delete that row (the user then consents again), or restore the token tables together "
     "with the contract key they were created with"
@@ -126,7 +124,7 @@ class SqlTokenStore(Plugin):
             if len(contract) <= 200
             else "sha256:" + hashlib.sha256(contract.encode("utf-8")).hexdigest()
         )
-        self._keys: _Keys | None = None
+        self._keys: StoreKeys | None = None
         self._open_lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -142,7 +140,7 @@ class SqlTokenStore(Plugin):
 
     # --- the store key -------------------------------------------------------
 
-    def _open(self) -> _Keys:
+    def _open(self) -> StoreKeys:
         """The store's keys: tables created, store key unwrapped (or created) on first use."""
         with self._open_lock:
             if self._keys is None:
@@ -154,9 +152,9 @@ class SqlTokenStore(Plugin):
                 self.db.ensure_schema(SCHEMA_COMPONENT, SCHEMA_VERSION, self.metadata)
                 row = self._key_row()
                 if row is None:
-                    self._keys = _Keys(self._create_store_key())
+                    self._keys = StoreKeys(self._create_store_key())
                 else:
-                    self._keys = _Keys(self._unwrap_store_key(row))
+                    self._keys = StoreKeys(self._unwrap_store_key(row))
             return self._keys
 
     def _key_row(self) -> Any:
@@ -202,7 +200,7 @@ class SqlTokenStore(Plugin):
             "wrapping": "RSA-OAEP-SHA1",
             "public_key_sha256": public_key_fingerprint(public),
             "wrapped_key": wrapped,
-            "key_check": _key_check(store_key, self.context.contract_id),
+            "key_check": key_check(store_key, self.context.contract_id),
             "created_at": time.time(),
         }
         with self.db.transaction("save the token store key") as conn:
@@ -248,7 +246,7 @@ class SqlTokenStore(Plugin):
                 f"restore it from a backup, or {forget}"
             ) from None
         if len(store_key) != 32 or not hmac.compare_digest(
-            row.key_check, _key_check(store_key, self.context.contract_id)
+            row.key_check, key_check(store_key, self.context.contract_id)
         ):
             raise TokenStoreError(
                 f"[{self.context.name}] {where} does not belong to this store (its check value "
@@ -258,7 +256,7 @@ class SqlTokenStore(Plugin):
 
     # --- records -------------------------------------------------------------
 
-    def _digest(self, keys: _Keys, user_id: str) -> str:
+    def _digest(self, keys: StoreKeys, user_id: str) -> str:
         if not isinstance(user_id, str) or not user_id:
             raise TokenStoreError("a user id must be a non-empty string")
         return keys.digest(user_id)
@@ -268,18 +266,18 @@ class SqlTokenStore(Plugin):
         clause = sa.and_(c.contract == self.contract, c.digest == digest)
         return clause if kind is None else sa.and_(clause, c.kind == kind)
 
-    def _open_record(self, keys: _Keys, blob: bytes, kind: Kind, digest: str, who: str) -> bytes:
+    def _open_record(
+        self, keys: StoreKeys, blob: bytes, kind: Kind, digest: str, who: str
+    ) -> bytes:
         place = f"the {kind} record of {who} in {self.records.name} ({self.db.where()})"
-        head = len(RECORD_MAGIC)
-        if len(blob) < head + NONCE_BYTES + 16 or blob[:head] != RECORD_MAGIC:
+        try:
+            return keys.open(self.context.contract_id, kind, digest, blob)
+        except MalformedRecord:
             raise TokenStoreError(
                 f"[{self.context.name}] {place} is not a privateshare record (truncated or "
                 f"overwritten); {_FORGET_HINT}"
-            )
-        nonce, sealed = blob[head : head + NONCE_BYTES], blob[head + NONCE_BYTES :]
-        try:
-            return keys.aead.decrypt(nonce, sealed, _aad(self.context.contract_id, kind, digest))
-        except InvalidTag:
+            ) from None
+        except TamperedRecord:
             raise TokenStoreError(
                 f"[{self.context.name}] {place} cannot be decrypted: it was modified, moved from "
                 f"another user or contract, or written under another store key; {_FORGET_HINT}"
@@ -316,9 +314,7 @@ class SqlTokenStore(Plugin):
     def _save(self, user_id: str, kind: Kind, record: msgspec.Struct) -> None:
         keys = self._open()
         digest = self._digest(keys, user_id)
-        nonce = secrets.token_bytes(NONCE_BYTES)
-        aad = _aad(self.context.contract_id, kind, digest)
-        blob = RECORD_MAGIC + nonce + keys.aead.encrypt(nonce, msgspec.json.encode(record), aad)
+        blob = keys.seal(self.context.contract_id, kind, digest, record)
         row = {
             "contract": self.contract,
             "digest": digest,
@@ -334,7 +330,7 @@ class SqlTokenStore(Plugin):
     @hookimpl
     def privateshare_token_load(self, user_id: str) -> UserAccessToken | None:
         """The user's saved token, or ``None``; a record that fails to decrypt is an error."""
-        record = self._load(user_id, "token", _TokenRecord)
+        record = self._load(user_id, "token", TokenRecord)
         return None if record is None else record.token
 
     @hookimpl
@@ -344,7 +340,7 @@ class SqlTokenStore(Plugin):
             raise TokenStoreError(
                 f"privateshare_token_save expects a UserAccessToken, got {type(token).__name__}"
             )
-        self._save(user_id, "token", _TokenRecord(user_id, token, time.time()))
+        self._save(user_id, "token", TokenRecord(user_id, token, time.time()))
         return True
 
     @hookimpl
@@ -371,7 +367,7 @@ class SqlTokenStore(Plugin):
         for digest, blob in rows:
             who = f"an unknown user (digest {digest[:12]}...)"
             record = self._decode(
-                self._open_record(keys, bytes(blob), "token", digest, who), _TokenRecord, who
+                self._open_record(keys, bytes(blob), "token", digest, who), TokenRecord, who
             )
             if keys.digest(record.user_id) != digest:
                 raise TokenStoreError(
@@ -395,7 +391,7 @@ class SqlTokenStore(Plugin):
     @hookimpl
     def privateshare_checkpoint_load(self, user_id: str) -> dict[str, int]:
         """The user's checkpoint (file name -> updatedDate ms); empty when none was saved."""
-        record = self._load(user_id, "checkpoint", _CheckpointRecord)
+        record = self._load(user_id, "checkpoint", CheckpointRecord)
         return {} if record is None else dict(record.checkpoint)
 
     @hookimpl
@@ -404,7 +400,7 @@ class SqlTokenStore(Plugin):
         try:
             record = msgspec.convert(
                 {"user_id": user_id, "checkpoint": checkpoint, "saved_at": time.time()},
-                _CheckpointRecord,
+                CheckpointRecord,
             )
         except msgspec.ValidationError as exc:
             raise TokenStoreError(

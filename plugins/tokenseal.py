@@ -1,0 +1,103 @@
+"""How token stores seal their records at rest; shared by the ``file`` and ``sql`` stores.
+
+One random 32-byte store key per contract, wrapped with RSA-OAEP-SHA1 to the
+contract's public key (so only the contract key, wherever it lives, opens it).
+Sub-keys derived with HKDF: one seals records with AES-256-GCM, one names users
+by HMAC so storage reveals nothing about who they are. Each record is bound by
+its associated data to the contract, the record kind and the user's digest, so a
+record copied to another user, kind or contract fails to open.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from typing import Literal
+
+import msgspec
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from privateshare.models import UserAccessToken
+
+STORE_KEY_FORMAT = "privateshare-token-store-key"
+STORE_KEY_VERSION = 1
+RECORD_MAGIC = b"PSTOK\x01"
+NONCE_BYTES = 12
+Kind = Literal["token", "checkpoint"]
+
+
+class TokenRecord(msgspec.Struct, frozen=True):
+    user_id: str
+    token: UserAccessToken
+    saved_at: float = 0.0
+
+
+class CheckpointRecord(msgspec.Struct, frozen=True):
+    user_id: str
+    checkpoint: dict[str, int] = {}
+    saved_at: float = 0.0
+
+
+class MalformedRecord(ValueError):
+    """The bytes are not a sealed record at all (truncated or overwritten)."""
+
+
+class TamperedRecord(ValueError):
+    """The record does not open: modified, moved, or sealed under another store key."""
+
+
+def derive(store_key: bytes, purpose: bytes) -> bytes:
+    return HKDF(
+        algorithm=hashes.SHA256(),
+        length=32,
+        salt=None,
+        info=b"privateshare token store v1: " + purpose,
+    ).derive(store_key)
+
+
+def key_check(store_key: bytes, contract_id: str) -> str:
+    """Ties a store key to its contract, so a store key copied from elsewhere is caught."""
+    return hmac.new(
+        derive(store_key, b"key-check"), contract_id.encode("utf-8"), hashlib.sha256
+    ).hexdigest()
+
+
+def record_aad(contract_id: str, kind: Kind, digest: str) -> bytes:
+    # msgspec JSON of a list: unambiguous whatever characters the parts hold.
+    return msgspec.json.encode(["privateshare-token-record/v1", contract_id, kind, digest])
+
+
+class StoreKeys:
+    """The store key's derived sub-keys: one for sealing records, one for naming users."""
+
+    __slots__ = ("_aead", "_names")
+
+    def __init__(self, store_key: bytes) -> None:
+        self._aead = AESGCM(derive(store_key, b"records"))
+        self._names = derive(store_key, b"file-names")
+
+    def digest(self, user_id: str) -> str:
+        return hmac.new(self._names, user_id.encode("utf-8"), hashlib.sha256).hexdigest()
+
+    def seal(self, contract_id: str, kind: Kind, digest: str, record: msgspec.Struct) -> bytes:
+        nonce = secrets.token_bytes(NONCE_BYTES)
+        aad = record_aad(contract_id, kind, digest)
+        return RECORD_MAGIC + nonce + self._aead.encrypt(nonce, msgspec.json.encode(record), aad)
+
+    def open(self, contract_id: str, kind: Kind, digest: str, blob: bytes) -> bytes:
+        """The record's plaintext; :class:`MalformedRecord` or :class:`TamperedRecord`."""
+        head = len(RECORD_MAGIC)
+        if len(blob) < head + NONCE_BYTES + 16 or blob[:head] != RECORD_MAGIC:
+            raise MalformedRecord(kind)
+        nonce, sealed = blob[head : head + NONCE_BYTES], blob[head + NONCE_BYTES :]
+        try:
+            return self._aead.decrypt(nonce, sealed, record_aad(contract_id, kind, digest))
+        except InvalidTag:
+            raise TamperedRecord(kind) from None
+
+    def __repr__(self) -> str:
+        return "StoreKeys(<redacted>)"
