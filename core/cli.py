@@ -198,10 +198,11 @@ def config_schema_command() -> None:
 def _attach_commands() -> None:
     from .commands import COMMANDS
     from .demo import demo_command
+    from .keycommands import keys_group
     from .sandbox.command import sandbox_command
     from .scaffold import plugin_group
 
-    for command in (*COMMANDS, demo_command, sandbox_command, plugin_group):
+    for command in (*COMMANDS, demo_command, sandbox_command, plugin_group, keys_group):
         main.add_command(command)
 
 
