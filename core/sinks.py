@@ -8,7 +8,15 @@ transaction), so a crash leaves nothing half-written.
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Protocol, runtime_checkable
+
+from .errors import UnsafeFileNameError
+
+#: Temp files of sinks start with this; data files never do (such names are rejected).
+TEMP_PREFIX = ".privateshare-tmp-"
+#: Longest path component most file systems accept, in bytes.
+MAX_COMPONENT_BYTES = 255
 
 
 @runtime_checkable
@@ -26,3 +34,87 @@ class FileWriter(Protocol):
     def abort(self) -> None:
         """Discard everything written; safe to call after a failed commit."""
         ...
+
+
+# --- names from the server ---------------------------------------------------
+
+
+def shown_name(value: str) -> str:
+    """A name as it may appear in a message: escaped, and cut if very long."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:60] + "...'" + f" ({len(value)} characters)"
+
+
+def _component_problem(part: str, limit: int) -> str | None:
+    """Why one path component is unsafe, or ``None`` when it is fine."""
+    if part == "":
+        return "it has an empty path segment (a leading, trailing or doubled '/')"
+    if part in (".", ".."):
+        return f"it has a {part!r} segment, which could point outside the sink's root"
+    if part.startswith(TEMP_PREFIX):
+        return f"a segment starts with {TEMP_PREFIX!r}, which the sink reserves for temp files"
+    try:
+        size = len(part.encode("utf-8"))
+    except UnicodeEncodeError:
+        return "it is not valid Unicode (it contains a lone surrogate)"
+    if size > limit:
+        return f"a segment is {size} bytes long; the limit is {limit} bytes"
+    return None
+
+
+def check_name(
+    name: str,
+    *,
+    what: str = "file name",
+    allow_slash: bool = True,
+    reserved_suffix: str | None = None,
+    user_id: str | None = None,
+) -> list[str]:
+    """Check a server-supplied name (or a user id) and return its path segments.
+
+    Rejects, with :class:`UnsafeFileNameError` naming the value and the reason:
+    empty names, absolute paths, backslashes, NUL and other control characters,
+    ``.``/``..`` segments, the temp prefix, segments over 255 bytes, and (when
+    ``allow_slash`` is false, as for user ids) any ``/`` at all.
+    """
+    owner = f" of user {shown_name(user_id)}" if user_id is not None else ""
+
+    def unsafe(reason: str) -> UnsafeFileNameError:
+        return UnsafeFileNameError(
+            f"{what} {shown_name(name)}{owner} is unsafe: {reason}; nothing was written. "
+            + (
+                "Use a user id that is a plain name (no '/', '\\', '..' or control characters)."
+                if what == "user id"
+                else "The name comes from the server; the file is reported as failed "
+                "and the rest of the run carries on."
+            )
+        )
+
+    if not isinstance(name, str) or name == "":
+        raise unsafe("it is empty")
+    if name.startswith("/"):
+        raise unsafe("it is an absolute path")
+    if "\\" in name:
+        raise unsafe("it contains a backslash, a path separator on Windows")
+    for char in name:
+        if unicodedata.category(char) == "Cc":
+            raise unsafe(f"it contains the control character U+{ord(char):04X}")
+    if not allow_slash and "/" in name:
+        raise unsafe("it contains '/'")
+    parts = name.split("/")
+    for index, part in enumerate(parts):
+        last = index == len(parts) - 1
+        limit = MAX_COMPONENT_BYTES
+        if last and reserved_suffix:
+            limit -= len(reserved_suffix.encode())
+        problem = _component_problem(part, limit)
+        if problem:
+            if last and reserved_suffix and "bytes long" in problem:
+                problem += f" (room is kept for the {reserved_suffix!r} file beside it)"
+            raise unsafe(problem)
+    if reserved_suffix and name.endswith(reserved_suffix):
+        raise unsafe(
+            f"it ends with {reserved_suffix!r}, which the sink uses for metadata files "
+            "(set metadata = false to accept such names)"
+        )
+    return parts

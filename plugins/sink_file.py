@@ -19,7 +19,6 @@ import logging
 import os
 import secrets
 import threading
-import unicodedata
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,15 +28,12 @@ from privateshare.errors import SinkError, UnsafeFileNameError
 from privateshare.hookspecs import hookimpl
 from privateshare.models import DataFile, RunInfo, RunSummary
 from privateshare.plugin import Plugin, PluginContext
+from privateshare.sinks import TEMP_PREFIX, check_name, shown_name
 
 log = logging.getLogger(__name__)
 
-#: Every temp file starts with this; data files never do (such names are rejected).
-TEMP_PREFIX = ".privateshare-tmp-"
 #: Suffix of the metadata file written beside each data file.
 METADATA_SUFFIX = ".metadata.json"
-#: Longest path component most file systems accept, in bytes.
-MAX_COMPONENT_BYTES = 255
 
 _BUFFER = 1 << 20
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -46,90 +42,6 @@ _TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXE
 # Temp files being written by this process, so that open_run never removes a live one.
 _active_temps: set[str] = set()
 _active_lock = threading.Lock()
-
-
-# --- name checks ---------------------------------------------------------------
-
-
-def _shown(value: str) -> str:
-    """A name as it may appear in a message: escaped, and cut if very long."""
-    text = repr(value)
-    return text if len(text) <= 80 else text[:60] + "...'" + f" ({len(value)} characters)"
-
-
-def _component_problem(part: str, limit: int) -> str | None:
-    """Why one path component is unsafe, or ``None`` when it is fine."""
-    if part == "":
-        return "it has an empty path segment (a leading, trailing or doubled '/')"
-    if part in (".", ".."):
-        return f"it has a {part!r} segment, which could point outside the sink's root"
-    if part.startswith(TEMP_PREFIX):
-        return f"a segment starts with {TEMP_PREFIX!r}, which the sink reserves for temp files"
-    try:
-        size = len(part.encode("utf-8"))
-    except UnicodeEncodeError:
-        return "it is not valid Unicode (it contains a lone surrogate)"
-    if size > limit:
-        return f"a segment is {size} bytes long; the limit is {limit} bytes"
-    return None
-
-
-def check_name(
-    name: str,
-    *,
-    what: str = "file name",
-    allow_slash: bool = True,
-    reserved_suffix: str | None = None,
-    user_id: str | None = None,
-) -> list[str]:
-    """Check a server-supplied name (or a user id) and return its path segments.
-
-    Rejects, with :class:`UnsafeFileNameError` naming the value and the reason:
-    empty names, absolute paths, backslashes, NUL and other control characters,
-    ``.``/``..`` segments, the temp prefix, segments over 255 bytes, and (when
-    ``allow_slash`` is false, as for user ids) any ``/`` at all.
-    """
-    owner = f" of user {_shown(user_id)}" if user_id is not None else ""
-
-    def unsafe(reason: str) -> UnsafeFileNameError:
-        return UnsafeFileNameError(
-            f"{what} {_shown(name)}{owner} is unsafe: {reason}; nothing was written. "
-            + (
-                "Use a user id that is a plain name (no '/', '\\', '..' or control characters)."
-                if what == "user id"
-                else "The name comes from the server; the file is reported as failed "
-                "and the rest of the run carries on."
-            )
-        )
-
-    if not isinstance(name, str) or name == "":
-        raise unsafe("it is empty")
-    if name.startswith("/"):
-        raise unsafe("it is an absolute path")
-    if "\\" in name:
-        raise unsafe("it contains a backslash, a path separator on Windows")
-    for char in name:
-        if unicodedata.category(char) == "Cc":
-            raise unsafe(f"it contains the control character U+{ord(char):04X}")
-    if not allow_slash and "/" in name:
-        raise unsafe("it contains '/'")
-    parts = name.split("/")
-    for index, part in enumerate(parts):
-        last = index == len(parts) - 1
-        limit = MAX_COMPONENT_BYTES
-        if last and reserved_suffix:
-            limit -= len(reserved_suffix.encode())
-        problem = _component_problem(part, limit)
-        if problem:
-            if last and reserved_suffix and "bytes long" in problem:
-                problem += f" (room is kept for the {reserved_suffix!r} file beside it)"
-            raise unsafe(problem)
-    if reserved_suffix and name.endswith(reserved_suffix):
-        raise unsafe(
-            f"it ends with {reserved_suffix!r}, which the sink uses for metadata files "
-            "(set metadata = false to accept such names)"
-        )
-    return parts
 
 
 # --- the plugin ----------------------------------------------------------------
@@ -219,8 +131,9 @@ class FileSink(Plugin):
                         what = "a symbolic link" if os.path.islink(here) else "not a directory"
                         raise UnsafeFileNameError(
                             f"sink {self.context.name}: {here} is {what}, so "
-                            f"{_shown(name or user)} of user {_shown(user)} could land outside "
-                            f"{root}; nothing was written. Replace it with a real directory."
+                            f"{shown_name(name or user)} of user {shown_name(user)} could land "
+                            f"outside {root}; nothing was written. Replace it with a real "
+                            "directory."
                         ) from None
                     raise SinkError(
                         f"sink {self.context.name}: cannot open directory {here}: "
@@ -239,8 +152,9 @@ def _verify_inside(root: Path, target: Path, name: str, user: str) -> None:
     resolved = target.parent.resolve() / target.name
     if not resolved.is_relative_to(root):
         raise UnsafeFileNameError(
-            f"file name {_shown(name)} of user {_shown(user)} resolves to {resolved}, outside "
-            f"the sink's root {root}; nothing was written. Remove the symbolic link on the way."
+            f"file name {shown_name(name)} of user {shown_name(user)} resolves to {resolved}, "
+            f"outside the sink's root {root}; nothing was written. Remove the symbolic link on "
+            "the way."
         )
 
 

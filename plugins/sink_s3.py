@@ -29,7 +29,8 @@ from privateshare.hookspecs import hookimpl
 from privateshare.models import DataFile, RunInfo, RunSummary
 from privateshare.plugin import Plugin, PluginContext
 from privateshare.plugins.awscommon import AwsConnection, AwsSession, aws_error
-from privateshare.plugins.sink_file import METADATA_SUFFIX, check_name
+from privateshare.plugins.sink_file import METADATA_SUFFIX
+from privateshare.sinks import check_name
 
 log = logging.getLogger(__name__)
 

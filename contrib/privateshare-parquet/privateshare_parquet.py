@@ -21,7 +21,6 @@ import logging
 import os
 import secrets
 import tempfile
-import unicodedata
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 from urllib.parse import quote
@@ -34,6 +33,7 @@ import pyarrow.parquet as pq
 from privateshare import Plugin, PluginContext, hookimpl
 from privateshare.errors import SinkError, UnsafeFileNameError
 from privateshare.models import DataFile, RunInfo, RunSummary
+from privateshare.sinks import MAX_COMPONENT_BYTES, check_name, shown_name
 
 __all__ = ["ParquetSink", "check_name", "parquet_file_name", "read_raw", "read_table"]
 __version__ = "0.1.0"
@@ -46,51 +46,12 @@ TEMP_PREFIX = ".privateshare-tmp-"
 RAW_DIR = "_raw"
 #: Columns added to every row, saying where it came from (``source_columns = true``).
 SOURCE_COLUMNS = ("_source_file", "_source_updated_date", "_source_index")
-#: Longest path component most file systems accept, in bytes.
-MAX_COMPONENT_BYTES = 255
 
 _SPOOL_IN_MEMORY = 1 << 20
 _COPY_BLOCK = 1 << 20
 
 
 # --- names -------------------------------------------------------------------------
-
-
-def _shown(value: str) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:60] + "...'" + f" ({len(value)} characters)"
-
-
-def check_name(name: str, *, what: str = "file name", user_id: str | None = None) -> None:
-    """Refuse a server-supplied name or user id that could escape root or confuse readers.
-
-    Raises :class:`UnsafeFileNameError` naming the value and the reason. User ids
-    may not contain ``/``; file names may (``a/b.json``), but every segment must be
-    a plain name.
-    """
-    owner = f" of user {_shown(user_id)}" if user_id is not None else ""
-
-    def unsafe(reason: str) -> UnsafeFileNameError:
-        return UnsafeFileNameError(
-            f"{what} {_shown(name)}{owner} is unsafe: {reason}; nothing was written"
-        )
-
-    if not isinstance(name, str) or not name:
-        raise unsafe("it is empty")
-    if name.startswith("/"):
-        raise unsafe("it is an absolute path")
-    if "\\" in name:
-        raise unsafe("it contains a backslash")
-    for char in name:
-        if unicodedata.category(char) in ("Cc", "Cs"):
-            raise unsafe(f"it contains the character U+{ord(char):04X}")
-    if what == "user id" and "/" in name:
-        raise unsafe("it contains '/'")
-    for part in name.split("/"):
-        if part in ("", ".", ".."):
-            raise unsafe(f"it has a {part!r} path segment")
-        if len(part.encode("utf-8")) > MAX_COMPONENT_BYTES:
-            raise unsafe(f"a segment is longer than {MAX_COMPONENT_BYTES} bytes")
 
 
 def _flat(name: str) -> str:
@@ -115,7 +76,7 @@ def _partition(key: str, value: str) -> str:
     part = f"{key}={quote(value, safe='')}"
     if len(part) > MAX_COMPONENT_BYTES:
         raise UnsafeFileNameError(
-            f"{key.replace('_', ' ')} {_shown(value)} is too long for a partition directory "
+            f"{key.replace('_', ' ')} {shown_name(value)} is too long for a partition directory "
             f"once encoded ({len(part)} bytes, limit {MAX_COMPONENT_BYTES}); nothing was written"
         )
     return part
@@ -159,7 +120,7 @@ class ParquetSink(Plugin):
     @hookimpl
     def privateshare_sink_open_run(self, run: RunInfo) -> None:
         """Check the user id, create its partition and remove temps a killed run left."""
-        check_name(run.user_id, what="user id")
+        check_name(run.user_id, what="user id", allow_slash=False)
         user_dir = self._dir(_partition("user", run.user_id))
         removed = _clean_stale_temps(user_dir)
         if self.options.raw == "store":
@@ -171,7 +132,7 @@ class ParquetSink(Plugin):
     def privateshare_sink_open_file(self, run: RunInfo, file: DataFile) -> Any:
         """A spooling writer for mapped data; a raw writer or ``None`` for raw files."""
         user = file.user_id or run.user_id
-        check_name(user, what="user id")
+        check_name(user, what="user id", allow_slash=False)
         check_name(file.name, user_id=user)
         if file.kind == "raw":
             if self.options.raw == "skip":
@@ -190,7 +151,7 @@ class ParquetSink(Plugin):
     def _target(self, top: str | None, user: str, file_name: str) -> Path:
         if len(file_name.encode()) > MAX_COMPONENT_BYTES:
             raise UnsafeFileNameError(
-                f"file name {_shown(file_name)} of user {_shown(user)} is too long once "
+                f"file name {shown_name(file_name)} of user {shown_name(user)} is too long once "
                 f"encoded ({len(file_name.encode())} bytes, limit {MAX_COMPONENT_BYTES}); "
                 "nothing was written"
             )

@@ -27,7 +27,6 @@ import random
 import tempfile
 import threading
 import time
-import unicodedata
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,8 +37,9 @@ import msgspec
 import requests
 
 from privateshare import Plugin, PluginContext, Secret, hookimpl
-from privateshare.errors import ConfigError, SinkError, UnsafeFileNameError
+from privateshare.errors import ConfigError, SinkError
 from privateshare.models import DataFile, RunInfo, RunSummary
+from privateshare.sinks import check_name
 
 __all__ = [
     "InvalidSignature",
@@ -75,7 +75,6 @@ RESERVED_HEADERS = frozenset(
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 #: Status codes worth another attempt; any other non-2xx answer is final.
 RETRYABLE = frozenset({408, 425, 429, 500, 502, 503, 504})
-MAX_COMPONENT_BYTES = 255
 
 _SPOOL_IN_MEMORY = 1 << 20
 _BLOCK = 1 << 20
@@ -134,40 +133,6 @@ def delivery_id(user_id: str, name: str, updated_date: int) -> str:
 
 
 # --- names and URLs ------------------------------------------------------------------
-
-
-def _shown(value: str) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:60] + "...'" + f" ({len(value)} characters)"
-
-
-def check_name(name: str, *, what: str = "file name", user_id: str | None = None) -> None:
-    """Refuse names a receiver could turn into a path outside its storage.
-
-    The sink writes nothing under these names itself, but receivers often do; the
-    same rules as privateshare's file sink keep every sink's behaviour alike.
-    """
-    owner = f" of user {_shown(user_id)}" if user_id is not None else ""
-
-    def unsafe(reason: str) -> UnsafeFileNameError:
-        return UnsafeFileNameError(f"{what} {_shown(name)}{owner} is unsafe: {reason}; not sent")
-
-    if not isinstance(name, str) or not name:
-        raise unsafe("it is empty")
-    if name.startswith("/"):
-        raise unsafe("it is an absolute path")
-    if "\\" in name:
-        raise unsafe("it contains a backslash")
-    for char in name:
-        if unicodedata.category(char) in ("Cc", "Cs"):
-            raise unsafe(f"it contains the character U+{ord(char):04X}")
-    if what == "user id" and "/" in name:
-        raise unsafe("it contains '/'")
-    for part in name.split("/"):
-        if part in ("", ".", ".."):
-            raise unsafe(f"it has a {part!r} path segment")
-        if len(part.encode("utf-8")) > MAX_COMPONENT_BYTES:
-            raise unsafe(f"a segment is longer than {MAX_COMPONENT_BYTES} bytes")
 
 
 def redact_url(url: str) -> str:
@@ -249,14 +214,14 @@ class WebhookSink(Plugin):
     @hookimpl
     def privateshare_sink_open_run(self, run: RunInfo) -> None:
         """Check the user id and that the secret can be read, before any file is sent."""
-        check_name(run.user_id, what="user id")
+        check_name(run.user_id, what="user id", allow_slash=False)
         self._secret()
 
     @hookimpl
     def privateshare_sink_open_file(self, run: RunInfo, file: DataFile) -> WebhookWriter:
         """A writer that spools the file (or only hashes it) and POSTs it at commit."""
         user = file.user_id or run.user_id
-        check_name(user, what="user id")
+        check_name(user, what="user id", allow_slash=False)
         check_name(file.name, user_id=user)
         return WebhookWriter(self, file)
 

@@ -18,7 +18,7 @@ from ..errors import SinkError
 from ..hookspecs import hookimpl
 from ..models import DataFile, RunInfo, RunSummary
 from ..plugin import Plugin, PluginContext
-from ..plugins.sink_file import check_name
+from ..sinks import check_name
 
 #: (user id, file name): the key of every dict the memory sink keeps.
 FileKey = tuple[str, str]
