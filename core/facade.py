@@ -9,7 +9,7 @@ it; an observer's failure is logged and does not stop the run (unless strict).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -110,6 +110,17 @@ class Hooks:
             file_name=file_name,
         )
 
+    # transforms
+    def transform(
+        self, file: DataFile, chunks: Iterator[bytes | memoryview]
+    ) -> Iterator[bytes | memoryview]:
+        """The plaintext after every ``privateshare_transform_file``, chained in order."""
+        for _name, call in self._each("privateshare_transform_file"):
+            wrapped = call(file=file, chunks=chunks)
+            if wrapped is not None:
+                chunks = wrapped
+        return chunks
+
     # sinks
     def sink_names(self) -> list[str]:
         impls = self.pm.hook.privateshare_sink_open_file.get_hookimpls()
@@ -137,6 +148,29 @@ class Hooks:
             if writer is not None:
                 writers.append((name, writer))
         return writers
+
+    def deliver(
+        self, run: RunInfo, file: DataFile, chunks: Iterable[bytes | memoryview]
+    ) -> tuple[int, list[str]]:
+        """Stream one file through the transforms into every sink; commit all or abort all.
+
+        Returns the plaintext bytes written and the sinks that committed. Nothing is
+        committed before ``chunks`` is exhausted, because decryption reports some
+        failures (padding, hash) only at the end.
+        """
+        writers = self.sink_writers(run, file)
+        size = 0
+        try:
+            for chunk in self.transform(file, iter(chunks)):
+                size += len(chunk)
+                for _name, writer in writers:
+                    writer.write(chunk)
+            for _name, writer in writers:
+                writer.commit()
+        except BaseException:
+            abort_all(writers)
+            raise
+        return size, [name for name, _writer in writers]
 
     def sinks_close_run(self, run: RunInfo, summary: RunSummary) -> None:
         for name, call in self._each("privateshare_sink_close_run"):

@@ -171,6 +171,28 @@ def privateshare_decrypt(
     """
 
 
+# --- transforms ----------------------------------------------------------------
+
+
+@hookspec
+def privateshare_transform_file(
+    file: DataFile, chunks: Iterator[bytes | memoryview]
+) -> Iterator[bytes | memoryview] | None:
+    """Wrap a file's plaintext on its way to the sinks (redact, convert, filter).
+
+    :param file: the file: user, name, ``updated_date``, metadata (``file.kind`` is
+        ``"mapped"`` for service JSON, ``"raw"`` for pushed files).
+    :param chunks: the plaintext so far — decrypted, or already wrapped by another
+        implementation. A chunk may be a view into a reused buffer.
+    :returns: a new iterator of chunks, or ``None`` to leave the stream as it is.
+        Keep memory bounded: mapped files are small JSON arrays, raw files can be GiBs.
+    :result: called for every implementation, each wrapping the previous one's result,
+        in registration order.
+    :called: once per file, after ``privateshare_decrypt`` and before any sink sees a byte;
+        an exception fails the file (reported, retried on the next run).
+    """
+
+
 # --- sinks -------------------------------------------------------------------
 
 

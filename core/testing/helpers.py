@@ -16,7 +16,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from ..facade import Hooks, abort_all
+from ..facade import Hooks
 from ..framework import PrivateShare
 from ..keys import SoftwareKeyHandle
 from ..models import DataFile, FileMetadata, RunInfo
@@ -61,18 +61,8 @@ def deliver(
     can check that nothing was half-written anywhere.
     """
     hooks = target.hooks if isinstance(target, PrivateShare) else target
-    run = run or make_run(file.user_id)
-    writers = hooks.sink_writers(run, file)
-    try:
-        for chunk in chunks:
-            for _name, writer in writers:
-                writer.write(chunk)
-        for _name, writer in writers:
-            writer.commit()
-    except BaseException:
-        abort_all(writers)
-        raise
-    return [name for name, _writer in writers]
+    _size, sinks = hooks.deliver(run or make_run(file.user_id), file, chunks)
+    return sinks
 
 
 class TestKey:

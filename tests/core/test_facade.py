@@ -226,6 +226,28 @@ def test_sink_writers_in_config_order_and_all_or_nothing() -> None:
     assert log[-1] == "a:abort"
 
 
+class Upper:
+    @hookimpl
+    def privateshare_transform_file(self, file: DataFile, chunks: Any) -> Any:
+        return (bytes(c).upper() for c in chunks)
+
+
+class Exclaim:
+    @hookimpl
+    def privateshare_transform_file(self, file: DataFile, chunks: Any) -> Any:
+        if file.name.endswith(".jpg"):
+            return None  # leaves the stream as it is
+        return iter([*chunks, b"!"])
+
+
+def test_transforms_chain_in_registration_order() -> None:
+    hooks = make_hooks(("upper", Upper()), ("exclaim", Exclaim()))
+    assert b"".join(hooks.transform(FILE, iter([b"ab", memoryview(b"cd")]))) == b"ABCD!"
+    photo = DataFile("alice", "p.jpg", 1)
+    assert b"".join(hooks.transform(photo, iter([b"xy"]))) == b"XY"
+    assert list(make_hooks().transform(FILE, iter([b"same"]))) == [b"same"]
+
+
 class FailingObserver:
     @hookimpl
     def privateshare_status_changed(self, user_id: str, status: LibraryStatus) -> None:
@@ -248,3 +270,40 @@ def test_tokens_and_sessions_never_show_secrets() -> None:
     text = repr(TOKEN) + str(TOKEN) + repr(Session("session-key-secret", 1))
     for secret in ("access-secret", "refresh-secret", "session-key-secret"):
         assert secret not in text
+
+
+class FailingWriterSink:
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
+
+    @hookimpl
+    def privateshare_sink_open_file(self, run: RunInfo, file: DataFile) -> Writer:
+        writer = Writer(self.log, "bad")
+        writer.commit = lambda: (_ for _ in ()).throw(OSError("disk full"))  # type: ignore[method-assign]
+        return writer
+
+
+def test_deliver_streams_through_transforms_and_is_all_or_nothing() -> None:
+    log: list[str] = []
+    hooks = make_hooks(
+        ("upper", Upper()), ("sinks.a", GoodSink(log, "a")), ("sinks.b", GoodSink(log, "b"))
+    )
+    size, sinks = hooks.deliver(RUN, FILE, [b"abc", b"de"])
+    assert (size, sinks) == (5, ["sinks.a", "sinks.b"])
+    assert log[-2:] == ["a:commit", "b:commit"]
+
+    log.clear()
+    hooks = make_hooks(("sinks.a", GoodSink(log, "a")), ("sinks.bad", FailingWriterSink(log)))
+    with pytest.raises(OSError, match="disk full"):
+        hooks.deliver(RUN, FILE, [b"x"])
+    assert "a:abort" in log and "bad:abort" in log
+
+    def broken_stream():
+        yield b"partial"
+        raise ValueError("padding")
+
+    log.clear()
+    hooks = make_hooks(("sinks.a", GoodSink(log, "a")))
+    with pytest.raises(ValueError, match="padding"):
+        hooks.deliver(RUN, FILE, broken_stream())
+    assert "a:commit" not in log and log[-1] == "a:abort"
