@@ -19,7 +19,7 @@ import msgspec
 
 from . import __version__
 from .config import DigimeConfig
-from .errors import SDKInvalidError, ServerError, ValidationError
+from .errors import DigimeError, SDKInvalidError, ServerError, ValidationError
 from .facade import Hooks
 from .jws import JwksCache, b64url_decode, pkce_pair, random_alphanumeric, sign_request
 from .keys import KeyHandle
@@ -31,15 +31,41 @@ JSON = {"accept": "application/json"}
 
 @dataclass(frozen=True)
 class AuthorizeStart:
-    """What the user needs to consent, and what we keep to finish afterwards."""
+    """What the user needs to consent, and what we keep to finish afterwards.
+
+    ``url`` is what a browser opens. ``app_url`` is the API v1.5 ``digime://``
+    deep link for the digi.me app (None in v1.7). ``exchange`` is False when the
+    callback brings no code to exchange (v1.5 one-off consent: the session key is
+    the only credential).
+    """
 
     url: str
     state: str
     code_verifier: str
     session: Session
+    app_url: str | None = None
+    redirect_uri: str | None = None
+    exchange: bool = True
 
     def __repr__(self) -> str:
         return f"AuthorizeStart(url=<consent url>, state={self.state[:4]}…, session={self.session})"
+
+
+class ConsentDenied(DigimeError):
+    """The user cancelled, or the consent page reported an error (§A3.4, §B4)."""
+
+    def __init__(self, error_code: str) -> None:
+        self.error_code = error_code
+        super().__init__(f"consent was not given (errorCode {error_code})")
+
+
+def check_state(params: Mapping[str, str], state: str) -> None:
+    """The callback's ``state`` must be the one we sent: anything else may be forged."""
+    if params.get("state") != state:
+        raise ValidationError(
+            "the consent callback's state does not match the one we sent; "
+            "ignore this callback and start the consent again"
+        )
 
 
 @dataclass(frozen=True)
@@ -54,6 +80,9 @@ class FileDownload:
 
 class DigimeClient:
     """Signs, sends and decodes the pull-flow calls of API v1.7."""
+
+    #: The protocol profile this client speaks (``[digime] api``).
+    api = "v1.7"
 
     def __init__(self, config: DigimeConfig, hooks: Hooks, key: Callable[[], KeyHandle]) -> None:
         self.config = config
@@ -190,10 +219,42 @@ class DigimeClient:
         if locale:
             params["lng"] = locale
         url = f"{self.onboard_url}authorize?{urlencode(params)}"
-        return AuthorizeStart(url, state, verifier, decode_session(answer.get("session")))
+        return AuthorizeStart(
+            url,
+            state,
+            verifier,
+            decode_session(answer.get("session")),
+            redirect_uri=claims["redirect_uri"],
+        )
 
-    def exchange_code(self, code: str, code_verifier: str) -> UserAccessToken:
-        """``POST oauth/token`` with the authorization code (§A3.5)."""
+    def consent_url(
+        self,
+        *,
+        once: bool = False,
+        redirect_uri: str | None = None,
+        session_options: Mapping[str, Any] | None = None,
+    ) -> AuthorizeStart:
+        """Where the user consents. In v1.7 one-off and ongoing consent start alike."""
+        return self.authorize(redirect_uri=redirect_uri, session_options=session_options)
+
+    def parse_callback(self, params: Mapping[str, str], start: AuthorizeStart) -> str | None:
+        """The authorization code from a §A3.4 callback; ``state`` is checked first."""
+        check_state(params, start.state)
+        if params.get("success") != "true":
+            raise ConsentDenied(params.get("errorCode") or params.get("error_message") or "?")
+        code = params.get("code")
+        if not code:
+            raise ValidationError("the consent callback has no code")
+        return code
+
+    def exchange_code(
+        self, code: str, code_verifier: str, *, redirect_uri: str | None = None
+    ) -> UserAccessToken:
+        """``POST oauth/token`` with the authorization code (§A3.5).
+
+        ``redirect_uri`` is accepted for symmetry with API v1.5 and not sent: v1.7
+        has no ``redirect_uri`` claim here.
+        """
         claims = {
             "code": code,
             "code_verifier": code_verifier,
@@ -248,7 +309,7 @@ class DigimeClient:
             raise ValidationError("permission-access/trigger: the answer has no session")
         return decode_session(answer["session"], strict=True)
 
-    def file_list(self, session_key: str, token: UserAccessToken) -> FileList:
+    def file_list(self, session_key: str, token: UserAccessToken | None) -> FileList:
         """``GET permission-access/query/{sessionKey}`` (§A3.8)."""
         response = self._send(
             "GET", f"permission-access/query/{session_key}", self._token_claims(token)
@@ -264,7 +325,7 @@ class DigimeClient:
                 f"the file list does not have the expected shape: {exc}"
             ) from None
 
-    def open_file(self, session_key: str, name: str, token: UserAccessToken) -> FileDownload:
+    def open_file(self, session_key: str, name: str, token: UserAccessToken | None) -> FileDownload:
         """``GET .../{fileName}``: headers checked, body left to stream (§A3.9)."""
         response = self._send(
             "GET",
@@ -310,8 +371,9 @@ class DigimeClient:
         return answer
 
     @staticmethod
-    def _token_claims(token: UserAccessToken) -> dict[str, Any]:
-        return {"access_token": token.access_token.value}
+    def _token_claims(token: UserAccessToken | None) -> dict[str, Any]:
+        # No token: a one-off contract reads its consented session with the signed JWT alone.
+        return {"access_token": token.access_token.value} if token is not None else {}
 
 
 # --- decoding -------------------------------------------------------------------

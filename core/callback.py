@@ -43,7 +43,9 @@ class CallbackServer:
                     self.send_error(404)
                     return
                 outer.params = dict(parse_qsl(url.query, keep_blank_values=True))
-                ok = outer.params.get("success") == "true"
+                ok = (
+                    outer.params.get("success") == "true" or outer.params.get("result") == "SUCCESS"
+                )
                 body = PAGE.format(title="Consent received" if ok else "Consent not given")
                 data = body.encode()
                 self.send_response(200)

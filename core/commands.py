@@ -63,9 +63,19 @@ def authorize_command(
         redirect_uri = fw.config.digime.redirect_uri
         with CallbackServer(redirect_uri) as server:
             consent = flow.start_consent(user_id, once=once)
-            click.echo("Open this URL to give consent:", err=True)
+            in_browser = consent.url.startswith(("http://", "https://"))
+            if in_browser:
+                click.echo("Open this URL to give consent:", err=True)
+            else:  # API v1.5 ongoing consent against the real service
+                click.echo(
+                    "Open this link on a device with the digi.me app to give consent "
+                    "(API v1.5 ongoing consent happens in the app):",
+                    err=True,
+                )
             click.echo(consent.url)
-            if not no_browser:
+            if consent.app_url and consent.app_url != consent.url:
+                click.echo(f"(or, in the digi.me app: {consent.app_url})", err=True)
+            if in_browser and not no_browser:
                 webbrowser.open(consent.url)
             click.echo(f"Waiting for the callback on {redirect_uri} ...", err=True)
             params = server.wait(timeout)

@@ -1,4 +1,8 @@
-"""``privateshare demo``: the whole flow against an in-process sandbox, checked byte for byte."""
+"""``privateshare demo``: the whole flow against an in-process sandbox, checked byte for byte.
+
+``--api v1.5`` runs the original Private Share generation (PROTOCOL.md Part B)
+instead of v1.7: the same four steps of the guide, each a separate call there.
+"""
 
 from __future__ import annotations
 
@@ -37,10 +41,14 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _step(text: str) -> None:
+    click.echo(text, err=True)
+
+
 def run_demo(
-    directory: Path, *, files: int = 24, seed: int = 1
+    directory: Path, *, files: int = 24, seed: int = 1, api: str = "v1.7"
 ) -> tuple[RunSummary, dict[str, Any]]:
-    """Run the four steps; return the run summary and the on-disk check per file."""
+    """Run the four steps on the ``api`` profile; return the summary and the check per file."""
     from .sandbox.server import Sandbox
     from .sandbox.settings import SandboxSettings
 
@@ -49,18 +57,26 @@ def run_demo(
         files=files, seed=seed, auto_consent=True, pending_polls=1, running_polls=2
     )
     with Sandbox(settings, state_dir=directory / "sandbox") as sandbox:
-        config_path = sandbox.config_path("ongoing")
+        config_path = sandbox.config_path("ongoing", api)
         raw = tomllib.loads(config_path.read_text(encoding="utf-8"))
-        raw["tokens"] = {"type": "file", "path": str(directory / "tokens")}
+        # Tokens (and checkpoints) per profile: a v1.7 token means nothing to v1.5.
+        tokens = "tokens" if api == "v1.7" else f"tokens-{api}"
+        raw["tokens"] = {"type": "file", "path": str(directory / tokens)}
         raw["sinks"] = {"local": {"type": "file", "root": str(directory / "data")}}
         raw["pull"] = {"poll_interval": 0.2}
         with load(raw, base_dir=config_path.parent) as fw:
             flow = Flow(fw)
-            # 1-2. credentials come from the sandbox's contract; 3. consent:
+            _step(f"API {api}; 1. credentials: contract {fw.config.digime.contract_id}")
+            # 2. establish a session (v1.5: its own call) and 3. consent:
             consent = flow.start_consent(DEMO_USER)
-            click.echo(f"consent URL: {consent.url}", err=True)
+            if consent.app_url:
+                _step("2. session established (POST permission-access/session)")
+                _step(f"3. consent in the digi.me app: {consent.app_url.split('?')[0]}?…")
+            _step(f"   consent URL: {consent.url.split('?')[0]}?… (opened as a browser would)")
             token, session = flow.finish_consent(consent, consent_as_browser(consent.url))
+            _step("   consent given; token received (POST oauth/token) and saved")
             # 4. receive the data into every sink:
+            _step("4. reading the session's files")
             summary = flow.pull(DEMO_USER, token=token, session=session)
         truth = sandbox.ground_truth()
     check = {}
@@ -86,12 +102,19 @@ def run_demo(
 )
 @click.option("--files", default=24, show_default=True, help="Files in the synthetic library.")
 @click.option("--seed", default=1, show_default=True, help="Seed of the synthetic library.")
-def demo_command(directory: Path, files: int, seed: int) -> None:
+@click.option(
+    "--api",
+    type=click.Choice(["v1.7", "v1.5"]),
+    default="v1.7",
+    show_default=True,
+    help="Protocol profile: v1.7 (current) or v1.5 (the original Private Share).",
+)
+def demo_command(directory: Path, files: int, seed: int, api: str) -> None:
     """Run the whole flow against a local sandbox and show what arrived."""
     from rich.console import Console
     from rich.table import Table
 
-    summary, check = run_demo(directory, files=files, seed=seed)
+    summary, check = run_demo(directory, files=files, seed=seed, api=api)
     console = Console()
     table = Table(title=f"{directory}/data/{DEMO_USER}")
     table.add_column("file")
@@ -103,7 +126,7 @@ def demo_command(directory: Path, files: int, seed: int) -> None:
     matched = sum(row["matches"] for row in check.values())
     console.print(
         f"{summary.files_delivered} files delivered ({summary.bytes_delivered} bytes), "
-        f"{summary.files_skipped} already there; library {summary.final_state}; "
+        f"{summary.files_skipped} already there; library {summary.final_state} (API {api}); "
         f"{matched}/{len(check)} files match the sandbox's ground truth byte for byte."
     )
     if matched != len(check) or summary.files_failed:

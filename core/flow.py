@@ -5,6 +5,10 @@ get the user's consent (one-off or ongoing); :meth:`Flow.pull` reads a session
 to the end. Polling follows §A6 with limits the Node SDK lacks; downloads run
 concurrently in a bounded pool; a file is checkpointed only after every sink
 committed it; a 401 refreshes the token once per user, saved before use.
+
+The flow is the same for both protocol profiles (``[digime] api``): the client
+(:class:`~privateshare.api.DigimeClient` for v1.7,
+:class:`~privateshare.api15.DigimeClientV15` for v1.5) hides what differs.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from .api import AuthorizeStart, DigimeClient, FileDownload, needs_refresh
+from .api import AuthorizeStart, ConsentDenied, DigimeClient, FileDownload, needs_refresh
 from .errors import (
     AuthorizationRequired,
     DigimeError,
@@ -26,9 +30,7 @@ from .errors import (
     PrivateShareError,
     ServerError,
     TransportError,
-    ValidationError,
 )
-from .facade import abort_all
 from .framework import PrivateShare
 from .models import (
     FINAL_STATES,
@@ -47,6 +49,18 @@ from .models import (
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+__all__ = ["Consent", "ConsentDenied", "Flow", "Run", "TokenKeeper", "client_for"]
+
+
+def client_for(fw: PrivateShare) -> DigimeClient:
+    """The client of the configured protocol profile (``[digime] api``)."""
+    digime = fw.config.digime
+    if digime.api == "v1.5":
+        from .api15 import DigimeClientV15
+
+        return DigimeClientV15(digime, fw.hooks, fw.key_handle)
+    return DigimeClient(digime, fw.hooks, fw.key_handle)
+
 
 @dataclass(frozen=True)
 class Consent:
@@ -64,19 +78,22 @@ class Consent:
     def state(self) -> str:
         return self.start.state
 
-
-class ConsentDenied(PrivateShareError):
-    """The user cancelled, or the consent page reported an error (§A3.4)."""
-
-    def __init__(self, error_code: str) -> None:
-        self.error_code = error_code
-        super().__init__(f"consent was not given (errorCode {error_code})")
+    @property
+    def app_url(self) -> str | None:
+        """API v1.5: the ``digime://consent-access`` link for the digi.me app (else None)."""
+        return self.start.app_url
 
 
 class TokenKeeper:
-    """One user's current token, refreshed at most once however many callers hit a 401."""
+    """One user's current token, refreshed at most once however many callers hit a 401.
 
-    def __init__(self, flow: Flow, user_id: str, token: UserAccessToken, *, save: bool) -> None:
+    With no token (an API v1.5 one-off read: the session key is the only
+    credential) operations run without one and nothing is refreshed.
+    """
+
+    def __init__(
+        self, flow: Flow, user_id: str, token: UserAccessToken | None, *, save: bool
+    ) -> None:
         self.flow = flow
         self.user_id = user_id
         self.token = token
@@ -84,9 +101,11 @@ class TokenKeeper:
         self.refreshes = 0
         self._lock = threading.Lock()
 
-    def call(self, operation: Callable[[UserAccessToken], T]) -> T:
+    def call(self, operation: Callable[[Any], T]) -> T:
         """Run ``operation`` with the token; on a refreshable 401, refresh and retry once."""
         token = self.token
+        if token is None:
+            return operation(None)
         try:
             return operation(token)
         except ServerError as exc:
@@ -95,6 +114,7 @@ class TokenKeeper:
         return operation(self.refresh(stale=token))
 
     def refresh(self, stale: UserAccessToken) -> UserAccessToken:
+        """A fresh token: reuse one another caller already got, else refresh and save it."""
         with self._lock:
             if self.token != stale:  # another thread refreshed while we waited
                 return self.token
@@ -134,7 +154,7 @@ class Flow:
     def __init__(self, fw: PrivateShare, *, client: DigimeClient | None = None) -> None:
         self.fw = fw
         self.config = fw.config
-        self.client = client or DigimeClient(fw.config.digime, fw.hooks, fw.key_handle)
+        self.client = client or client_for(fw)
 
     # --- step 3: authorize ----------------------------------------------------
 
@@ -146,25 +166,30 @@ class Flow:
         redirect_uri: str | None = None,
         session_options: Mapping[str, Any] | None = None,
     ) -> Consent:
-        """Ask digi.me for a consent URL; the user opens it in a browser."""
-        start = self.client.authorize(redirect_uri=redirect_uri, session_options=session_options)
+        """Ask digi.me for a consent URL; the user opens it in a browser.
+
+        API v1.5 establishes the session here (and, ongoing, pre-authorizes);
+        ``consent.app_url`` is then the link for the digi.me app.
+        """
+        start = self.client.consent_url(
+            once=once, redirect_uri=redirect_uri, session_options=session_options
+        )
         return Consent(user_id, once, start)
 
     def finish_consent(
         self, consent: Consent, callback: Mapping[str, str]
-    ) -> tuple[UserAccessToken, Session]:
-        """Check the callback (``state`` first), exchange the code, keep the token if ongoing."""
-        if callback.get("state") != consent.state:
-            raise ValidationError(
-                "the consent callback's state does not match the one we sent; "
-                "ignore this callback and start the consent again"
-            )
-        if callback.get("success") != "true":
-            raise ConsentDenied(callback.get("errorCode") or callback.get("error_message") or "?")
-        code = callback.get("code")
-        if not code:
-            raise ValidationError("the consent callback has no code")
-        token = self.client.exchange_code(code, consent.start.code_verifier)
+    ) -> tuple[UserAccessToken | None, Session]:
+        """Check the callback (``state`` first), exchange the code, keep the token if ongoing.
+
+        The token is None for API v1.5 one-off consent: the session key alone reads
+        the data (``pull(user, token=None, session=session, save_token=False)``).
+        """
+        code = self.client.parse_callback(callback, consent.start)
+        if code is None:
+            return None, consent.start.session
+        token = self.client.exchange_code(
+            code, consent.start.code_verifier, redirect_uri=consent.start.redirect_uri
+        )
         if not consent.once:
             self.fw.hooks.token_save(consent.user_id, token)
         return token, consent.start.session
@@ -184,17 +209,22 @@ class Flow:
         """Read one session of a user's library into every sink.
 
         With no ``session``, a new one is triggered with the user's saved token.
+        A ``session`` with no token and ``save_token=False`` is read with the session
+        key alone (API v1.5 one-off consent).
         """
         hooks = self.fw.hooks
-        token = token or hooks.token_load(user_id)
-        if token is None:
-            raise AuthorizationRequired(
-                f"user {user_id!r} has no saved token; run `privateshare authorize --user "
-                f"{user_id}` first",
-                user_id=user_id,
-            )
+        session_only = token is None and not save_token and session is not None and session.key
+        if token is None and not session_only:
+            token = hooks.token_load(user_id)
+            if token is None:
+                raise AuthorizationRequired(
+                    f"user {user_id!r} has no saved token; run `privateshare authorize --user "
+                    f"{user_id}` first",
+                    user_id=user_id,
+                )
         keeper = TokenKeeper(self, user_id, token, save=save_token)
         if session is None or not session.key:
+            assert token is not None
             if token.access_token.expired():
                 keeper.refresh(stale=token)
             session = keeper.call(lambda t: self.client.trigger(t, session_options))
@@ -223,6 +253,7 @@ class Flow:
         return results
 
     def accounts(self, user_id: str) -> list[Account]:
+        """The source accounts the user shared (v1.5: ``accounts.json`` of a new session)."""
         keeper = self._keeper(user_id)
         return keeper.call(self.client.accounts)
 
@@ -370,9 +401,11 @@ class Run:
                 self.summary.reauthorize_urls[account_id] = self._reauthorize_url(account_id)
 
     def _reauthorize_url(self, account_id: str) -> str:
+        if self.keeper.token is None:
+            return "(no reauthorize URL: this read has no token)"
         try:
             start = self.keeper.call(lambda t: self.client.reauthorize(t))
-        except DigimeError as exc:
+        except PrivateShareError as exc:  # DigimeError, or a call the API profile lacks
             return f"(could not get a reauthorize URL: {exc})"
         return start.url
 
@@ -412,27 +445,16 @@ class Run:
             last_modified=download.last_modified,
         )
         try:
-            writers = self.hooks.sink_writers(self.info, file)
-            try:
-                size = 0
-                chunks = self.hooks.decrypt(
-                    download.response.stream(),
-                    download.metadata,
-                    self.flow.fw.key_handle(),
-                    entry.name,
-                )
-                for chunk in chunks:
-                    size += len(chunk)
-                    for _name, writer in writers:
-                        writer.write(chunk)
-                for _name, writer in writers:
-                    writer.commit()
-            except BaseException:
-                abort_all(writers)
-                raise
+            chunks = self.hooks.decrypt(
+                download.response.stream(),
+                download.metadata,
+                self.flow.fw.key_handle(),
+                entry.name,
+            )
+            size, sinks = self.hooks.deliver(self.info, file, chunks)
         finally:
             download.response.close()
-        self.hooks.file_written(self.user_id, file, size, [name for name, _ in writers])
+        self.hooks.file_written(self.user_id, file, size, sinks)
         return size
 
     def _delivered(self, entry: FileEntry, size: int) -> None:

@@ -2,7 +2,8 @@
 
 Handlers take a :class:`Request` and return a :class:`Response`, raising
 :class:`ApiError` for every documented failure. No HTTP plumbing lives here,
-so the whole API surface reads top to bottom in one file.
+so the whole v1.7 surface reads top to bottom in one file; the v1.5 surface
+(Part B) is in :mod:`.app15`, routed by the same :class:`App`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from . import errors, filelist, pages
+from .app15 import ApiV15
 from .errors import ApiError
 from .faults import FaultPlan
 from .jwts import ServerSigner, require_str, verify_request
@@ -98,6 +100,7 @@ class App:
         self.signer = ServerSigner(
             registry.server_key, registry.server_kid, self.base_url + "jwks/oauth"
         )
+        self.v15 = ApiV15(self)
         self.routes = self._routes()
         self._ground_truth: dict[str, str] | None = None
         self._visible_cache: dict[tuple[int | None, frozenset[str] | None], dict[str, Any]] = {}
@@ -177,6 +180,7 @@ class App:
             ),
             r("GET", re.escape(SANDBOX_PREFIX) + "stats", "stats", "meta", self.stats_page),
             r("GET", re.escape(SANDBOX_PREFIX) + "info", "info", "meta", self.info),
+            *self.v15.routes(r),
         ]
 
     def route(self, request: Request) -> tuple[Route, dict[str, str]]:
@@ -215,6 +219,7 @@ class App:
             exc = ApiError(status, "InternalServerError", "The sandbox injected a server error")
             response = error_response(exc)
             response.faults = faults
+            self.v15.status_headers(request, response)
             return response
         try:
             response = route.handler(request, params)
@@ -227,6 +232,7 @@ class App:
                 ApiError(500, "InternalServerError", f"Sandbox error: {type(exc).__name__}: {exc}")
             )
         response.faults = faults
+        self.v15.status_headers(request, response)
         if faults.bad_metadata and response.status == 200:
             _garble_metadata(response, faults.bad_metadata)
         for fault, on in (
@@ -423,37 +429,36 @@ class App:
         now = _now_ms()
         session = self.store.session(key, now)
         client_id = self.registry.client_id(contract)
-        if session.client_id != client_id:
-            raise errors.not_found(
-                "InvalidSession", f"The session ({key}) is invalid or has expired"
-            )
+        if session.client_id != client_id or session.api != "v1.7":
+            raise errors.not_found("InvalidSession", "The session is invalid or has expired")
         if contract.ongoing:
             user = self.user_for(contract, claims)
             if session.user_id is not None and session.user_id != user.user_id:
-                raise errors.not_found(
-                    "InvalidSession", f"The session ({key}) is invalid or has expired"
-                )
+                raise errors.not_found("InvalidSession", "The session is invalid or has expired")
             return contract, session, user
         if claims.get("access_token") is not None:
             user, token = self.token_for(contract, claims)
             if token.session_key != key:
-                raise errors.not_found(
-                    "InvalidSession", f"The session ({key}) is invalid or has expired"
-                )
+                raise errors.not_found("InvalidSession", "The session is invalid or has expired")
             return contract, session, user
         user = self.store.users.get(session.user_id) if session.user_id else None
         return contract, session, user
 
     def file_list(self, request: Request, params: dict[str, str]) -> Response:
         """``GET permission-access/query/{sessionKey}`` (§A3.8, §A4.3)."""
-        _contract, session, user = self._session_user(request, params["session"])
+        _contract, session, _user = self._session_user(request, params["session"])
+        return json_response(200, self.list_body(session))
+
+    def list_body(self, session: Any) -> dict[str, Any]:
+        """Count one list poll of a session and answer it (both API versions)."""
         s = self.settings
         consented, index = self.store.advance(session)
         if not consented:
-            return json_response(200, {"status": {"state": "pending"}})
+            return {"status": {"state": "pending"}}
         stage = min(index, filelist.final_stage(s.pending_polls, s.running_polls))
         self.store.set_stage(session, stage)
-        body = filelist.status_body(
+        user = self.store.users.get(session.user_id) if session.user_id else None
+        return filelist.status_body(
             self.library,
             stage,
             s.pending_polls,
@@ -461,7 +466,6 @@ class App:
             account_filter=session.account_filter,
             reauthorized=frozenset(user.reauthorized) if user else frozenset(),
         )
-        return json_response(200, body)
 
     def file(self, request: Request, params: dict[str, str]) -> Response:
         """``GET``/``HEAD permission-access/query/{sessionKey}/{fileName}`` (§A3.9, §A3.10)."""

@@ -169,6 +169,13 @@ def _rate(name: str, help_text: str) -> Any:
     show_default=True,
     help="Allowed request JWT timestamp skew, seconds.",
 )
+@click.option(
+    "--sdk-status",
+    default="",
+    help="API v1.5: send x-digi-sdk-status with this value (e.g. deprecated); "
+    "'unsupported' also refuses v1.5 sessions with SDKVersionInvalid.",
+)
+@click.option("--sdk-status-message", default="", help="API v1.5: the x-digi-sdk-status-message.")
 @_rate("--error-rate", "Share of requests answered 500/502/503.")
 @_rate("--reset-rate", "Share of requests whose connection is closed before answering.")
 @_rate("--truncate-rate", "Share of responses cut short after the headers.")
@@ -198,7 +205,7 @@ def _rate(name: str, help_text: str) -> Any:
 @click.option("--fault-seed", type=int, default=None, help="Seed for faults (default: --seed).")
 @click.option("--verbose", "-v", is_flag=True, help="Log every request to stderr.")
 def sandbox_command(state_dir: Path, verbose: bool, **options: Any) -> None:
-    """Run a local emulator of the digi.me Public API v1.7 on 127.0.0.1."""
+    """Run a local emulator of the digi.me Public API (v1.7 and v1.5) on 127.0.0.1."""
     from .server import Sandbox
 
     if not options["redirect_uris"]:
@@ -215,11 +222,13 @@ def sandbox_command(state_dir: Path, verbose: bool, **options: Any) -> None:
     click.echo(f"digi.me sandbox listening on {sandbox.origin}")
     click.echo(f"  base URL:       {sandbox.base_url}")
     click.echo(f"  onboard URL:    {sandbox.onboard_url}")
+    click.echo(f"  v1.5 base URL:  {sandbox.base_url_v15}")
     click.echo(f"  application id: {sandbox.application_id}")
-    for name, path in sandbox.config_paths.items():
+    for name in ("ongoing", "oneoff"):
         contract = sandbox.contract(name)
         click.echo(f"  {name:<8} contract {contract.contract_id}")
-        click.echo(f"           config   {path.resolve()}")
+        click.echo(f"           config   {sandbox.config_path(name).resolve()}")
+        click.echo(f"           v1.5     {sandbox.config_path(name, 'v1.5').resolve()}")
         click.echo(f"           key      {sandbox.key_path(name).resolve()}")
     click.echo(f"  ground truth:   {sandbox.origin}/_sandbox/ground-truth")
     click.echo(f"  stats:          {sandbox.origin}/_sandbox/stats")

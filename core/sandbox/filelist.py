@@ -109,3 +109,17 @@ def status_body(
         "status": {"state": state, "details": details},
         "fileList": [list_entry(name, version) for name, version in files.items()],
     }
+
+
+def v15_body(body: dict[str, Any]) -> dict[str, Any]:
+    """The same answer as API v1.5 gives it (§B8): entries ``{name, updatedDate}`` only,
+    and each account's ``{state}`` without an error object."""
+    status = dict(body["status"])
+    if "details" in status:
+        status["details"] = {a: {"state": d["state"]} for a, d in status["details"].items()}
+    result: dict[str, Any] = {"status": status}
+    if "fileList" in body:
+        result["fileList"] = [
+            {"name": e["name"], "updatedDate": e["updatedDate"]} for e in body["fileList"]
+        ]
+    return result

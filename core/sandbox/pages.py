@@ -16,6 +16,8 @@ PAGE_TITLES = {
     "onboard": "Add a service",
     "user-reauth": "Renew your consent",
     "reauthorize": "Reconnect an account",
+    "direct-onboarding": "Share your data as a guest",
+    "consent-access": "digi.me app: share your data",
 }
 
 
@@ -37,8 +39,13 @@ def consent_page(
     contract_kind: str,
     accounts: Iterable[Mapping[str, object]],
     account_ref: str | None = None,
+    fields: Mapping[str, str] | None = None,
 ) -> str:
-    """The HTML consent form: contract, accounts, Share and Cancel."""
+    """The HTML consent form: contract, accounts, Share and Cancel.
+
+    ``fields`` replaces the hidden ``code``/``page`` fields (the v1.5 pages post
+    their session and callback instead).
+    """
     e = html.escape
     rows = "\n".join(
         f"<li><b>{e(str(a.get('serviceTypeName', a.get('serviceGroupName', 'Account'))))}</b>"
@@ -46,8 +53,11 @@ def consent_page(
         f" <small>({e(str(a.get('id', '')))})</small></li>"
         for a in accounts
     )
-    hidden = f'<input type="hidden" name="code" value="{e(code)}">'
-    hidden += f'<input type="hidden" name="page" value="{e(page)}">'
+    fields = fields if fields is not None else {"code": code, "page": page}
+    hidden = "".join(
+        f'<input type="hidden" name="{e(name)}" value="{e(value)}">'
+        for name, value in fields.items()
+    )
     if account_ref:
         hidden += f'<input type="hidden" name="accountRef" value="{e(account_ref)}">'
     kind = "ongoing access (refreshable)" if contract_kind == "ongoing" else "one-off access"

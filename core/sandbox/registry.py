@@ -3,7 +3,8 @@
 The first start creates an application id, one ongoing and one one-off contract
 (each with an RSA-2048 key pair) and the sandbox's own token-signing key; later
 starts load them, so a start takes milliseconds and client configs stay valid.
-It also writes a ready-to-use ``privateshare.toml`` per contract.
+It also writes a ready-to-use ``privateshare.toml`` per contract, and one per
+contract for the API v1.5 profile (``privateshare-v15.toml``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ SERVER_KEY_FILE = "sandbox-server.pem"
 ONGOING = "ongoing"
 ONEOFF = "oneoff"
 CONFIG_FILES = {ONGOING: "privateshare.toml", ONEOFF: "privateshare-oneoff.toml"}
+CONFIG_FILES_V15 = {ONGOING: "privateshare-v15.toml", ONEOFF: "privateshare-v15-oneoff.toml"}
 
 
 @dataclass(frozen=True)
@@ -198,17 +200,36 @@ def _toml_string(value: str) -> str:
     return json.dumps(value)  # a JSON string is a valid TOML basic string
 
 
-def client_config(registry: Registry, contract: Contract, base_url: str, onboard_url: str) -> str:
-    """The text of a ready-to-use ``privateshare.toml`` for one contract."""
+def client_config(
+    registry: Registry,
+    contract: Contract,
+    base_url: str,
+    onboard_url: str,
+    *,
+    api: str = "v1.7",
+) -> str:
+    """The text of a ready-to-use ``privateshare.toml`` for one contract and API profile.
+
+    For v1.5, ``onboard_url`` is the sandbox's stand-in for the digi.me app, which
+    opens ``digime://consent-access`` links over HTTP (the real service has none).
+    """
     redirect = contract.redirect_uris[0]
+    v15 = api == "v1.5"
+    onboard_comment = (
+        "   # v1.5: the sandbox's stand-in for the digi.me app (opens digime:// links)"
+        if v15
+        else ""
+    )
+    suffix = "-v15" if v15 else ""
     return (
         "# Written by `privateshare sandbox`; rewritten on every start.\n"
-        f"# Contract: {contract.name} ({contract.kind})\n"
+        f"# Contract: {contract.name} ({contract.kind}), API {api}\n"
         "[digime]\n"
-        f"application_id = {_toml_string(registry.application_id)}\n"
+        + (f"api = {_toml_string(api)}\n" if v15 else "")
+        + f"application_id = {_toml_string(registry.application_id)}\n"
         f"contract_id = {_toml_string(contract.contract_id)}\n"
         f"base_url = {_toml_string(base_url)}\n"
-        f"onboard_url = {_toml_string(onboard_url)}\n"
+        f"onboard_url = {_toml_string(onboard_url)}{onboard_comment}\n"
         f"redirect_uri = {_toml_string(redirect)}\n"
         "\n"
         "[keys]\n"
@@ -218,21 +239,40 @@ def client_config(registry: Registry, contract: Contract, base_url: str, onboard
         "\n"
         "[tokens]\n"
         'type = "file"\n'
-        'path = "tokens"\n'
+        f"path = {_toml_string('tokens' + suffix)}\n"
         "\n"
         "[sinks.local]\n"
         'type = "file"\n'
-        'root = "data"\n'
+        f"root = {_toml_string('data' + suffix)}\n"
     )
 
 
-def write_client_configs(registry: Registry, base_url: str, onboard_url: str) -> dict[str, Path]:
-    """Write one TOML per contract into the state directory; return their paths by name."""
+def config_key(name: str, api: str = "v1.7") -> str:
+    """The key of a written config: ``ongoing``, ``oneoff``, ``ongoing-v1.5``, ``oneoff-v1.5``."""
+    return name if api == "v1.7" else f"{name}-{api}"
+
+
+def write_client_configs(
+    registry: Registry,
+    base_url: str,
+    onboard_url: str,
+    *,
+    v15_base_url: str | None = None,
+    app_url: str | None = None,
+) -> dict[str, Path]:
+    """Write one TOML per contract (and per API profile) into the state directory.
+
+    Returns their paths by :func:`config_key`.
+    """
+    jobs = [(CONFIG_FILES, "v1.7", base_url, onboard_url)]
+    if v15_base_url is not None and app_url is not None:
+        jobs.append((CONFIG_FILES_V15, "v1.5", v15_base_url, app_url))
     paths = {}
-    for contract in registry.contracts.values():
-        path = registry.state_dir / CONFIG_FILES[contract.name]
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(client_config(registry, contract, base_url, onboard_url))
-        os.replace(tmp, path)
-        paths[contract.name] = path
+    for files, api, base, onboard in jobs:
+        for contract in registry.contracts.values():
+            path = registry.state_dir / files[contract.name]
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(client_config(registry, contract, base, onboard, api=api))
+            os.replace(tmp, path)
+            paths[config_key(contract.name, api)] = path
     return paths

@@ -22,10 +22,11 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from .app import API_PREFIX, ONBOARD_PREFIX, App
+from .app15 import APP_PREFIX, GUEST_PAGE, V15_PREFIX
 from .errors import ApiError
 from .library import Library, generate_library
 from .messages import Request, Response, error_response
-from .registry import Contract, Registry, load_or_create, write_client_configs
+from .registry import Contract, Registry, config_key, load_or_create, write_client_configs
 from .settings import SandboxSettings
 
 MAX_REQUEST_BODY = 1 << 20
@@ -251,7 +252,13 @@ class Sandbox:
         server.app = App(s, registry, self._library, origin)
         server.verbose = self.verbose
         self._server, self._app = server, server.app
-        self.config_paths = write_client_configs(registry, self.base_url, self.onboard_url)
+        self.config_paths = write_client_configs(
+            registry,
+            self.base_url,
+            self.onboard_url,
+            v15_base_url=self.base_url_v15,
+            app_url=self.app_url,
+        )
         self._thread = threading.Thread(
             target=server.serve_forever,
             kwargs={"poll_interval": 0.1},
@@ -322,6 +329,21 @@ class Sandbox:
         return self.app.origin + ONBOARD_PREFIX
 
     @property
+    def base_url_v15(self) -> str:
+        """The API v1.5 base, ``http://127.0.0.1:PORT/v1.5`` (no trailing slash, §B1)."""
+        return self.app.origin + V15_PREFIX.rstrip("/")
+
+    @property
+    def app_url(self) -> str:
+        """The stand-in for the digi.me app: ``{app_url}consent-access?<digime:// query>``."""
+        return self.app.origin + APP_PREFIX
+
+    @property
+    def guest_url(self) -> str:
+        """The v1.5 guest consent page, ``http://127.0.0.1:PORT/apps/quark/v1/direct-onboarding``."""
+        return self.app.origin + GUEST_PAGE
+
+    @property
     def jwks_url(self) -> str:
         """Where the sandbox's token-signing key is published."""
         return self.app.signer.jku
@@ -349,9 +371,15 @@ class Sandbox:
         assert path is not None
         return path
 
-    def config_path(self, name: str = "ongoing") -> Path:
-        """The ready-to-use ``privateshare.toml`` for a contract."""
-        return self.config_paths[name]
+    def config_path(self, name: str = "ongoing", api: str = "v1.7") -> Path:
+        """The ready-to-use ``privateshare.toml`` for a contract and API profile."""
+        try:
+            return self.config_paths[config_key(name, api)]
+        except KeyError:
+            raise KeyError(
+                f"no config for contract {name!r} and API {api!r}; contracts are "
+                "'ongoing' and 'oneoff', APIs 'v1.7' and 'v1.5'"
+            ) from None
 
     @property
     def library(self) -> Library:

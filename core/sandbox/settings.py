@@ -17,7 +17,18 @@ DEFAULT_REDIRECT_URIS: tuple[str, ...] = (
 
 #: Endpoint kinds faults can be applied to (see :attr:`SandboxSettings.fault_endpoints`).
 FAULT_ENDPOINTS: frozenset[str] = frozenset(
-    {"authorize", "token", "reference", "trigger", "list", "file", "accounts", "user", "sample"}
+    {
+        "session",
+        "authorize",
+        "token",
+        "reference",
+        "trigger",
+        "list",
+        "file",
+        "accounts",
+        "user",
+        "sample",
+    }
 )
 
 LOOPBACK_HOSTS: frozenset[str] = frozenset({"127.0.0.1", "localhost", "::1"})
@@ -52,6 +63,11 @@ class SandboxSettings:
     session_lifetime: int = 15 * 60
     code_lifetime: int = 10 * 60
     timestamp_window: float = 300.0  # request JWT ``timestamp`` skew allowed, either way
+    # -- API v1.5 SDK status (PROTOCOL §B2) -------------------------------------
+    #: ``x-digi-sdk-status`` on every v1.5 API answer (e.g. ``deprecated``); "" = none.
+    #: ``unsupported`` also refuses new v1.5 sessions with 403 ``SDKVersionInvalid``.
+    sdk_status: str = ""
+    sdk_status_message: str = ""  # ``x-digi-sdk-status-message``
     # -- faults (decided by a seeded RNG per endpoint, resource and attempt) -----
     fault_seed: int | None = None  # None = same as ``seed``
     fault_endpoints: frozenset[str] = field(
@@ -94,6 +110,10 @@ class SandboxSettings:
             )
         if not self.redirect_uris:
             raise ValueError("redirect_uris must allow at least one URI")
+        for name in ("sdk_status", "sdk_status_message"):
+            value = getattr(self, name)
+            if any(c in value for c in "\r\n") or not value.isascii():
+                raise ValueError(f"{name} must be one line of ASCII (it is sent as a header)")
         object.__setattr__(self, "fault_endpoints", frozenset(self.fault_endpoints))
         object.__setattr__(self, "redirect_uris", tuple(self.redirect_uris))
 

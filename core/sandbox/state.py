@@ -47,6 +47,8 @@ class Session:
     polls: int = 0  # list polls answered since consent
     stage: int | None = None  # None: nothing listed yet; else the last stage listed
     account_filter: frozenset[str] | None = None
+    api: str = "v1.7"  # a session is read on the API version that made it
+    exchange_token: str | None = None  # v1.5: opens the guest consent page (§B3)
 
     def wire(self) -> dict[str, object]:
         """The ``{key, expiry}`` object the API returns."""
@@ -78,6 +80,7 @@ class AuthCode:
     code_challenge: str | None
     expires_ms: int
     session_key: str | None = None  # the consented session (what a one-off token may read)
+    redirect_uri: str | None = None  # v1.5: the exchange must name the same redirect_uri
 
 
 @dataclass
@@ -113,6 +116,7 @@ class Store:
         self._nonce_prune_at = 0
         self.users: dict[str, User] = {}
         self.sessions: dict[str, Session] = {}
+        self.exchange_tokens: dict[str, str] = {}  # v1.5 sessionExchangeToken -> session key
         self.grants: dict[str, Grant] = {}
         self.codes: dict[str, AuthCode] = {}
         self.access: dict[str, Token] = {}
@@ -187,8 +191,12 @@ class Store:
         user_id: str | None = None,
         consented: bool = False,
         account_filter: frozenset[str] | None = None,
+        api: str = "v1.7",
     ) -> Session:
-        """A new read session, pending until consent (or already consented for ``trigger``)."""
+        """A new read session, pending until consent (or already consented for ``trigger``).
+
+        A v1.5 session also gets a ``sessionExchangeToken`` for the guest page.
+        """
         with self._lock:
             session = Session(
                 key=secrets.token_urlsafe(24),
@@ -197,7 +205,11 @@ class Store:
                 user_id=user_id,
                 consented=consented,
                 account_filter=account_filter,
+                api=api,
             )
+            if api == "v1.5":
+                session.exchange_token = secrets.token_urlsafe(24)
+                self.exchange_tokens[session.exchange_token] = session.key
             self.sessions[session.key] = session
             return session
 
@@ -206,10 +218,73 @@ class Store:
         with self._lock:
             session = self.sessions.get(key)
             if session is None or session.expiry_ms < now_ms:
-                raise errors.not_found(
-                    "InvalidSession", f"The session ({key}) is invalid or has expired"
-                )
+                raise errors.not_found("InvalidSession", "The session is invalid or has expired")
             return session
+
+    def session_v15(self, key: str, now_ms: int, *, by_exchange_token: bool = False) -> Session:
+        """A live v1.5 session by key (or by exchange token), or 404 InvalidSession."""
+        with self._lock:
+            if by_exchange_token:
+                key = self.exchange_tokens.get(key, "")
+            session = self.sessions.get(key)
+            if session is None or session.expiry_ms < now_ms or session.api != "v1.5":
+                raise errors.not_found("InvalidSession", "The session is invalid or has expired")
+            return session
+
+    def consent_v15(
+        self, session_key: str, grant_code: str | None, now_ms: int
+    ) -> tuple[Session, Grant | None, str | None]:
+        """The user shared a v1.5 session in the app or on the guest page (§B3, §B4).
+
+        The session is bound to a new user and consented. With a pre-authorization
+        code (ongoing consent) the grant is spent and an authorization code minted,
+        bound to the grant's PKCE challenge and redirect_uri. Returns the session,
+        the grant (or None) and the authorization code (or None).
+        """
+        with self._lock:
+            session = self.sessions.get(session_key)
+            if (
+                session is None
+                or session.api != "v1.5"
+                or session.expiry_ms < now_ms
+                or session.consented
+            ):
+                raise errors.not_found("InvalidSession", "The session is invalid or has expired")
+            grant = None
+            if grant_code is not None:
+                grant = self.grants.get(grant_code)
+                if (
+                    grant is None
+                    or grant.used
+                    or grant.expires_ms < now_ms
+                    or grant.kind != "authorize-v1.5"
+                    or grant.client_id != session.client_id
+                ):
+                    raise errors.not_found("InvalidCode", "The code is invalid, used or expired")
+                grant.used = True
+            user = self._new_user()
+            session.user_id = user.user_id
+            session.consented = True
+            auth_code = None
+            if grant is not None:
+                auth_code = secrets.token_urlsafe(24)
+                self.codes[auth_code] = AuthCode(
+                    client_id=grant.client_id,
+                    user_id=user.user_id,
+                    code_challenge=grant.code_challenge,
+                    expires_ms=now_ms + self.settings.code_lifetime * 1000,
+                    session_key=session.key,
+                    redirect_uri=grant.redirect_uri,
+                )
+            return session, grant, auth_code
+
+    def bind_session(self, session: Session, user_id: str) -> None:
+        """v1.5 ``trigger``: the token's user takes an established session (§B7)."""
+        with self._lock:
+            if session.user_id is not None and session.user_id != user_id:
+                raise errors.not_found("InvalidSession", "The session is invalid or has expired")
+            session.user_id = user_id
+            session.consented = True
 
     def advance(self, session: Session) -> tuple[bool, int]:
         """Count one list poll; return (consented, poll index) atomically."""
@@ -359,12 +434,21 @@ class Store:
         return pair
 
     def exchange_code(
-        self, code: str, verifier: str, client_id: str, now_ms: int, *, oneoff: bool = False
+        self,
+        code: str,
+        verifier: str | None,
+        client_id: str,
+        now_ms: int,
+        *,
+        oneoff: bool = False,
+        redirect_uri: str | None = None,
     ) -> TokenPair:
         """Authorization code + PKCE verifier -> tokens; the code works once.
 
         A one-off contract gets an access token for the consented session only
-        and an empty, unusable refresh token.
+        and an empty, unusable refresh token. The verifier may be missing (v1.5)
+        only when the code was issued without a challenge; a code issued for a
+        ``redirect_uri`` (v1.5) must be exchanged naming the same one.
         """
         with self._lock:
             record = self.codes.get(code)
@@ -373,9 +457,17 @@ class Store:
             if record.expires_ms < now_ms:
                 del self.codes[code]
                 raise errors.invalid_grant("The authorization code has expired")
-            if record.code_challenge is not None and s256(verifier) != record.code_challenge:
+            if record.code_challenge is not None and verifier is None:
+                raise errors.invalid_grant(
+                    "The code_verifier is required: the code was issued for a code_challenge"
+                )
+            if record.code_challenge is not None and s256(verifier or "") != record.code_challenge:
                 raise errors.invalid_grant(
                     "The code_verifier does not match the code_challenge (S256)"
+                )
+            if record.redirect_uri is not None and redirect_uri != record.redirect_uri:
+                raise errors.invalid_grant(
+                    "The redirect_uri is not the one the authorization code was issued for"
                 )
             del self.codes[code]
             user = self.users.get(record.user_id)

@@ -43,14 +43,21 @@ def sandbox_starter(keys: Path, workdir: Path) -> Iterator[Callable[..., Sandbox
 
 
 def sandbox_config(
-    sandbox: Sandbox, root: Path, contract: str = "ongoing", **tables: Any
+    sandbox: Sandbox,
+    root: Path,
+    contract: str = "ongoing",
+    *,
+    api: str = "v1.7",
+    **tables: Any,
 ) -> dict[str, Any]:
     """The sandbox's generated config, with tokens and a file sink under ``root``.
 
-    Each keyword replaces a table, or is merged into it when both are tables;
-    ``sinks={...}`` replaces the sinks entirely.
+    ``api`` picks the protocol profile (``"v1.7"`` or ``"v1.5"``): the sandbox
+    serves both. Each keyword replaces a table, or is merged into it when both
+    are tables; ``sinks={...}`` replaces the sinks entirely.
     """
-    raw = tomllib.loads(sandbox.config_path(contract).read_text(encoding="utf-8"))
+    path = sandbox.config_path(contract, api)
+    raw = tomllib.loads(path.read_text(encoding="utf-8"))
     raw["tokens"] = {"type": "file", "path": str(root / "tokens")}
     raw["sinks"] = {"local": {"type": "file", "root": str(root / "data")}}
     raw["pull"] = {"poll_interval": 0.05}
@@ -64,15 +71,26 @@ def sandbox_config(
 
 
 def sandbox_framework(
-    sandbox: Sandbox, root: Path, contract: str = "ongoing", **tables: Any
+    sandbox: Sandbox,
+    root: Path,
+    contract: str = "ongoing",
+    *,
+    api: str = "v1.7",
+    **tables: Any,
 ) -> PrivateShare:
     """A framework wired to ``sandbox`` (see :func:`sandbox_config`)."""
-    raw = sandbox_config(sandbox, root, contract, **tables)
-    return load(raw, base_dir=sandbox.config_path(contract).parent)
+    raw = sandbox_config(sandbox, root, contract, api=api, **tables)
+    return load(raw, base_dir=sandbox.config_path(contract, api).parent)
 
 
-def consent(flow: Flow, user_id: str, *, once: bool = False) -> tuple[UserAccessToken, Session]:
-    """Give consent through the sandbox's auto-consent page, as a browser would."""
+def consent(
+    flow: Flow, user_id: str, *, once: bool = False
+) -> tuple[UserAccessToken | None, Session]:
+    """Give consent through the sandbox's auto-consent page, as a browser would.
+
+    On API v1.5 that is the guest page (one-off) or the sandbox's stand-in for the
+    digi.me app (ongoing); a v1.5 one-off consent gives no token (None).
+    """
     pending = flow.start_consent(user_id, once=once)
     response = requests.get(pending.url, allow_redirects=False, timeout=30)
     params = dict(parse_qsl(urlsplit(response.headers["Location"]).query))
@@ -123,13 +141,18 @@ def _inline(value: dict[str, Any]) -> str:
 
 
 def write_sandbox_config(
-    sandbox: Sandbox, root: Path, contract: str = "ongoing", **tables: Any
+    sandbox: Sandbox,
+    root: Path,
+    contract: str = "ongoing",
+    *,
+    api: str = "v1.7",
+    **tables: Any,
 ) -> Path:
     """Write :func:`sandbox_config` as ``root/privateshare.toml`` for CLI runs."""
-    raw = sandbox_config(sandbox, root, contract, **tables)
+    raw = sandbox_config(sandbox, root, contract, api=api, **tables)
     keys = raw.get("keys", {})
     if keys.get("type") == "file":
-        keys["path"] = str(sandbox.config_path(contract).parent / keys["path"])
+        keys["path"] = str(sandbox.config_path(contract, api).parent / keys["path"])
     path = root / "privateshare.toml"
     root.mkdir(parents=True, exist_ok=True)
     path.write_text(dump_toml(raw), encoding="utf-8")

@@ -1,4 +1,8 @@
-"""Fixtures for the flow tests: the testing kit's sandbox, under the names these tests use."""
+"""Fixtures for the flow tests: the testing kit's sandbox, under the names these tests use.
+
+``api`` runs a test on both protocol profiles (PROTOCOL.md Part A, v1.7, and
+Part B, v1.5): the sandbox serves both, and the flow must not care.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,14 @@ from privateshare.testing.sandboxed import consent, sandbox_framework, sha256_tr
 
 __all__ = ["consent", "delivered", "framework_for"]
 
+PROFILES = ("v1.7", "v1.5")
+
+
+@pytest.fixture(params=PROFILES)
+def api(request: pytest.FixtureRequest) -> str:
+    """The protocol profile under test: ``[digime] api``."""
+    return str(request.param)
+
 
 @pytest.fixture
 def start_sandbox(privateshare_sandbox: Callable[..., Sandbox]) -> Callable[..., Sandbox]:
@@ -26,9 +38,9 @@ def sandbox(start_sandbox: Callable[..., Sandbox]) -> Sandbox:
 
 
 def framework_for(
-    sandbox: Sandbox, root: Path, contract: str = "ongoing", **tables: Any
+    sandbox: Sandbox, root: Path, contract: str = "ongoing", *, api: str = "v1.7", **tables: Any
 ) -> PrivateShare:
-    return sandbox_framework(sandbox, root, contract, **tables)
+    return sandbox_framework(sandbox, root, contract, api=api, **tables)
 
 
 def delivered(root: Path, user: str) -> dict[str, str]:

@@ -144,3 +144,51 @@ def test_server_errors_exit_with_the_server_code(sandbox: Sandbox, tmp_path: Pat
     )
     assert result.returncode == ExitCode.SERVER
     assert "InvalidClient" in result.stderr
+
+
+def test_v15_authorize_pull_accounts_and_calls_it_lacks(
+    start_sandbox: Callable[..., Sandbox], tmp_path: Path
+) -> None:
+    redirect = f"http://127.0.0.1:{free_port()}/callback"
+    sandbox = start_sandbox(
+        redirect_uris=(redirect,), sdk_status="deprecated", sdk_status_message="please upgrade"
+    )
+    config = write_sandbox_config(sandbox, tmp_path, api="v1.5", digime={"redirect_uri": redirect})
+
+    result = authorize(config, "alice")  # the sandbox's stand-in for the digi.me app
+    assert result.returncode == 0, result.stderr
+    assert "digime://consent-access?preauthorizationCode=" in result.stderr
+    assert "Consent saved for user alice" in result.stderr
+
+    pull = cli("pull", "--config", str(config), "--user", "alice", "--json")
+    assert pull.returncode == ExitCode.OK, pull.stderr
+    assert delivered(tmp_path, "alice") == sandbox.ground_truth()
+    # The server's SDK status reaches the user, once per run (§B2).
+    assert pull.stderr.count("'deprecated'") == 1 and "please upgrade" in pull.stderr
+
+    accounts = cli("accounts", "--config", str(config), "--user", "alice", "--json")
+    assert accounts.returncode == ExitCode.OK, accounts.stderr
+    assert {a["id"] for a in json.loads(accounts.stdout)} == {
+        a["id"] for a in sandbox.library.accounts
+    }
+
+    deleted = cli("delete-user", "--config", str(config), "--user", "alice", "--yes")
+    assert deleted.returncode == ExitCode.CONFIG
+    assert "DELETE user does not exist in API v1.5" in deleted.stderr
+    assert json.loads(cli("users", "--config", str(config), "--json").stdout) == ["alice"]
+
+
+def test_v15_authorize_once_uses_the_guest_page_and_keeps_nothing(
+    start_sandbox: Callable[..., Sandbox], tmp_path: Path
+) -> None:
+    redirect = f"http://127.0.0.1:{free_port()}/callback"
+    sandbox = start_sandbox(redirect_uris=(redirect,))
+    config = write_sandbox_config(
+        sandbox, tmp_path, "oneoff", api="v1.5", digime={"redirect_uri": redirect}
+    )
+    result = authorize(config, "bob", "--once", "--json")
+    assert result.returncode == 0, result.stderr
+    assert sandbox.guest_url + "?sessionExchangeToken=" in result.stdout
+    assert "digime://consent-access?callbackUrl=" in result.stderr
+    assert delivered(tmp_path, "bob") == sandbox.ground_truth()
+    assert json.loads(cli("users", "--config", str(config), "--json").stdout) == []
