@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -91,3 +92,34 @@ def test_packaged_hook_plugin_can_be_disabled(
     assert privateshare_factory().pm.has_plugin("entry:counting")
     fw = privateshare_factory('[plugins]\ndisable = ["counting"]\n')
     assert not fw.pm.has_plugin("entry:counting")
+
+
+def test_redacting_transform_from_config(
+    on_path: Callable[..., None],
+    privateshare_sandbox: Callable[..., Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    on_path(EXAMPLES, "redact_hooks")
+    monkeypatch.setenv("PRIVATESHARE_REDACT_FIELDS", "personusername,owner,location")
+    sandbox = privateshare_sandbox(files=20)
+    fw = sandbox_framework(sandbox, tmp_path, plugins={"modules": ["redact_hooks"], "strict": True})
+    flow = Flow(fw)
+    token, session = consent(flow, "alice")
+    summary = flow.pull("alice", token=token, session=session)
+    assert not summary.files_failed, summary.files_failed
+    folder = tmp_path / "data" / "alice"
+    truth = sandbox.ground_truth()
+    seen_fields: set[str] = set()
+    for library_file in sandbox.library.files:
+        delivered = (folder / library_file.name).read_bytes()
+        if library_file.latest.x_metadata["metadata"].get("mimetype"):
+            assert hashlib.sha256(delivered).hexdigest() == truth[library_file.name]
+            continue
+        original = json.loads(b"".join(library_file.latest.iter_plaintext()))
+        objects = json.loads(delivered)
+        assert len(objects) == len(original)  # objects kept, fields removed
+        for before, after in zip(original, objects, strict=True):
+            seen_fields |= set(before) & {"personusername", "owner", "location"}
+            assert set(after) == set(before) - {"personusername", "owner", "location"}
+    assert seen_fields == {"personusername", "owner", "location"}  # the test had work to do
