@@ -98,10 +98,12 @@ import privateshare
 from privateshare.flow import Flow
 from privateshare.testing.sandboxed import consent
 
-config_path, root = Path(sys.argv[1]), Path(sys.argv[2])
+config_path, root, sink = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
 raw = tomllib.loads(config_path.read_text())
 raw["tokens"] = {"type": "file", "path": str(root / "tokens")}
 raw["sinks"] = {"local": {"type": "file", "root": str(root / "data")}}
+if sink == "memory":
+    raw["sinks"] = {"memory": {"type": "memory"}}
 raw["pull"] = {"concurrency": 8, "poll_interval": 0.2}
 fw = privateshare.load(raw, base_dir=config_path.parent)
 flow = Flow(fw)
@@ -117,9 +119,9 @@ print(json.dumps({"files": summary.files_delivered, "bytes": summary.bytes_deliv
 """
 
 
-def pull(config: Path, root: Path) -> dict[str, float]:
+def pull(config: Path, root: Path, sink: str = "file") -> dict[str, float]:
     out = subprocess.run(
-        [sys.executable, "-c", CLIENT, str(config), str(root)],
+        [sys.executable, "-c", CLIENT, str(config), str(root), sink],
         capture_output=True,
         text=True,
         check=True,
@@ -141,6 +143,7 @@ def main() -> None:
         proc, config = start_sandbox(base / "small-sandbox", args.small, 0, "1M")
         try:
             small = pull(config, base / "small")
+            memory = pull(config, base / "small-memory", "memory")
         finally:
             proc.terminate()
             proc.wait()
@@ -152,6 +155,12 @@ def main() -> None:
             f"failed {small['failed']}"
         )
 
+        memory_ms = memory["cpu_s"] * 1000 / max(1, memory["files"])
+        print(
+            f"  the same into the memory sink (no file system): {memory_ms:.2f} ms/file = "
+            f"{memory_ms / floor:.2f}x the floor; the file sink's writes, renames and fsyncs "
+            f"account for {per_file - memory_ms:.2f} ms/file"
+        )
         results = {"small": small}
         if args.large:
             proc, config = start_sandbox(base / "large-sandbox", 0, args.large, args.large_size)
