@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -15,6 +16,8 @@ from urllib.parse import parse_qsl, urlsplit
 import click
 import requests
 
+from .config import read_toml
+from .errors import ConfigError
 from .flow import Flow
 from .framework import load
 from .models import RunSummary
@@ -46,9 +49,18 @@ def _step(text: str) -> None:
 
 
 def run_demo(
-    directory: Path, *, files: int = 24, seed: int = 1, api: str = "v1.7"
+    directory: Path,
+    *,
+    files: int = 24,
+    seed: int = 1,
+    api: str = "v1.7",
+    extra_sinks: Mapping[str, Any] | None = None,
 ) -> tuple[RunSummary, dict[str, Any]]:
-    """Run the four steps on the ``api`` profile; return the summary and the check per file."""
+    """Run the four steps on the ``api`` profile; return the summary and the check per file.
+
+    ``extra_sinks`` adds ``[sinks.<name>]`` tables beside the demo's file sink; their
+    relative paths resolve against ``directory``.
+    """
     from .sandbox.server import Sandbox
     from .sandbox.settings import SandboxSettings
 
@@ -63,8 +75,11 @@ def run_demo(
         tokens = "tokens" if api == "v1.7" else f"tokens-{api}"
         raw["tokens"] = {"type": "file", "path": str(directory / tokens)}
         raw["sinks"] = {"local": {"type": "file", "root": str(directory / "data")}}
+        raw["sinks"].update(extra_sinks or {})
         raw["pull"] = {"poll_interval": 0.2}
-        with load(raw, base_dir=config_path.parent) as fw:
+        if raw["keys"].get("type") == "file":
+            raw["keys"]["path"] = str(config_path.parent / raw["keys"]["path"])
+        with load(raw, base_dir=directory) as fw:
             flow = Flow(fw)
             _step(f"API {api}; 1. credentials: contract {fw.config.digime.contract_id}")
             # 2. establish a session (v1.5: its own call) and 3. consent:
@@ -109,12 +124,26 @@ def run_demo(
     show_default=True,
     help="Protocol profile: v1.7 (current) or v1.5 (the original Private Share).",
 )
-def demo_command(directory: Path, files: int, seed: int, api: str) -> None:
+@click.option(
+    "--sinks",
+    "sinks_file",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="A TOML file of [sinks.<name>] tables to deliver to as well (paths relative to --dir).",
+)
+def demo_command(directory: Path, files: int, seed: int, api: str, sinks_file: Path | None) -> None:
     """Run the whole flow against a local sandbox and show what arrived."""
     from rich.console import Console
     from rich.table import Table
 
-    summary, check = run_demo(directory, files=files, seed=seed, api=api)
+    extra: dict[str, Any] = {}
+    if sinks_file is not None:
+        extra = read_toml(sinks_file).get("sinks", {})
+        if not isinstance(extra, dict) or not extra:
+            raise ConfigError(
+                f"{sinks_file} has no [sinks.<name>] tables; add one, for example "
+                '[sinks.lake] type = "parquet" root = "lake"'
+            )
+    summary, check = run_demo(directory, files=files, seed=seed, api=api, extra_sinks=extra)
     console = Console()
     table = Table(title=f"{directory}/data/{DEMO_USER}")
     table.add_column("file")

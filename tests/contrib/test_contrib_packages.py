@@ -99,3 +99,42 @@ def test_demo_with_a_parquet_sink_reads_back_with_pyarrow(
 
     for object_type, rows in expected.items():
         assert read_table(tmp_path / "lake", object_type, user="demo-user").num_rows == rows
+
+
+def test_the_demo_command_with_a_parquet_sink(sinks_site: Path, tmp_path: Path) -> None:
+    """Literally: add [sinks.lake] type = "parquet" to the demo, run it, read it back."""
+    import os
+    import subprocess
+    import sys
+
+    import pyarrow.dataset as ds
+
+    (tmp_path / "lake.toml").write_text('[sinks.lake]\ntype = "parquet"\nroot = "lake"\n')
+    demo = tmp_path / "demo"
+    env = {**os.environ, "PYTHONPATH": str(sinks_site)}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "privateshare",
+            "demo",
+            "--dir",
+            str(demo),
+            "--sinks",
+            str(tmp_path / "lake.toml"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "24/24 files match" in result.stdout.replace("\n", " ")
+    folder = demo / "data" / "demo-user"
+    expected = 0
+    for meta_file in folder.glob("*.metadata.json"):
+        meta = json.loads(meta_file.read_text())
+        if "mimetype" not in meta["metadata"]:
+            expected += len(json.loads((folder / meta["name"]).read_bytes()))
+    rows = ds.dataset(demo / "lake", format="parquet", partitioning="hive").count_rows()
+    assert rows == expected > 24
