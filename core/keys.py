@@ -9,6 +9,8 @@ lets it out. The core signs request JWTs (PS512) and unwraps file keys
 from __future__ import annotations
 
 import hashlib
+import logging
+import threading
 from typing import NoReturn, Protocol, runtime_checkable
 
 from cryptography.exceptions import InvalidKey, UnsupportedAlgorithm
@@ -16,6 +18,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, padding, rsa
 
 from .errors import KeyStoreError
+from .hookspecs import hookimpl
+
+log = logging.getLogger("privateshare.keys")
 
 MIN_KEY_BITS = 2048
 
@@ -181,3 +186,37 @@ def handle_from_pem(data: bytes, source: str, password: bytes | None = None) -> 
             f"least {MIN_KEY_BITS} bits: {_GENERATE_HELP}"
         )
     return SoftwareKeyHandle(key, source)
+
+
+class KeyStore:
+    """Base for key store plugins: the handle is loaded on first use, once, under a lock.
+
+    Subclass it together with :class:`privateshare.Plugin`, set ``self.source`` (where
+    the key lives, safe to print) and implement :meth:`_load`. A failed load raises
+    and is tried again on the next call, so a transient KMS or HSM error is not sticky.
+    """
+
+    source: str = "?"
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self._handle: KeyHandle | None = None
+        self._lock = threading.Lock()
+
+    def _load(self) -> KeyHandle:
+        raise NotImplementedError
+
+    @hookimpl
+    def privateshare_key_handle(self) -> KeyHandle:
+        """Return the contract key handle, loading it on the first call only."""
+        with self._lock:
+            if self._handle is None:
+                handle = self._load()
+                log.info(
+                    "contract key ready: RSA-%d from %s (public key sha256 %s)",
+                    handle.key_size,
+                    self.source,
+                    public_key_fingerprint(handle.public_key())[:16],
+                )
+                self._handle = handle
+            return self._handle

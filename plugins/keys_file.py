@@ -13,14 +13,12 @@ import logging
 import os
 import re
 import stat
-import threading
 from typing import Annotated
 
 import msgspec
 
 from privateshare.errors import ConfigError, KeyStoreError
-from privateshare.hookspecs import hookimpl
-from privateshare.keys import KeyHandle, handle_from_pem, public_key_fingerprint
+from privateshare.keys import KeyHandle, KeyStore, handle_from_pem
 from privateshare.plugin import Plugin, PluginContext
 from privateshare.secrets import Secret
 
@@ -44,34 +42,7 @@ def _password_bytes(password: Secret | None, source: str) -> bytes | None:
         ) from None
 
 
-class _CachedKeyStore(Plugin):
-    """Loads the key on first use, once, under a lock; a failed load is retried next time."""
-
-    def __init__(self, options: msgspec.Struct, context: PluginContext) -> None:
-        super().__init__(options, context)
-        self._handle: KeyHandle | None = None
-        self._lock = threading.Lock()
-
-    def _load(self) -> KeyHandle:
-        raise NotImplementedError
-
-    @hookimpl
-    def privateshare_key_handle(self) -> KeyHandle:
-        """Return the contract key handle, loading it on the first call only."""
-        with self._lock:
-            if self._handle is None:
-                handle = self._load()
-                log.info(
-                    "loaded the RSA-%d contract key from %s (public key sha256 %s)",
-                    handle.key_size,
-                    getattr(handle, "source", "?"),
-                    public_key_fingerprint(handle.public_key())[:16],
-                )
-                self._handle = handle
-            return self._handle
-
-
-class FileKeyStore(_CachedKeyStore):
+class FileKeyStore(KeyStore, Plugin):
     """The contract private key in a PEM file (PKCS#1 or PKCS#8, optionally encrypted)."""
 
     class Options(msgspec.Struct, forbid_unknown_fields=True):
@@ -190,7 +161,7 @@ def decode_key_text(value: str, source: str) -> bytes:
     return decoded
 
 
-class EnvKeyStore(_CachedKeyStore):
+class EnvKeyStore(KeyStore, Plugin):
     """The contract private key in an environment variable: PEM text or base64 of it."""
 
     class Options(msgspec.Struct, forbid_unknown_fields=True):

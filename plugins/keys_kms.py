@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import re
-import threading
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -27,8 +26,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from privateshare.errors import ConfigError, KeyStoreError
-from privateshare.hookspecs import hookimpl
-from privateshare.keys import KeyHandle, handle_from_pem, public_key_fingerprint
+from privateshare.keys import KeyHandle, KeyStore, handle_from_pem, public_key_fingerprint
 from privateshare.plugin import Plugin, PluginContext
 from privateshare.plugins.awscommon import AwsConnection, AwsSession, aws_error
 
@@ -120,7 +118,7 @@ def _same_key(configured: str, wrapped: str) -> bool | None:
     return None
 
 
-class KmsKeyStore(Plugin):
+class KmsKeyStore(KeyStore, Plugin):
     """The contract private key as a KMS-encrypted envelope, unwrapped into memory at start."""
 
     description = "contract private key encrypted under an AWS KMS key (envelope, memory only)"
@@ -162,8 +160,6 @@ class KmsKeyStore(Plugin):
                 raise ConfigError(f"[{where}] s3_uri must look like s3://bucket/key")
             self.source = options.s3_uri
         self.aws = AwsSession(options, where, KeyStoreError, pool_size=4)
-        self._handle: KeyHandle | None = None
-        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"KmsKeyStore({self.context.name}, blob from {self.source})"
@@ -312,18 +308,3 @@ class KmsKeyStore(Plugin):
                 "in the blob; make the blob again with 'privateshare keys wrap'"
             )
         return handle
-
-    @hookimpl
-    def privateshare_key_handle(self) -> KeyHandle:
-        """Unwrap the key through KMS on the first call; keep it in memory only."""
-        with self._lock:
-            if self._handle is None:
-                handle = self._load()
-                log.info(
-                    "unwrapped the RSA-%d contract key from %s through KMS (public key sha256 %s)",
-                    handle.key_size,
-                    self.source,
-                    public_key_fingerprint(handle.public_key())[:16],
-                )
-                self._handle = handle
-            return self._handle

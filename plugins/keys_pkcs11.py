@@ -28,8 +28,12 @@ import msgspec
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from privateshare.errors import ConfigError, KeyStoreError
-from privateshare.hookspecs import hookimpl
-from privateshare.keys import MIN_KEY_BITS, KeyHandle, handle_from_pem, public_key_fingerprint
+from privateshare.keys import (
+    MIN_KEY_BITS,
+    KeyStore,
+    handle_from_pem,
+    public_key_fingerprint,
+)
 from privateshare.plugin import Plugin, PluginContext
 from privateshare.secrets import Secret
 
@@ -371,7 +375,7 @@ class Pkcs11KeyHandle:
         raise TypeError("a key handle cannot be pickled; pass the key store's options instead")
 
 
-class Pkcs11KeyStore(Plugin):
+class Pkcs11KeyStore(KeyStore, Plugin):
     """The contract private key in a PKCS#11 token (an HSM, a smart card, SoftHSM2)."""
 
     description = "contract private key inside a PKCS#11 HSM token (never leaves it)"
@@ -390,9 +394,7 @@ class Pkcs11KeyStore(Plugin):
         super().__init__(options, context)
         self.module = str(context.resolve(options.module))
         self.source = f"PKCS#11 token {options.token_label!r}, key {options.key_label!r}"
-        self._handle: Pkcs11KeyHandle | None = None
         self._session: Any = None
-        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         o = self.options
@@ -453,21 +455,6 @@ class Pkcs11KeyStore(Plugin):
         return Pkcs11KeyHandle(
             key, public, module_lock(self.module), self.source, reopen=self._open_key
         )
-
-    @hookimpl
-    def privateshare_key_handle(self) -> KeyHandle:
-        """Log in and find the key on the first call; later calls return the same handle."""
-        with self._lock:
-            if self._handle is None:
-                handle = self._load()
-                log.info(
-                    "using the RSA-%d contract key in %s (public key sha256 %s)",
-                    handle.key_size,
-                    self.source,
-                    public_key_fingerprint(handle.public_key())[:16],
-                )
-                self._handle = handle
-            return self._handle
 
     def _close_session(self) -> None:
         session, self._session = self._session, None
