@@ -40,14 +40,13 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from privateshare.errors import PrivateShareError, TokenStoreError
 from privateshare.hookspecs import hookimpl
 from privateshare.keys import OAEP_SHA1_PADDING, public_key_fingerprint
-from privateshare.models import UserAccessToken
 from privateshare.plugin import Plugin, PluginContext
 from privateshare.plugins.tokenseal import (
     STORE_KEY_FORMAT,
     STORE_KEY_VERSION,
-    CheckpointRecord,
     Kind,
     MalformedRecord,
+    SealedRecordStore,
     StoreKeys,
     TamperedRecord,
     TokenRecord,
@@ -130,7 +129,7 @@ def _make_private_dir(path: Path, warn: bool = True) -> None:
         ) from None
 
 
-class FileTokenStore(Plugin):
+class FileTokenStore(SealedRecordStore, Plugin):
     """Users' tokens and checkpoints in a local directory, encrypted with a wrapped store key."""
 
     class Options(msgspec.Struct, forbid_unknown_fields=True):
@@ -365,22 +364,6 @@ class FileTokenStore(Plugin):
     # --- hooks ---------------------------------------------------------------
 
     @hookimpl
-    def privateshare_token_load(self, user_id: str) -> UserAccessToken | None:
-        """The user's saved token, or ``None``; a record that fails to decrypt is an error."""
-        record = self._load(user_id, "token", TokenRecord)
-        return None if record is None else record.token
-
-    @hookimpl
-    def privateshare_token_save(self, user_id: str, token: UserAccessToken) -> bool:
-        """Replace the user's token atomically and durably (fsync) before returning."""
-        if not isinstance(token, UserAccessToken):
-            raise TokenStoreError(
-                f"privateshare_token_save expects a UserAccessToken, got {type(token).__name__}"
-            )
-        self._save(user_id, "token", TokenRecord(user_id, token, time.time()))
-        return True
-
-    @hookimpl
     def privateshare_token_delete(self, user_id: str) -> bool:
         """Remove the user's token and checkpoint; ``False`` when there was nothing."""
         keys = self._open()
@@ -428,28 +411,6 @@ class FileTokenStore(Plugin):
         _, digest = self._record_path(keys, user_id, "token")
         path = self.directory / "locks" / f"{digest}.lock"
         return self._file_lock(path, f"the token of user {user_id!r}")
-
-    @hookimpl
-    def privateshare_checkpoint_load(self, user_id: str) -> dict[str, int]:
-        """The user's checkpoint (file name -> updatedDate ms); empty when none was saved."""
-        record = self._load(user_id, "checkpoint", CheckpointRecord)
-        return {} if record is None else dict(record.checkpoint)
-
-    @hookimpl
-    def privateshare_checkpoint_save(self, user_id: str, checkpoint: dict[str, int]) -> bool:
-        """Replace the user's checkpoint atomically."""
-        try:
-            record = msgspec.convert(
-                {"user_id": user_id, "checkpoint": checkpoint, "saved_at": time.time()},
-                CheckpointRecord,
-            )
-        except msgspec.ValidationError as exc:
-            raise TokenStoreError(
-                f"the checkpoint of user {user_id!r} must map file names to integer "
-                f"updatedDate values in ms: {exc}"
-            ) from None
-        self._save(user_id, "checkpoint", record)
-        return True
 
 
 class _TimedLock(AbstractContextManager[None]):

@@ -40,15 +40,14 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from privateshare.errors import PrivateShareError, TokenStoreError
 from privateshare.hookspecs import hookimpl
 from privateshare.keys import OAEP_SHA1_PADDING, public_key_fingerprint
-from privateshare.models import UserAccessToken
 from privateshare.plugin import Plugin, PluginContext
 from privateshare.plugins.sqlcommon import Database, LongBlob, SqlOptions, error_code
 from privateshare.plugins.tokenseal import (
     STORE_KEY_FORMAT,
     STORE_KEY_VERSION,
-    CheckpointRecord,
     Kind,
     MalformedRecord,
+    SealedRecordStore,
     StoreKeys,
     TamperedRecord,
     TokenRecord,
@@ -98,7 +97,7 @@ def token_tables(prefix: str) -> tuple[sa.MetaData, sa.Table, sa.Table, sa.Table
     return metadata, keys, records, locks
 
 
-class SqlTokenStore(Plugin):
+class SqlTokenStore(SealedRecordStore, Plugin):
     """Users' tokens and checkpoints in SQL tables, sealed with a wrapped store key."""
 
     class Options(SqlOptions, forbid_unknown_fields=True, kw_only=True):
@@ -328,22 +327,6 @@ class SqlTokenStore(Plugin):
     # --- hooks ---------------------------------------------------------------
 
     @hookimpl
-    def privateshare_token_load(self, user_id: str) -> UserAccessToken | None:
-        """The user's saved token, or ``None``; a record that fails to decrypt is an error."""
-        record = self._load(user_id, "token", TokenRecord)
-        return None if record is None else record.token
-
-    @hookimpl
-    def privateshare_token_save(self, user_id: str, token: UserAccessToken) -> bool:
-        """Replace the user's token in one committed transaction before returning."""
-        if not isinstance(token, UserAccessToken):
-            raise TokenStoreError(
-                f"privateshare_token_save expects a UserAccessToken, got {type(token).__name__}"
-            )
-        self._save(user_id, "token", TokenRecord(user_id, token, time.time()))
-        return True
-
-    @hookimpl
     def privateshare_token_delete(self, user_id: str) -> bool:
         """Remove the user's token and checkpoint; ``False`` when there was nothing."""
         keys = self._open()
@@ -387,28 +370,6 @@ class SqlTokenStore(Plugin):
             path = self.db.sqlite_path.parent / f"{self.db.sqlite_path.name}.locks"
             return _FileLock(self, path, f"{digest}.lock", what)
         return _RowLock(self, digest, what)
-
-    @hookimpl
-    def privateshare_checkpoint_load(self, user_id: str) -> dict[str, int]:
-        """The user's checkpoint (file name -> updatedDate ms); empty when none was saved."""
-        record = self._load(user_id, "checkpoint", CheckpointRecord)
-        return {} if record is None else dict(record.checkpoint)
-
-    @hookimpl
-    def privateshare_checkpoint_save(self, user_id: str, checkpoint: dict[str, int]) -> bool:
-        """Replace the user's checkpoint in one transaction."""
-        try:
-            record = msgspec.convert(
-                {"user_id": user_id, "checkpoint": checkpoint, "saved_at": time.time()},
-                CheckpointRecord,
-            )
-        except msgspec.ValidationError as exc:
-            raise TokenStoreError(
-                f"the checkpoint of user {user_id!r} must map file names to integer "
-                f"updatedDate values in ms: {exc}"
-            ) from None
-        self._save(user_id, "checkpoint", record)
-        return True
 
 
 class _RowLock(AbstractContextManager[None]):

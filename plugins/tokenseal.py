@@ -13,7 +13,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from typing import Literal
+import time
+from typing import Any, Literal
 
 import msgspec
 from cryptography.exceptions import InvalidTag
@@ -21,6 +22,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from privateshare.errors import TokenStoreError
+from privateshare.hookspecs import hookimpl
 from privateshare.models import UserAccessToken
 
 STORE_KEY_FORMAT = "privateshare-token-store-key"
@@ -101,3 +104,56 @@ class StoreKeys:
 
     def __repr__(self) -> str:
         return "StoreKeys(<redacted>)"
+
+
+class SealedRecordStore:
+    """The record-level hooks both token stores share, over their own ``_load``/``_save``.
+
+    A store subclasses this with :class:`privateshare.Plugin` and implements
+    ``_load(user_id, kind, type_)`` (the decoded record or ``None``) and
+    ``_save(user_id, kind, record)`` (atomic, durable before it returns).
+    """
+
+    def _load(self, user_id: str, kind: Kind, type_: type[Any]) -> Any:
+        raise NotImplementedError
+
+    def _save(self, user_id: str, kind: Kind, record: msgspec.Struct) -> None:
+        raise NotImplementedError
+
+    @hookimpl
+    def privateshare_token_load(self, user_id: str) -> UserAccessToken | None:
+        """The user's saved token, or ``None``; a record that fails to decrypt is an error."""
+        record = self._load(user_id, "token", TokenRecord)
+        return None if record is None else record.token
+
+    @hookimpl
+    def privateshare_token_save(self, user_id: str, token: UserAccessToken) -> bool:
+        """Replace the user's token, durably, before returning."""
+        if not isinstance(token, UserAccessToken):
+            raise TokenStoreError(
+                f"privateshare_token_save expects a UserAccessToken, got {type(token).__name__}"
+            )
+        self._save(user_id, "token", TokenRecord(user_id, token, time.time()))
+        return True
+
+    @hookimpl
+    def privateshare_checkpoint_load(self, user_id: str) -> dict[str, int]:
+        """The user's checkpoint (file name -> updatedDate ms); empty when none was saved."""
+        record = self._load(user_id, "checkpoint", CheckpointRecord)
+        return {} if record is None else dict(record.checkpoint)
+
+    @hookimpl
+    def privateshare_checkpoint_save(self, user_id: str, checkpoint: dict[str, int]) -> bool:
+        """Replace the user's checkpoint, durably, before returning."""
+        try:
+            record = msgspec.convert(
+                {"user_id": user_id, "checkpoint": checkpoint, "saved_at": time.time()},
+                CheckpointRecord,
+            )
+        except msgspec.ValidationError as exc:
+            raise TokenStoreError(
+                f"the checkpoint of user {user_id!r} must map file names to integer "
+                f"updatedDate values in ms: {exc}"
+            ) from None
+        self._save(user_id, "checkpoint", record)
+        return True
