@@ -322,7 +322,8 @@ def test_tampered_record_fails_users_listing_naming_the_file(tmp_path, handle) -
     store = make_store(tmp_path, handle)
     store.privateshare_token_save(USER, token())
     path = _record(store)
-    path.write_bytes(path.read_bytes()[:-1] + b"\x00")
+    data = path.read_bytes()
+    path.write_bytes(data[:-1] + bytes([data[-1] ^ 0x01]))  # always a change
     with pytest.raises(TokenStoreError) as info:
         store.privateshare_token_users()
     assert str(path) in str(info.value) and "cannot be decrypted" in str(info.value)
