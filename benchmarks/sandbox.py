@@ -64,7 +64,7 @@ def sandbox(in_process: bool, key_cache: str, **settings: object) -> Iterator[Ta
         try:
             base = ""
             for line in proc.stdout:  # type: ignore[union-attr]
-                if "base URL" in line:
+                if line.strip().startswith("base URL"):  # not "v1.5 base URL"
                     base = line.split()[-1]
                 if line.startswith("Press Ctrl+C"):
                     break
