@@ -20,11 +20,9 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
-import hmac
 import logging
 import os
 import re
-import secrets
 import stat
 import tempfile
 import threading
@@ -39,7 +37,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from privateshare.errors import PrivateShareError, TokenStoreError
 from privateshare.hookspecs import hookimpl
-from privateshare.keys import OAEP_SHA1_PADDING, public_key_fingerprint
+from privateshare.keys import public_key_fingerprint
 from privateshare.plugin import Plugin, PluginContext
 from privateshare.plugins.tokenseal import (
     STORE_KEY_FORMAT,
@@ -51,6 +49,8 @@ from privateshare.plugins.tokenseal import (
     TamperedRecord,
     TokenRecord,
     key_check,
+    new_store_key,
+    open_store_key,
 )
 
 log = logging.getLogger("privateshare.tokens")
@@ -194,25 +194,7 @@ class FileTokenStore(SealedRecordStore, Plugin):
 
     def _create_store_key(self, key_path: Path) -> bytes:
         public = self._public_key()
-        store_key = secrets.token_bytes(32)
-        wrapped = public.encrypt(store_key, OAEP_SHA1_PADDING)
-        # Prove the handle can unwrap what it will be asked to unwrap before any token
-        # depends on it (a KMS handle whose public key does not match its private key).
-        try:
-            unwrapped = self.context.key_handle().decrypt_oaep_sha1(wrapped)
-        except PrivateShareError:
-            raise
-        except Exception as exc:
-            raise TokenStoreError(
-                f"the contract key cannot decrypt what its own public key encrypts "
-                f"({type(exc).__name__}); check the [keys] table: the key handle's private "
-                "and public halves must belong together"
-            ) from None
-        if not hmac.compare_digest(unwrapped, store_key):
-            raise TokenStoreError(
-                "the contract key handle's private and public halves do not belong together; "
-                "check the [keys] table"
-            )
+        store_key, wrapped = new_store_key(public, self.context.key_handle())
         record = _StoreKeyFile(
             format=STORE_KEY_FORMAT,
             version=STORE_KEY_VERSION,
@@ -257,33 +239,16 @@ class FileTokenStore(SealedRecordStore, Plugin):
                 f"not to {self.context.contract_id!r}; put it back in its own contract's "
                 f"directory, or {forget}"
             )
-        expected = public_key_fingerprint(self._public_key())
-        if not hmac.compare_digest(record.public_key_sha256, expected):
-            raise TokenStoreError(
-                f"the token store {self.directory} was created with a different contract key "
-                f"(public key sha256 {record.public_key_sha256[:16]}..., the configured key is "
-                f"{expected[:16]}...); configure the contract key it was created with, or "
-                f"{forget}"
-            )
-        try:
-            store_key = self.context.key_handle().decrypt_oaep_sha1(wrapped)
-        except PrivateShareError:
-            raise
-        except Exception as exc:
-            raise TokenStoreError(
-                f"the token store key {key_path} cannot be unwrapped with the configured "
-                f"contract key ({type(exc).__name__}): it is damaged or was not wrapped to this "
-                f"key; restore it from a backup, or {forget}"
-            ) from None
-        if len(store_key) != 32 or not hmac.compare_digest(
-            record.key_check, key_check(store_key, self.context.contract_id)
-        ):
-            raise TokenStoreError(
-                f"the token store key {key_path} does not belong to this store (its check "
-                f"value does not match: damaged, or copied from another store); restore the "
-                f"right one, or {forget}"
-            )
-        return store_key
+        self._public_key()  # a failing key store is reported as such, first
+        return open_store_key(
+            self.context.key_handle(),
+            wrapped,
+            public_key_sha256=record.public_key_sha256,
+            check=record.key_check,
+            contract_id=self.context.contract_id,
+            where=f"the token store key {key_path}",
+            forget=forget,
+        )
 
     # --- records -------------------------------------------------------------
 

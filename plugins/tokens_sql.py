@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import hmac
 import logging
 import math
-import secrets
 import threading
 import time
 from contextlib import AbstractContextManager
@@ -39,7 +37,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from privateshare.errors import PrivateShareError, TokenStoreError
 from privateshare.hookspecs import hookimpl
-from privateshare.keys import OAEP_SHA1_PADDING, public_key_fingerprint
+from privateshare.keys import public_key_fingerprint
 from privateshare.plugin import Plugin, PluginContext
 from privateshare.plugins.sqlcommon import Database, LongBlob, SqlOptions, error_code
 from privateshare.plugins.tokenseal import (
@@ -52,6 +50,8 @@ from privateshare.plugins.tokenseal import (
     TamperedRecord,
     TokenRecord,
     key_check,
+    new_store_key,
+    open_store_key,
 )
 
 log = logging.getLogger("privateshare.tokens")
@@ -175,23 +175,7 @@ class SqlTokenStore(SealedRecordStore, Plugin):
 
     def _create_store_key(self) -> bytes:
         public = self._public_key()
-        store_key = secrets.token_bytes(32)
-        wrapped = public.encrypt(store_key, OAEP_SHA1_PADDING)
-        try:
-            unwrapped = self.context.key_handle().decrypt_oaep_sha1(wrapped)
-        except PrivateShareError:
-            raise
-        except Exception as exc:
-            raise TokenStoreError(
-                f"the contract key cannot decrypt what its own public key encrypts "
-                f"({type(exc).__name__}); check the [keys] table: the key handle's private "
-                "and public halves must belong together"
-            ) from None
-        if not hmac.compare_digest(unwrapped, store_key):
-            raise TokenStoreError(
-                "the contract key handle's private and public halves do not belong together; "
-                "check the [keys] table"
-            )
+        store_key, wrapped = new_store_key(public, self.context.key_handle())
         row = {
             "contract": self.contract,
             "format": STORE_KEY_FORMAT,
@@ -226,32 +210,16 @@ class SqlTokenStore(SealedRecordStore, Plugin):
                 f"[{self.context.name}] {where} has format {row.format!r} version {row.version}, "
                 "which this privateshare does not read; upgrade privateshare"
             )
-        expected = public_key_fingerprint(self._public_key())
-        if not hmac.compare_digest(row.public_key_sha256, expected):
-            raise TokenStoreError(
-                f"[{self.context.name}] {where} was created with a different contract key "
-                f"(public key sha256 {row.public_key_sha256[:16]}..., the configured key is "
-                f"{expected[:16]}...); configure the contract key it was created with, or "
-                f"{forget}"
-            )
-        try:
-            store_key = self.context.key_handle().decrypt_oaep_sha1(bytes(row.wrapped_key))
-        except PrivateShareError:
-            raise
-        except Exception as exc:
-            raise TokenStoreError(
-                f"[{self.context.name}] {where} cannot be unwrapped with the configured contract "
-                f"key ({type(exc).__name__}): it is damaged or was not wrapped to this key; "
-                f"restore it from a backup, or {forget}"
-            ) from None
-        if len(store_key) != 32 or not hmac.compare_digest(
-            row.key_check, key_check(store_key, self.context.contract_id)
-        ):
-            raise TokenStoreError(
-                f"[{self.context.name}] {where} does not belong to this store (its check value "
-                f"does not match: damaged, or copied from another store); {forget}"
-            )
-        return store_key
+        self._public_key()  # a failing key store is reported as such, first
+        return open_store_key(
+            self.context.key_handle(),
+            bytes(row.wrapped_key),
+            public_key_sha256=row.public_key_sha256,
+            check=row.key_check,
+            contract_id=self.context.contract_id,
+            where=f"[{self.context.name}] {where}",
+            forget=forget,
+        )
 
     # --- records -------------------------------------------------------------
 

@@ -19,11 +19,13 @@ from typing import Any, Literal
 import msgspec
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from privateshare.errors import TokenStoreError
+from privateshare.errors import PrivateShareError, TokenStoreError
 from privateshare.hookspecs import hookimpl
+from privateshare.keys import OAEP_SHA1_PADDING, KeyHandle, public_key_fingerprint
 from privateshare.models import UserAccessToken
 
 STORE_KEY_FORMAT = "privateshare-token-store-key"
@@ -157,3 +159,68 @@ class SealedRecordStore:
             ) from None
         self._save(user_id, "checkpoint", record)
         return True
+
+
+def new_store_key(public: rsa.RSAPublicKey, handle: KeyHandle) -> tuple[bytes, bytes]:
+    """A fresh store key and its wrapping to ``public``, proven to unwrap through ``handle``.
+
+    The proof comes before any token depends on the key: a KMS or HSM handle whose
+    public half does not match its private half is caught here, not on the next run.
+    """
+    store_key = secrets.token_bytes(32)
+    wrapped = public.encrypt(store_key, OAEP_SHA1_PADDING)
+    try:
+        unwrapped = handle.decrypt_oaep_sha1(wrapped)
+    except PrivateShareError:
+        raise
+    except Exception as exc:
+        raise TokenStoreError(
+            f"the contract key cannot decrypt what its own public key encrypts "
+            f"({type(exc).__name__}); check the [keys] table: the key handle's private "
+            "and public halves must belong together"
+        ) from None
+    if not hmac.compare_digest(unwrapped, store_key):
+        raise TokenStoreError(
+            "the contract key handle's private and public halves do not belong together; "
+            "check the [keys] table"
+        )
+    return store_key, wrapped
+
+
+def open_store_key(
+    handle: KeyHandle,
+    wrapped: bytes,
+    *,
+    public_key_sha256: str,
+    check: str,
+    contract_id: str,
+    where: str,
+    forget: str,
+) -> bytes:
+    """Unwrap a stored store key after checking it belongs to this contract key and store.
+
+    ``where`` names the stored key in messages; ``forget`` says how to start afresh.
+    """
+    expected = public_key_fingerprint(handle.public_key())
+    if not hmac.compare_digest(public_key_sha256, expected):
+        raise TokenStoreError(
+            f"{where} was created with a different contract key (public key sha256 "
+            f"{public_key_sha256[:16]}..., the configured key is {expected[:16]}...); "
+            f"configure the contract key it was created with, or {forget}"
+        )
+    try:
+        store_key = handle.decrypt_oaep_sha1(wrapped)
+    except PrivateShareError:
+        raise
+    except Exception as exc:
+        raise TokenStoreError(
+            f"{where} cannot be unwrapped with the configured contract key "
+            f"({type(exc).__name__}): it is damaged or was not wrapped to this key; restore it "
+            f"from a backup, or {forget}"
+        ) from None
+    if len(store_key) != 32 or not hmac.compare_digest(check, key_check(store_key, contract_id)):
+        raise TokenStoreError(
+            f"{where} does not belong to this store (its check value does not match: damaged, "
+            f"or copied from another store); restore the right one, or {forget}"
+        )
+    return store_key
