@@ -116,8 +116,8 @@ class TokenKeeper:
     def refresh(self, stale: UserAccessToken) -> UserAccessToken:
         """A fresh token: reuse one another caller already got, else refresh and save it."""
         with self._lock:
-            if self.token != stale:  # another thread refreshed while we waited
-                return self.token
+            if self.token is not None and self.token != stale:
+                return self.token  # another thread refreshed while we waited
             hooks = self.flow.fw.hooks
             if not self.save:
                 self.token = self._refresh_remote(stale)

@@ -116,12 +116,14 @@ def discover(family: str) -> tuple[list[PluginInfo], list[BrokenPlugin]]:
     broken: list[BrokenPlugin] = []
     namespace = FAMILIES[family].namespace if family in FAMILIES else family
 
-    def on_failure(_manager: Any, entry_point: metadata.EntryPoint, exc: Exception) -> None:
+    def on_failure(_manager: Any, entry_point: metadata.EntryPoint, exc: BaseException) -> None:
         broken.append(
             BrokenPlugin(family, entry_point.name, _dist(entry_point)[0], _error_text(exc))
         )
 
-    manager = ExtensionManager(namespace, invoke_on_load=False, on_load_failure_callback=on_failure)
+    manager: ExtensionManager[Any] = ExtensionManager(
+        namespace, invoke_on_load=False, on_load_failure_callback=on_failure
+    )
     found = [
         PluginInfo(family, ext.name, *_dist(ext.entry_point), target=ext.plugin)
         for ext in manager.extensions
@@ -145,10 +147,10 @@ def load_plugin_class(spec: PluginSpec, source: str) -> Any:
     family = FAMILIES[spec.family]
     errors: list[BaseException] = []
 
-    def on_failure(_manager: Any, _entry_point: Any, exc: Exception) -> None:
+    def on_failure(_manager: Any, _entry_point: Any, exc: BaseException) -> None:
         errors.append(exc)
 
-    manager = NamedExtensionManager(
+    manager: NamedExtensionManager[Any] = NamedExtensionManager(
         family.namespace,
         names=[spec.type],
         invoke_on_load=False,
