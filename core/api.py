@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 import msgspec
 
@@ -312,7 +312,7 @@ class DigimeClient:
     def file_list(self, session_key: str, token: UserAccessToken | None) -> FileList:
         """``GET permission-access/query/{sessionKey}`` (§A3.8)."""
         response = self._send(
-            "GET", f"permission-access/query/{session_key}", self._token_claims(token)
+            "GET", f"permission-access/query/{segment(session_key)}", self._token_claims(token)
         )
         try:
             body = response.read()
@@ -329,7 +329,7 @@ class DigimeClient:
         """``GET .../{fileName}``: headers checked, body left to stream (§A3.9)."""
         response = self._send(
             "GET",
-            f"permission-access/query/{session_key}/{name}",
+            f"permission-access/query/{segment(session_key)}/{segment(name)}",
             self._token_claims(token),
             headers={"accept": "application/octet-stream"},
             stream=True,
@@ -344,7 +344,9 @@ class DigimeClient:
     def file_metadata(self, session_key: str, name: str, token: UserAccessToken) -> FileMetadata:
         """``HEAD .../{fileName}``: the metadata only (§A3.10)."""
         response = self._send(
-            "HEAD", f"permission-access/query/{session_key}/{name}", self._token_claims(token)
+            "HEAD",
+            f"permission-access/query/{segment(session_key)}/{segment(name)}",
+            self._token_claims(token),
         )
         response.close()
         return decode_x_metadata(response.headers.get("x-metadata"), name)
@@ -377,6 +379,16 @@ class DigimeClient:
 
 
 # --- decoding -------------------------------------------------------------------
+
+
+def segment(value: str) -> str:
+    """A server-issued key or file name as a URL path segment.
+
+    The Node SDK inserts them raw; plain names (``file1.json``) come out the same here,
+    but a ``?``, ``#``, ``%`` or space can no longer turn into a query, a fragment or
+    another file. ``/`` is kept, as the API's own names may nest.
+    """
+    return quote(value, safe="/")
 
 
 def decode_session(value: Any, *, strict: bool = False) -> Session:

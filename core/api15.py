@@ -37,6 +37,7 @@ from .api import (
     FileDownload,
     check_state,
     decode_x_metadata,
+    segment,
 )
 from .config import DigimeConfig
 from .errors import ConfigError, ValidationError
@@ -352,7 +353,7 @@ class DigimeClientV15(DigimeClient):
 
     def file_list(self, session_key: str, token: UserAccessToken | None = None) -> FileList:
         """``GET permission-access/query/{sessionKey}``, with the session key only (§B8)."""
-        response = self._send("GET", f"permission-access/query/{session_key}", None)
+        response = self._send("GET", f"permission-access/query/{segment(session_key)}", None)
         try:
             body = response.read()
         finally:
@@ -370,7 +371,7 @@ class DigimeClientV15(DigimeClient):
         """``GET .../{fileName}`` with the session key only; the body is left to stream (§B8)."""
         response = self._send(
             "GET",
-            f"permission-access/query/{session_key}/{name}",
+            f"permission-access/query/{segment(session_key)}/{segment(name)}",
             None,
             headers={"accept": "application/octet-stream"},
             stream=True,

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import formatdate
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, unquote
 
 from . import errors, filelist, pages
 from .app15 import ApiV15
@@ -191,7 +191,8 @@ class App:
             if match is None:
                 continue
             if request.method in route.methods:
-                return route, match.groupdict()
+                # Path parameters arrive percent-encoded, as any HTTP server sees them.
+                return route, {k: unquote(v) for k, v in match.groupdict().items()}
             allowed |= route.methods
         if allowed:
             raise ApiError(

@@ -259,3 +259,13 @@ def test_file_list_codec() -> None:
         msgspec.json.decode(b'{"status":{"state":"exploded"}}', type=FileList)
     with pytest.raises(msgspec.ValidationError):
         msgspec.json.decode(b'{"fileList":[]}', type=FileList)
+
+
+def test_server_names_become_safe_path_segments() -> None:
+    from privateshare.api import segment
+
+    assert segment("file1.json") == "file1.json"
+    assert segment("19_5_19_403_202412_12.json") == "19_5_19_403_202412_12.json"
+    assert segment("a/b.json") == "a/b.json"
+    assert segment("x?y#z %.json") == "x%3Fy%23z%20%25.json"
+    assert segment("Aa0-_.~") == "Aa0-_.~"

@@ -363,3 +363,30 @@ def test_file_metadata_sample_datasets_and_reauthorize(sandbox: Sandbox, tmp_pat
     start = flow.client.reauthorize(token)
     assert start.url.startswith(sandbox.onboard_url + "user-reauth?code=")
     assert len(start.code_verifier) == 43
+
+
+def test_file_names_that_need_escaping_in_a_url(
+    privateshare_sandbox_keys: Path, tmp_path: Path, api: str
+) -> None:
+    # Legal names for a file sink, but '?', '#', '%' and ' ' mean something in a URL: sent
+    # raw (as the Node SDK does) they would ask for another resource.
+    import dataclasses
+
+    from privateshare.sandbox import SandboxSettings
+    from privateshare.sandbox.library import generate_library
+
+    library = generate_library(1, files=3, updated_fraction=0)
+    odd = dataclasses.replace(library.files[0], name="posts 2024?#%.json")
+    library = dataclasses.replace(library, files=(odd, *library.files[1:]))
+    with Sandbox(
+        SandboxSettings.instant(),
+        state_dir=tmp_path / "sb",
+        library=library,
+        key_cache=privateshare_sandbox_keys,
+    ) as sandbox:
+        flow = Flow(framework_for(sandbox, tmp_path, api=api))
+        token, session = consent(flow, "olga")
+        summary = flow.pull("olga", token=token, session=session)
+        assert not summary.files_failed, summary.files_failed
+        assert delivered(tmp_path, "olga") == sandbox.ground_truth()
+        assert "posts 2024?#%.json" in delivered(tmp_path, "olga")
