@@ -63,6 +63,7 @@ class FileSink(Plugin):
     def __init__(self, options: FileSink.Options, context: PluginContext) -> None:
         super().__init__(options, context)
         self.root: Path = context.resolve(options.root)
+        self._resolved_root: Path | None = None
 
     def __repr__(self) -> str:
         return f"FileSink({self.context.name}, root={str(self.root)!r})"
@@ -73,7 +74,7 @@ class FileSink(Plugin):
     def privateshare_sink_open_run(self, run: RunInfo) -> None:
         """Create the user's directory and remove temp files a killed process left behind."""
         check_name(run.user_id, what="user id", allow_slash=False)
-        root = self._real_root(create=True)
+        root = self._real_root(create=True, fresh=True)
         fd = self._open_dir(root, [run.user_id], run.user_id, "")
         os.close(fd)
         removed = _clean_stale_temps(root / run.user_id)
@@ -104,7 +105,16 @@ class FileSink(Plugin):
 
     # plumbing -------------------------------------------------------------------
 
-    def _real_root(self, *, create: bool) -> Path:
+    def _real_root(self, *, create: bool, fresh: bool = False) -> Path:
+        """The root, created if asked and resolved; cached between runs' opens.
+
+        Each run resolves it afresh (``fresh``), so a root that is a symlink may be
+        repointed between runs; within a run every file reuses it, which saves a mkdir
+        and a resolve per file. A root deleted mid-run is recreated on its next use.
+        """
+        cached = self._resolved_root
+        if cached is not None and not fresh and cached.is_dir():
+            return cached
         if create:
             try:
                 self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -113,7 +123,8 @@ class FileSink(Plugin):
                     f"sink {self.context.name}: cannot create its root directory {self.root}: "
                     f"{exc.strerror}; create it or change root in [{self.context.name}]"
                 ) from None
-        return self.root.resolve()
+        self._resolved_root = self.root.resolve()
+        return self._resolved_root
 
     def _open_dir(self, root: Path, parts: list[str], user: str, name: str) -> int:
         """Walk (creating) ``root/parts...`` without following symlinks; return the dir fd."""
