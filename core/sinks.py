@@ -8,7 +8,12 @@ transaction), so a crash leaves nothing half-written.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import secrets
 import unicodedata
+from collections.abc import Container
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from .errors import UnsafeFileNameError
@@ -118,3 +123,48 @@ def check_name(
             "(set metadata = false to accept such names)"
         )
     return parts
+
+
+# --- temp files ------------------------------------------------------------------
+
+
+def temp_name() -> str:
+    """A temp file name no data file can have, carrying this process's id for cleanup."""
+    return f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(8)}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale_temps(top: Path, active: Container[str] | None = None) -> int:
+    """Remove temp files under ``top`` left by writers that are gone; return how many.
+
+    A temp file of a live process is kept. With ``active`` (the paths this process is
+    writing now), this process's other temp files are leftovers of its aborted
+    writers and go too; without it, they are kept.
+    """
+    removed = 0
+    own = os.getpid()
+    for directory, _dirs, files in os.walk(top, followlinks=False):
+        for name in files:
+            if not name.startswith(TEMP_PREFIX):
+                continue
+            path = os.path.join(directory, name)
+            pid_text = name[len(TEMP_PREFIX) :].split("-", 1)[0]
+            pid = int(pid_text) if pid_text.isdigit() else 0
+            if pid == own:
+                if active is None or path in active:
+                    continue
+            elif pid and _pid_alive(pid):
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+                removed += 1
+    return removed

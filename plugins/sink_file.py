@@ -17,7 +17,6 @@ import errno
 import io
 import logging
 import os
-import secrets
 import threading
 from pathlib import Path
 from typing import Any, Literal
@@ -28,7 +27,7 @@ from privateshare.errors import SinkError, UnsafeFileNameError
 from privateshare.hookspecs import hookimpl
 from privateshare.models import DataFile, RunInfo, RunSummary
 from privateshare.plugin import Plugin, PluginContext
-from privateshare.sinks import TEMP_PREFIX, check_name, shown_name
+from privateshare.sinks import check_name, clean_stale_temps, shown_name, temp_name
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +76,9 @@ class FileSink(Plugin):
         root = self._real_root(create=True, fresh=True)
         fd = self._open_dir(root, [run.user_id], run.user_id, "")
         os.close(fd)
-        removed = _clean_stale_temps(root / run.user_id)
+        with _active_lock:
+            active = set(_active_temps)
+        removed = clean_stale_temps(root / run.user_id, active)
         if removed:
             log.info(
                 "sink %s removed %d temp file(s) left by an interrupted run in %s",
@@ -169,43 +170,6 @@ def _verify_inside(root: Path, target: Path, name: str, user: str) -> None:
         )
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _clean_stale_temps(top: Path) -> int:
-    """Remove temp files under ``top`` whose writer is gone (dead pid, or ours but inactive)."""
-    removed = 0
-    own = os.getpid()
-    for directory, _dirs, files in os.walk(top, followlinks=False):
-        for name in files:
-            if not name.startswith(TEMP_PREFIX):
-                continue
-            path = os.path.join(directory, name)
-            pid_text = name[len(TEMP_PREFIX) :].split("-", 1)[0]
-            pid = int(pid_text) if pid_text.isdigit() else 0
-            with _active_lock:
-                live = path in _active_temps
-            if live or (pid and pid != own and _pid_alive(pid)):
-                continue
-            try:
-                os.unlink(path)
-                removed += 1
-            except FileNotFoundError:
-                pass
-    return removed
-
-
-def _temp_name() -> str:
-    return f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(8)}"
-
-
 class FileSinkWriter:
     """One file on its way to disk: a temp file that ``commit`` renames into place.
 
@@ -240,7 +204,7 @@ class FileSinkWriter:
         return f"FileSinkWriter({str(self.target)!r}, {self._state}, {self._size} bytes)"
 
     def _new_temp(self) -> str:
-        name = _temp_name()
+        name = temp_name()
         self._temps.append(name)
         with _active_lock:
             _active_temps.add(str(self.target.parent / name))

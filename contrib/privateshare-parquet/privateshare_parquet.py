@@ -19,7 +19,6 @@ import contextlib
 import json
 import logging
 import os
-import secrets
 import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
@@ -33,15 +32,19 @@ import pyarrow.parquet as pq
 from privateshare import Plugin, PluginContext, hookimpl
 from privateshare.errors import SinkError, UnsafeFileNameError
 from privateshare.models import DataFile, RunInfo, RunSummary
-from privateshare.sinks import MAX_COMPONENT_BYTES, check_name, shown_name
+from privateshare.sinks import (
+    MAX_COMPONENT_BYTES,
+    check_name,
+    clean_stale_temps,
+    shown_name,
+    temp_name,
+)
 
 __all__ = ["ParquetSink", "check_name", "parquet_file_name", "read_raw", "read_table"]
 __version__ = "0.1.0"
 
 log = logging.getLogger(__name__)
 
-#: Temp files start with this; dataset readers ignore names starting with ".".
-TEMP_PREFIX = ".privateshare-tmp-"
 #: Directory (under root) for raw files when ``raw = "store"``; readers ignore "_" names.
 RAW_DIR = "_raw"
 #: Columns added to every row, saying where it came from (``source_columns = true``).
@@ -122,9 +125,9 @@ class ParquetSink(Plugin):
         """Check the user id, create its partition and remove temps a killed run left."""
         check_name(run.user_id, what="user id", allow_slash=False)
         user_dir = self._dir(_partition("user", run.user_id))
-        removed = _clean_stale_temps(user_dir)
+        removed = clean_stale_temps(user_dir)
         if self.options.raw == "store":
-            removed += _clean_stale_temps(self._dir(RAW_DIR, _partition("user", run.user_id)))
+            removed += clean_stale_temps(self._dir(RAW_DIR, _partition("user", run.user_id)))
         if removed:
             log.info("sink %s removed %d stale temp file(s)", self.context.name, removed)
 
@@ -181,36 +184,6 @@ class ParquetSink(Plugin):
         return SinkError(f"sink {self.context.name}: cannot {action} {target}: {reason}")
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _clean_stale_temps(top: Path) -> int:
-    """Remove temp files under ``top`` whose writing process is gone."""
-    removed = 0
-    for directory, _dirs, files in os.walk(top, followlinks=False):
-        for name in files:
-            if not name.startswith(TEMP_PREFIX):
-                continue
-            pid_text = name[len(TEMP_PREFIX) :].split("-", 1)[0]
-            if pid_text.isdigit() and _pid_alive(int(pid_text)):
-                continue
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(os.path.join(directory, name))
-                removed += 1
-    return removed
-
-
-def _temp_path(directory: Path) -> Path:
-    return directory / f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(8)}"
-
-
 def _publish(temp: Path, target: Path, fsync: bool) -> None:
     """Rename ``temp`` over ``target`` and make the rename durable."""
     os.replace(temp, target)
@@ -232,7 +205,7 @@ class RawWriter:
         self._sink, self._file, self.target = sink, file, target
         self._state = "open"
         directory = sink._dir(*target.parent.relative_to(sink.root).parts)
-        self._temp = _temp_path(directory)
+        self._temp = directory / temp_name()
         try:
             self._out: BinaryIO | None = open(self._temp, "xb")  # noqa: SIM115
         except OSError as exc:
@@ -335,7 +308,7 @@ class MappedWriter:
             *user_dir.relative_to(sink.root).parts, _partition("object_type", object_type)
         )
         target = directory / self.target.name
-        temp = _temp_path(directory) if table is not None else None
+        temp = directory / temp_name() if table is not None else None
         try:
             if table is not None and temp is not None:
                 self._write_parquet(table, temp)

@@ -14,12 +14,8 @@ import pytest
 
 from privateshare import ConfigError, SinkError, UnsafeFileNameError
 from privateshare.plugin import PluginContext
-from privateshare.plugins.sink_file import (
-    METADATA_SUFFIX,
-    TEMP_PREFIX,
-    FileSink,
-    check_name,
-)
+from privateshare.plugins.sink_file import METADATA_SUFFIX, FileSink
+from privateshare.sinks import TEMP_PREFIX, check_name
 from privateshare.testing.conformance import SinkConformance
 from privateshare.testing.helpers import deliver, make_file, make_run
 
