@@ -101,3 +101,7 @@ class AuthorizationRequired(DigimeError):
 
 class TransportError(DigimeError):
     """A request could not be completed (connection, timeout, truncated body)."""
+
+
+class ResponseTooLarge(DigimeError):
+    """An answer was larger than the configured cap; it was not read further."""

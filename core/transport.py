@@ -28,6 +28,9 @@ class HttpRequest:
     stream: bool = False
     #: Whether retrying is safe; defaults to the method's idempotence.
     retry: bool | None = None
+    #: ``time.monotonic()`` by which the whole exchange, body included, must be done;
+    #: past it the transport stops (also mid-body and between retries) with ``TransportError``.
+    deadline: float | None = None
 
     @property
     def retryable(self) -> bool:
@@ -41,8 +44,13 @@ class HttpResponse(Protocol):
     reason: str
     headers: Mapping[str, str]  # case-insensitive
 
-    def read(self) -> bytes:
-        """The whole body (for small JSON answers)."""
+    def read(self, limit: int | None = None) -> bytes:
+        """The whole body (for small JSON answers), with any Content-Encoding decoded.
+
+        With ``limit``, a body larger than ``limit`` bytes (after decoding) raises
+        :class:`~privateshare.errors.ResponseTooLarge` without holding more than about
+        ``limit`` bytes in memory.
+        """
         ...
 
     def iter_bytes(self, chunk_size: int = 1 << 20) -> Iterator[bytes]:
