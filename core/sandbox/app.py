@@ -8,6 +8,7 @@ so the whole v1.7 surface reads top to bottom in one file; the v1.5 surface
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import time
@@ -20,7 +21,7 @@ from urllib.parse import parse_qs, unquote
 from . import errors, filelist, pages
 from .app15 import ApiV15
 from .errors import ApiError
-from .faults import FaultPlan
+from .faults import FaultPlan, Faults
 from .jwts import ServerSigner, require_str, verify_request
 from .library import Library
 from .messages import Request, Response, error_response, json_response
@@ -81,6 +82,22 @@ def _garble_metadata(response: Response, how: str) -> None:
     if how == "malformed":
         headers.append(("x-metadata", "eyJub3QtanNvbg*not~base64url"))
     response.headers = headers
+
+
+def _applicable(faults: Faults, request: Request, response: Response) -> Faults:
+    """The body faults that can really be applied to this answer (and so are counted).
+
+    A cut needs a body to cut (not HEAD, not 204); a flipped byte needs a file body
+    longer than its header; metadata is garbled only on a successful file answer.
+    """
+    body = request.method != "HEAD" and response.content_length > 0
+    good_file = response.status == 200 and response.content_length > response.corrupt_from
+    return dataclasses.replace(
+        faults,
+        truncate_at=faults.truncate_at if body else None,
+        corrupt_at=faults.corrupt_at if body and good_file else None,
+        bad_metadata=faults.bad_metadata if response.status == 200 else None,
+    )
 
 
 class App:
@@ -179,6 +196,13 @@ class App:
                 self.truth,
             ),
             r("GET", re.escape(SANDBOX_PREFIX) + "stats", "stats", "meta", self.stats_page),
+            r(
+                "GET",
+                re.escape(SANDBOX_PREFIX) + "fault-log",
+                "fault-log",
+                "meta",
+                self.fault_log_page,
+            ),
             r("GET", re.escape(SANDBOX_PREFIX) + "info", "info", "meta", self.info),
             *self.v15.routes(r),
         ]
@@ -212,10 +236,12 @@ class App:
             return error_response(exc)
         self.store.count("endpoint_counts", route.name)
         resource = params.get("file", "")
-        faults = self.faults.decide(route.kind, resource, self._attempt(route.kind, resource))
+        attempt = self._attempt(route.kind, resource)
+        faults = self.faults.decide(route.kind, resource, attempt)
         if faults.error_status or faults.reset:
+            # Before the handler runs: the failed request changed nothing.
             kind = "reset" if faults.reset else str(faults.error_status)
-            self.store.count("fault_counts", kind)
+            self.store.record_faults(route.kind, resource, attempt, [kind])
             status = faults.error_status or 500
             exc = ApiError(status, "InternalServerError", "The sandbox injected a server error")
             response = error_response(exc)
@@ -232,17 +258,21 @@ class App:
             response = error_response(
                 ApiError(500, "InternalServerError", f"Sandbox error: {type(exc).__name__}: {exc}")
             )
-        response.faults = faults
         self.v15.status_headers(request, response)
-        if faults.bad_metadata and response.status == 200:
+        response.faults = faults = _applicable(faults, request, response)
+        if faults.bad_metadata:
             _garble_metadata(response, faults.bad_metadata)
-        for fault, on in (
-            ("truncate", faults.truncate_at is not None),
-            ("corrupt", faults.corrupt_at is not None and response.status == 200),
-            ("bad_metadata", bool(faults.bad_metadata) and response.status == 200),
-        ):
-            if on:
-                self.store.count("fault_counts", fault)
+        applied = [
+            name
+            for name, on in (
+                ("truncate", faults.truncate_at is not None),
+                ("corrupt", faults.corrupt_at is not None),
+                ("bad_metadata", bool(faults.bad_metadata)),
+            )
+            if on
+        ]
+        if applied:
+            self.store.record_faults(route.kind, resource, attempt, applied)
         return response
 
     def _attempt(self, kind: str, resource: str) -> int:
@@ -628,6 +658,10 @@ class App:
     def stats_page(self, request: Request, params: dict[str, str]) -> Response:
         """``GET /_sandbox/stats``."""
         return json_response(200, self.store.stats())
+
+    def fault_log_page(self, request: Request, params: dict[str, str]) -> Response:
+        """``GET /_sandbox/fault-log``: which request (kind, file, attempt) got which faults."""
+        return json_response(200, self.store.faults())
 
     def info(self, request: Request, params: dict[str, str]) -> Response:
         """``GET /_sandbox/info``: ids and URLs, for tools that start against a running sandbox."""

@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from .settings import DEFAULT_REDIRECT_URIS, FAULT_ENDPOINTS, SandboxSettings
+from .settings import ALL_ENDPOINTS, DEFAULT_REDIRECT_URIS, FAULT_ENDPOINTS, SandboxSettings
 
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
 
@@ -36,6 +36,13 @@ def _rate(name: str, help_text: str) -> Any:
     return click.option(
         name, type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True, help=help_text
     )
+
+
+def settings_from_options(options: dict[str, Any]) -> SandboxSettings:
+    """The settings the command's options name: each option is the field of its name."""
+    # Repeatable options: none given means the field's default, not an empty set.
+    given = {k: v for k, v in options.items() if v or k not in ("redirect_uris", "fault_endpoints")}
+    return SandboxSettings(**given)
 
 
 @click.command("sandbox")
@@ -109,6 +116,20 @@ def _rate(name: str, help_text: str) -> Any:
     help="One account ends 'partial' with ServiceAuthorizationError (511, reauth).",
 )
 @click.option(
+    "--nonpositive-dates",
+    type=click.IntRange(0),
+    default=0,
+    show_default=True,
+    help="Hostile library: this many files are listed with updatedDate 0 or negative.",
+)
+@click.option(
+    "--unsafe-names/--no-unsafe-names",
+    default=False,
+    show_default=True,
+    help="Hostile library: add entries named '', '..', 'a/../../x', '/tmp/x', a backslash, "
+    "a control character, a 4 KiB path.",
+)
+@click.option(
     "--auto-consent/--no-auto-consent",
     default=True,
     show_default=True,
@@ -156,11 +177,24 @@ def _rate(name: str, help_text: str) -> Any:
     help="An access token expires after this many uses (0 = no limit).",
 )
 @click.option(
+    "--revoke-access-on-refresh/--no-revoke-access-on-refresh",
+    default=False,
+    show_default=True,
+    help="Refreshing also kills the old access token.",
+)
+@click.option(
     "--session-lifetime",
     type=click.IntRange(1),
     default=900,
     show_default=True,
     help="Seconds a read session lives.",
+)
+@click.option(
+    "--code-lifetime",
+    type=click.IntRange(1),
+    default=600,
+    show_default=True,
+    help="Seconds a pre-authorization, reference or authorization code lives.",
 )
 @click.option(
     "--timestamp-window",
@@ -199,8 +233,9 @@ def _rate(name: str, help_text: str) -> Any:
     "--fault-endpoint",
     "fault_endpoints",
     multiple=True,
-    type=click.Choice(sorted(FAULT_ENDPOINTS)),
-    help="Endpoint kinds faults apply to (repeatable). Default: list, file, accounts.",
+    type=click.Choice([*sorted(FAULT_ENDPOINTS), ALL_ENDPOINTS]),
+    help="Endpoint kinds faults apply to (repeatable; 'all' for every one). "
+    "Default: list, file, accounts.",
 )
 @click.option("--fault-seed", type=int, default=None, help="Seed for faults (default: --seed).")
 @click.option("--verbose", "-v", is_flag=True, help="Log every request to stderr.")
@@ -208,14 +243,8 @@ def sandbox_command(state_dir: Path, verbose: bool, **options: Any) -> None:
     """Run a local emulator of the digi.me Public API (v1.7 and v1.5) on 127.0.0.1."""
     from .server import Sandbox
 
-    if not options["redirect_uris"]:
-        options.pop("redirect_uris")
-    if not options["fault_endpoints"]:
-        options.pop("fault_endpoints")
-    else:
-        options["fault_endpoints"] = frozenset(options["fault_endpoints"])
     try:
-        settings = SandboxSettings(**options)
+        settings = settings_from_options(options)
         sandbox = Sandbox(settings, state_dir=state_dir, verbose=verbose).start()
     except (ValueError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
@@ -232,6 +261,7 @@ def sandbox_command(state_dir: Path, verbose: bool, **options: Any) -> None:
         click.echo(f"           key      {sandbox.key_path(name).resolve()}")
     click.echo(f"  ground truth:   {sandbox.origin}/_sandbox/ground-truth")
     click.echo(f"  stats:          {sandbox.origin}/_sandbox/stats")
+    click.echo(f"  fault log:      {sandbox.origin}/_sandbox/fault-log")
     click.echo("Press Ctrl+C to stop.")
     sys.stdout.flush()
 

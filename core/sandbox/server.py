@@ -24,6 +24,7 @@ from urllib.parse import parse_qs, urlsplit
 from .app import API_PREFIX, ONBOARD_PREFIX, App
 from .app15 import APP_PREFIX, GUEST_PAGE, V15_PREFIX
 from .errors import ApiError
+from .hostile import harden
 from .library import Library, generate_library
 from .messages import Request, Response, error_response
 from .registry import Contract, Registry, config_key, load_or_create, write_client_configs
@@ -55,6 +56,12 @@ class _Server(ThreadingHTTPServer):
         with self._conns_lock:
             self._conns.discard(request)
         super().shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client dropping its connection is normal here (faults, killed pulls): no traceback."""
+        if isinstance(sys.exc_info()[1], ConnectionError | TimeoutError):
+            return
+        super().handle_error(request, client_address)
 
     def close_all(self) -> None:
         with self._conns_lock:
@@ -246,6 +253,7 @@ class Sandbox:
                 updated_fraction=s.updated_fraction,
                 partial=s.partial,
             )
+        self._library = harden(self._library, s)
         server = _Server((s.host, s.port))
         host = "127.0.0.1" if s.host in ("127.0.0.1", "localhost") else f"[{s.host}]"
         origin = f"http://{host}:{server.server_address[1]}"
@@ -395,3 +403,7 @@ class Sandbox:
     def stats(self) -> dict[str, Any]:
         """Counters: requests per endpoint, refresh calls, errors, faults, bytes sent."""
         return self.app.store.stats()
+
+    def fault_log(self) -> list[dict[str, Any]]:
+        """Each faulted answer: ``{kind, resource, attempt, faults}``, oldest first."""
+        return self.app.store.faults()

@@ -28,8 +28,12 @@ FAULT_ENDPOINTS: frozenset[str] = frozenset(
         "accounts",
         "user",
         "sample",
+        "jwks",
     }
 )
+
+#: ``fault_endpoints`` shorthand for every kind in :data:`FAULT_ENDPOINTS`.
+ALL_ENDPOINTS = "all"
 
 LOOPBACK_HOSTS: frozenset[str] = frozenset({"127.0.0.1", "localhost", "::1"})
 
@@ -49,6 +53,9 @@ class SandboxSettings:
     size_distribution: str = "realistic"
     updated_fraction: float = 0.2
     partial: bool = False  # one account ends ``partial`` with ServiceAuthorizationError
+    # -- a hostile library (the client must deliver or report each entry) ------
+    nonpositive_dates: int = 0  # this many files listed with updatedDate 0 or negative
+    unsafe_names: bool = False  # add entries named "", "..", "a/../../x", "/x", ...
     # -- contracts ----------------------------------------------------------
     redirect_uris: tuple[str, ...] = DEFAULT_REDIRECT_URIS
     # -- consent and pace -----------------------------------------------------
@@ -70,6 +77,7 @@ class SandboxSettings:
     sdk_status_message: str = ""  # ``x-digi-sdk-status-message``
     # -- faults (decided by a seeded RNG per endpoint, resource and attempt) -----
     fault_seed: int | None = None  # None = same as ``seed``
+    #: Endpoint kinds faults apply to; ``"all"`` stands for every one of them.
     fault_endpoints: frozenset[str] = field(
         default_factory=lambda: frozenset({"list", "file", "accounts"})
     )
@@ -99,14 +107,19 @@ class SandboxSettings:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1, got {value}")
-        for name in ("files", "large_files", "pending_polls", "running_polls"):
+        for name in ("files", "large_files", "pending_polls", "running_polls", "nonpositive_dates"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
-        unknown = set(self.fault_endpoints) - FAULT_ENDPOINTS
+        if self.unsafe_names and self.files < 1:
+            raise ValueError("unsafe_names copies an ordinary file: files must be at least 1")
+        endpoints = frozenset(self.fault_endpoints)
+        unknown = endpoints - FAULT_ENDPOINTS - {ALL_ENDPOINTS}
+        if ALL_ENDPOINTS in endpoints:
+            endpoints = FAULT_ENDPOINTS
         if unknown:
             raise ValueError(
                 f"unknown fault endpoint(s) {sorted(unknown)}; "
-                f"choose from {sorted(FAULT_ENDPOINTS)}"
+                f"choose from {sorted(FAULT_ENDPOINTS)} or {ALL_ENDPOINTS!r}"
             )
         if not self.redirect_uris:
             raise ValueError("redirect_uris must allow at least one URI")
@@ -114,7 +127,7 @@ class SandboxSettings:
             value = getattr(self, name)
             if any(c in value for c in "\r\n") or not value.isascii():
                 raise ValueError(f"{name} must be one line of ASCII (it is sent as a header)")
-        object.__setattr__(self, "fault_endpoints", frozenset(self.fault_endpoints))
+        object.__setattr__(self, "fault_endpoints", endpoints)
         object.__setattr__(self, "redirect_uris", tuple(self.redirect_uris))
 
     @property

@@ -12,11 +12,14 @@ import base64
 import hashlib
 import secrets
 import threading
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 
 from . import errors
 from .settings import SandboxSettings
+
+#: Faulted answers remembered by the fault log (the oldest are forgotten first).
+FAULT_LOG_SIZE = 100_000
 
 
 def s256(verifier: str) -> str:
@@ -127,12 +130,26 @@ class Store:
         self.error_counts: Counter[str] = Counter()
         self.fault_counts: Counter[str] = Counter()
         self.attempts: Counter[tuple[str, str]] = Counter()
+        self.fault_log: deque[dict[str, object]] = deque(maxlen=FAULT_LOG_SIZE)
 
     # -- counters -------------------------------------------------------------
     def count(self, counter: str, key: str, n: int = 1) -> None:
         """Add to one of the stats counters."""
         with self._lock:
             getattr(self, counter)[key] += n
+
+    def record_faults(self, kind: str, resource: str, attempt: int, faults: list[str]) -> None:
+        """Count the faults injected into one answer and log which request got them."""
+        with self._lock:
+            self.fault_counts.update(faults)
+            self.fault_log.append(
+                {"kind": kind, "resource": resource, "attempt": attempt, "faults": faults}
+            )
+
+    def faults(self) -> list[dict[str, object]]:
+        """The fault log, oldest first (the last :data:`FAULT_LOG_SIZE` faulted answers)."""
+        with self._lock:
+            return list(self.fault_log)
 
     def next_attempt(self, kind: str, resource: str) -> int:
         """The 0-based attempt number of a request for one resource (drives faults)."""

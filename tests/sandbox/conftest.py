@@ -134,7 +134,8 @@ class RawClient:
         return jwt.decode(server_token, entry["pem"], algorithms=["PS512"])
 
     # -- the ongoing flow ------------------------------------------------------------
-    def authorize(self, **claims: Any) -> dict[str, Any]:
+    def authorize_request(self, **claims: Any) -> tuple[requests.Response, dict[str, Any]]:
+        """``POST oauth/authorize`` as sent: the response and the claims (with the verifier)."""
         verifier, challenge = pkce()
         base = {
             "code_challenge": challenge,
@@ -147,6 +148,11 @@ class RawClient:
         base.update(claims)
         body = {"agent": {"sdk": {"name": "python-tests", "version": "0", "meta": {}}}}
         r = self.call("POST", "oauth/authorize", base, json_body=body)
+        return r, {**base, "verifier": verifier}
+
+    def authorize(self, **claims: Any) -> dict[str, Any]:
+        r, base = self.authorize_request(**claims)
+        verifier = base["verifier"]
         assert r.status_code == 201, r.text
         payload = self.verify(r.json()["token"])
         return {
