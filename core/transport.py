@@ -80,11 +80,11 @@ class HttpResponse(Protocol):
         ...
 
     def iter_bytes(self, chunk_size: int = 1 << 20) -> Iterator[bytes]:
-        """The body as chunks; raises ``TransportError`` if it is cut short."""
+        """The body as chunks, Content-Encoding decoded; ``TransportError`` if it is cut short."""
         ...
 
     def stream(self) -> BinaryIO:
-        """The body as a readable binary stream (``read``/``readinto``), for decryption.
+        """The body as sent, as a readable binary stream (``read``/``readinto``), for decryption.
 
         Raises ``TransportError`` from ``read`` if the body is cut short.
         """
