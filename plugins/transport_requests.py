@@ -155,7 +155,7 @@ class RequestsTransport(Plugin):
 
     def _attempt(self, request: HttpRequest, what: str, attempt: int) -> requests.Response:
         """One attempt, following redirects within the request's origin, each hop signed afresh."""
-        home = origin(request.url)
+        home: str | None = None  # the origin of request.url, as requests spells it
         url = request.url
         for hop in range(MAX_REDIRECTS + 1):
             left = _left(request)
@@ -164,8 +164,10 @@ class RequestsTransport(Plugin):
                 raise TransportError(f"{what}: the deadline passed before {stage} could be sent")
             prepared = self._prepare(request, url)
             there = origin(prepared.url or "") if prepared is not None else None
-            if hop == 0 and there is None:
-                raise TransportError(f"{what}: the URL is not a valid http(s) URL")
+            if hop == 0:
+                if there is None:
+                    raise TransportError(f"{what}: the URL is not a valid http(s) URL")
+                home = there
             if prepared is None or there != home:
                 # Checked before signing: no JWT is made for a hop we will not send.
                 raise TransportError(
