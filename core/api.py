@@ -19,7 +19,7 @@ import msgspec
 
 from . import __version__
 from .config import DigimeConfig
-from .errors import DigimeError, SDKInvalidError, ServerError, ValidationError
+from .errors import DigimeError, ResponseTooLarge, SDKInvalidError, ServerError, ValidationError
 from .facade import Hooks
 from .jws import JwksCache, b64url_decode, pkce_pair, random_alphanumeric, sign_request
 from .keys import KeyHandle
@@ -27,6 +27,8 @@ from .models import Account, FileList, FileMetadata, Session, Token, UserAccessT
 from .transport import HttpRequest, HttpResponse
 
 JSON = {"accept": "application/json"}
+#: An error answer is read up to this much; beyond, its details are dropped.
+MAX_ERROR_BYTES = 64 << 10
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,16 @@ class ConsentDenied(DigimeError):
     def __init__(self, error_code: str) -> None:
         self.error_code = error_code
         super().__init__(f"consent was not given (errorCode {error_code})")
+
+
+def error_body(response: HttpResponse) -> bytes:
+    """The start of an error answer, for its details; empty when it cannot be read."""
+    try:
+        return response.read(MAX_ERROR_BYTES)
+    except Exception:
+        return b""
+    finally:
+        response.close()
 
 
 def check_state(params: Mapping[str, str], state: str) -> None:
@@ -137,19 +149,14 @@ class DigimeClient:
         )
         response = self.hooks.send(request)
         if response.status_code >= 400:
-            try:
-                body = response.read()
-            except Exception:
-                body = b""
-            finally:
-                response.close()
+            body = error_body(response)
             raise server_error(response.status_code, response.reason, response.headers, body)
         return response
 
     def _json(self, method: str, path: str, claims: Mapping[str, Any] | None, **kw: Any) -> Any:
         response = self._send(method, path, claims, **kw)
         try:
-            body = response.read()
+            body = self._answer(response, f"{method} {path}")
         finally:
             response.close()
         if not body:
@@ -163,16 +170,28 @@ class DigimeClient:
 
     def _get_json_unsigned(self, url: str) -> Any:
         response = self.hooks.send(HttpRequest("GET", url, headers=JSON))
+        if response.status_code >= 400:
+            body = error_body(response)
+            raise server_error(response.status_code, response.reason, response.headers, body)
         try:
-            body = response.read()
+            body = self._answer(response, "the JWKS")
         finally:
             response.close()
-        if response.status_code >= 400:
-            raise server_error(response.status_code, response.reason, response.headers, body)
         try:
             return msgspec.json.decode(body)
         except msgspec.DecodeError:
             raise ValidationError(f"{url} did not return JSON") from None
+
+    def _answer(self, response: HttpResponse, what: str) -> bytes:
+        """The whole answer, at most ``[digime] max_answer_bytes`` of it once decoded."""
+        cap = self.config.max_answer_bytes
+        try:
+            return response.read(cap)
+        except ResponseTooLarge:
+            raise ResponseTooLarge(
+                f"{what}: the answer is larger than {cap} bytes ([digime] max_answer_bytes); "
+                "if this answer can really be that large, raise [digime] max_answer_bytes"
+            ) from None
 
     def _verified(self, body: Any, what: str) -> dict[str, Any]:
         from .jws import verify_server_token
@@ -315,7 +334,7 @@ class DigimeClient:
             "GET", f"permission-access/query/{segment(session_key)}", self._token_claims(token)
         )
         try:
-            body = response.read()
+            body = self._answer(response, "the file list")
         finally:
             response.close()
         try:

@@ -355,7 +355,7 @@ class DigimeClientV15(DigimeClient):
         """``GET permission-access/query/{sessionKey}``, with the session key only (§B8)."""
         response = self._send("GET", f"permission-access/query/{segment(session_key)}", None)
         try:
-            body = response.read()
+            body = self._answer(response, "the file list")
         finally:
             response.close()
         try:

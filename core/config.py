@@ -16,7 +16,7 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -39,6 +39,8 @@ class DigimeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     api: Literal["v1.7", "v1.5"] = "v1.7"
     #: The SDK name sent in ``agent.sdk.name``.
     agent_name: str = "privateshare"
+    #: The largest JSON answer read (file lists, tokens, JWKS), in bytes once decoded.
+    max_answer_bytes: Annotated[int, msgspec.Meta(gt=0)] = 256 << 20
 
 
 class PullConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

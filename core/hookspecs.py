@@ -45,8 +45,28 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 def privateshare_transport_send(request: HttpRequest) -> HttpResponse | None:
     """Send one HTTP request to the digi.me API and return its response.
 
+    Every transport keeps this contract (``TransportConformance`` in
+    :mod:`privateshare.testing.conformance` checks it):
+
+    - ``request.authorize()`` is called once per attempt and once per redirect hop;
+      each value is sent with that one request only.
+    - Redirects are followed only within the origin of ``request.url`` (scheme, host,
+      port; host case and default ports normalised). A redirect anywhere else raises
+      ``TransportError`` naming the foreign origin (not its URL), and nothing is sent
+      there: no connection, no ``authorize()`` call. No answer from elsewhere is returned.
+    - Only ``request.retryable`` requests are retried.
+    - ``request.deadline`` bounds everything: no attempt starts and no retry wait runs
+      past it, and neither waiting for the answer nor any read of the body blocks past it
+      (``TransportError``).
+    - ``read(limit)`` decodes Content-Encoding in steps, counts ``limit`` on the decoded
+      bytes and raises ``ResponseTooLarge`` holding about ``limit`` bytes at most.
+    - A body shorter than its Content-Length, or a chunked body cut before its last
+      chunk, raises ``TransportError`` from every read path.
+    - Signed ``Authorization`` values and session keys in paths stay out of errors and logs.
+
     :param request: method, URL, headers, JSON body, an ``authorize`` callback to
-        call once per attempt, and whether to stream the body.
+        call once per attempt, whether to stream the body, whether it may be retried,
+        and the deadline of the whole exchange.
     :returns: the response; its body is read by the caller and closed by it.
     :result: firstresult — the configured transport answers.
     :called: for every API call, including JWKS fetches and file downloads.

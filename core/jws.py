@@ -16,7 +16,6 @@ import threading
 import time
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 import jwt
 import msgspec
@@ -25,6 +24,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from .errors import ValidationError
 from .keys import KeyHandle
+from .transport import origin
 
 ALPHANUMERIC = string.ascii_letters + string.digits
 _HEADER = base64.urlsafe_b64encode(b'{"alg":"PS512","typ":"JWT"}').rstrip(b"=")
@@ -70,12 +70,6 @@ def pkce_pair() -> tuple[str, str]:
     return verifier, challenge
 
 
-def origin(url: str) -> str:
-    parts = urlsplit(url)
-    port = parts.port or {"https": 443, "http": 80}.get(parts.scheme, 0)
-    return f"{parts.scheme}://{(parts.hostname or '').lower()}:{port}"
-
-
 class JwksCache:
     """Fetches JWKS documents from the API origin only, and keeps them briefly."""
 
@@ -87,7 +81,7 @@ class JwksCache:
         self._cache: dict[str, tuple[float, dict[str, rsa.RSAPublicKey]]] = {}
 
     def key(self, jku: str, kid: str) -> rsa.RSAPublicKey:
-        if origin(jku) != self.api_origin:
+        if origin(jku) is None or origin(jku) != self.api_origin:
             raise ValidationError(
                 f"the server token's key URL (jku) {jku!r} is not on the API origin "
                 f"{self.api_origin}; refusing to trust keys from elsewhere"

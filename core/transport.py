@@ -3,6 +3,8 @@
 Modelled on httpx's one-method transport. The request carries an ``authorize``
 callback rather than a fixed header, because every attempt (including retries)
 must be signed afresh with a new nonce and timestamp (PROTOCOL.md §A2.2, §A8).
+The contract every transport keeps is in docs/hooks.md and is checked by
+:class:`privateshare.testing.conformance.TransportConformance`.
 """
 
 from __future__ import annotations
@@ -10,8 +12,32 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import BinaryIO, Protocol
+from urllib.parse import urlsplit
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"})
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def origin(url: str) -> str | None:
+    """``scheme://host:port`` of ``url``, normalised so that spellings of one origin compare equal.
+
+    Scheme and host are lower-cased and a default port is written out, so
+    ``HTTPS://API.example`` and ``https://api.example:443/x`` have the same origin.
+    User info, path and query are left out (they may carry secrets). ``None`` for a URL
+    without a host, with an unusable port, or with a scheme that has no default port
+    and names none.
+    """
+    parts = urlsplit(url)
+    try:
+        port = parts.port or DEFAULT_PORTS.get(parts.scheme.lower())
+    except ValueError:
+        return None
+    host = parts.hostname
+    if not host or not port:
+        return None
+    if ":" in host:  # IPv6
+        host = f"[{host}]"
+    return f"{parts.scheme.lower()}://{host.lower()}:{port}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,11 +80,11 @@ class HttpResponse(Protocol):
         ...
 
     def iter_bytes(self, chunk_size: int = 1 << 20) -> Iterator[bytes]:
-        """The body as chunks; raises ``TransportError`` if it is cut short."""
+        """The body as chunks, Content-Encoding decoded; ``TransportError`` if it is cut short."""
         ...
 
     def stream(self) -> BinaryIO:
-        """The body as a readable binary stream (``read``/``readinto``), for decryption.
+        """The body as sent, as a readable binary stream (``read``/``readinto``), for decryption.
 
         Raises ``TransportError`` from ``read`` if the body is cut short.
         """

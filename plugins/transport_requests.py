@@ -1,4 +1,4 @@
-"""Transport ``requests``: pooled HTTPS with timeouts, retries and per-attempt signing.
+"""Transport ``requests``: pooled HTTPS with timeouts, deadlines, retries and per-attempt signing.
 
 The Node SDK has no timeouts and reuses a nonce on retry in old versions; we set
 connect and read timeouts, keep TLS verification on, and call the request's
@@ -6,6 +6,12 @@ connect and read timeouts, keep TLS verification on, and call the request's
 timestamp (PROTOCOL.md §A2.2, §A8). Retries follow got's policy: idempotent
 methods only, on 408/413/429/5xx and connection errors, with exponential
 backoff, jitter, and ``Retry-After`` when the server gives one.
+
+The transport contract (docs/hooks.md) adds what got does not do: redirects are
+followed only within the origin of the request, so a signed JWT never leaves the
+API; ``request.deadline`` bounds everything, also each read of a body; a body that
+trickles below ``low_speed_limit`` ends (as curl's ``--speed-limit``); and
+``read(limit)`` decodes Content-Encoding in steps, counting the cap on decoded bytes.
 """
 
 from __future__ import annotations
@@ -14,47 +20,64 @@ import email.utils
 import io
 import logging
 import random
+import re
 import time
-from collections.abc import Iterator, Mapping
-from typing import Any, BinaryIO
-from urllib.parse import urljoin
+from collections.abc import Callable, Iterator, Mapping
+from typing import Annotated, Any, BinaryIO, TypeVar
+from urllib.parse import urljoin, urlsplit
 
 import msgspec
 import requests
 import urllib3.exceptions
 from requests.adapters import HTTPAdapter
 
-from privateshare.errors import ConfigError, TransportError
+from privateshare.errors import ConfigError, ResponseTooLarge, TransportError
 from privateshare.hookspecs import hookimpl
 from privateshare.plugin import Plugin, PluginContext
-from privateshare.transport import HttpRequest
+from privateshare.transport import HttpRequest, origin
 
 log = logging.getLogger(__name__)
 
 RETRY_STATUSES = frozenset({408, 413, 429, 500, 502, 503, 504, 521, 522, 524})
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 MAX_REDIRECTS = 10
+#: Bytes asked for per read of a body; urllib3 (>= 2.6) decodes no more than this per read.
+CHUNK = 1 << 16
+#: The most one socket read may allocate (``read1`` allocates what it is asked for).
+MAX_READ = 1 << 20
+
+DAY = 86_400.0
+Seconds = Annotated[float, msgspec.Meta(gt=0, le=DAY)]
+Delay = Annotated[float, msgspec.Meta(ge=0, le=DAY)]
+
+T = TypeVar("T")
 
 
 class RequestsOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     #: Seconds to establish a connection.
-    connect_timeout: float = 10.0
+    connect_timeout: Seconds = 10.0
     #: Seconds to wait for the next bytes of a response.
-    read_timeout: float = 60.0
+    read_timeout: Seconds = 60.0
     #: Retries after the first attempt, for idempotent requests.
-    retries: int = 2
+    retries: Annotated[int, msgspec.Meta(ge=0)] = 2
     #: First backoff delay in seconds; doubles each retry, plus up to 10% jitter.
-    backoff: float = 1.0
+    backoff: Delay = 1.0
     #: Longest wait we accept from a ``Retry-After`` header, in seconds.
-    max_retry_after: float = 60.0
+    max_retry_after: Delay = 60.0
     #: A CA bundle file to trust instead of the system's; verification stays on.
     ca_bundle: str | None = None
     #: Connections kept per host (match ``[pull] concurrency`` or more).
-    pool_size: int = 32
+    pool_size: Annotated[int, msgspec.Meta(ge=1)] = 32
     #: The ``User-Agent`` header.
     user_agent: str = "privateshare"
     #: Use proxies from the environment (HTTPS_PROXY, NO_PROXY).
     trust_env: bool = True
+    #: A body arriving slower than this many bytes per second for ``low_speed_time``
+    #: seconds is abandoned; 0 turns the check off.
+    low_speed_limit: Annotated[int, msgspec.Meta(ge=0)] = 1024
+    #: Seconds a body may stay under ``low_speed_limit`` (time spent waiting for the
+    #: server; time the caller spends between reads does not count).
+    low_speed_time: Seconds = 30.0
 
 
 class RequestsTransport(Plugin):
@@ -76,7 +99,8 @@ class RequestsTransport(Plugin):
                 )
             self._verify = str(path)
         # One thread-safe connection pool, driven through requests' adapter directly:
-        # Session.request costs ~2x the CPU per call (cookies, hooks, environment merging).
+        # Session.request costs ~2x the CPU per call (cookies, hooks, environment merging),
+        # and would follow redirects anywhere.
         self._adapter = HTTPAdapter(
             pool_connections=4, pool_maxsize=options.pool_size, max_retries=0
         )
@@ -86,25 +110,80 @@ class RequestsTransport(Plugin):
         """Proxies from the environment (HTTPS_PROXY, NO_PROXY), looked up once per origin."""
         if not self.options.trust_env:
             return {}
-        origin = _origin(url)
-        if origin not in self._proxies:
-            self._proxies[origin] = requests.utils.get_environ_proxies(url)
-        return self._proxies[origin]
+        key = origin(url) or url
+        if key not in self._proxies:
+            self._proxies[key] = requests.utils.get_environ_proxies(url)
+        return self._proxies[key]
 
-    def _attempt(self, request: HttpRequest) -> requests.Response:
-        """One attempt, following redirects (as got does, up to 10), each hop signed afresh."""
+    @hookimpl
+    def privateshare_transport_send(self, request: HttpRequest) -> RequestsResponse:
+        what = _describe(request)
+        attempts = 1 + (self.options.retries if request.retryable else 0)
+        for attempt in range(1, attempts + 1):
+            try:
+                response = self._attempt(request, what, attempt)
+            except requests.exceptions.SSLError as exc:
+                raise TransportError(
+                    f"TLS verification failed for {what}: {_reason(exc)}; "
+                    f"set [{self.context.name}] ca_bundle if the server uses a private CA"
+                ) from None
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                if _left(request) == 0:
+                    raise TransportError(
+                        f"{what}: the deadline passed before the server answered ({_reason(exc)})"
+                    ) from None
+                delay = self._delay(attempt, attempts, None, request, what, type(exc).__name__)
+                if delay is None:
+                    raise TransportError(
+                        f"{what} failed after {attempt} attempt(s): {_reason(exc)}"
+                    ) from None
+                time.sleep(delay)
+                continue
+            except requests.RequestException as exc:  # an invalid URL, header or proxy
+                raise TransportError(f"{what}: {_reason(exc)}") from None
+            if response.status_code in RETRY_STATUSES:
+                retry_after = _retry_after(response.headers.get("Retry-After"))
+                if response.status_code != 413 or retry_after is not None:
+                    why = f"HTTP {response.status_code}"
+                    delay = self._delay(attempt, attempts, retry_after, request, what, why)
+                    if delay is not None:
+                        response.close()
+                        time.sleep(delay)
+                        continue
+            return RequestsResponse(response, what, self._pace(request, what))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _attempt(self, request: HttpRequest, what: str, attempt: int) -> requests.Response:
+        """One attempt, following redirects within the request's origin, each hop signed afresh."""
+        home: str | None = None  # the origin of request.url, as requests spells it
         url = request.url
-        for _hop in range(MAX_REDIRECTS + 1):
-            headers = {"User-Agent": self.options.user_agent, **request.headers}
+        for hop in range(MAX_REDIRECTS + 1):
+            left = _left(request)
+            if left == 0:
+                stage = "the request" if attempt == 1 else f"attempt {attempt}"
+                raise TransportError(f"{what}: the deadline passed before {stage} could be sent")
+            prepared = self._prepare(request, url)
+            there = origin(prepared.url or "") if prepared is not None else None
+            if hop == 0:
+                if there is None:
+                    raise TransportError(f"{what}: the URL is not a valid http(s) URL")
+                home = there
+            if prepared is None or there != home:
+                # Checked before signing: no JWT is made for a hop we will not send.
+                raise TransportError(
+                    f"{what}: the server redirected to {there or 'a URL that is not valid'}, "
+                    f"outside the API origin {home}; nothing was sent there (credentials stay "
+                    "on the API origin). If the API has moved, set [digime] base_url to it"
+                )
             if request.authorize is not None:
-                headers["Authorization"] = request.authorize()
-            prepared = requests.Request(
-                request.method, url, headers=headers, json=request.json
-            ).prepare()
+                prepared.headers["Authorization"] = request.authorize()
             response = self._adapter.send(
                 prepared,
-                stream=request.stream,
-                timeout=(self.options.connect_timeout, self.options.read_timeout),
+                stream=True,
+                timeout=(
+                    _within(self.options.connect_timeout, left),
+                    _within(self.options.read_timeout, left),
+                ),
                 verify=self._verify,
                 proxies=self._proxies_for(url),
             )
@@ -112,73 +191,109 @@ class RequestsTransport(Plugin):
             if response.status_code not in REDIRECT_STATUSES or not location:
                 return response
             response.close()
-            url = urljoin(url, location)
-        raise TransportError(f"{request.method} {_path(request.url)}: too many redirects")
-
-    @hookimpl
-    def privateshare_transport_send(self, request: HttpRequest) -> RequestsResponse:
-        attempts = 1 + (self.options.retries if request.retryable else 0)
-        for attempt in range(1, attempts + 1):
             try:
-                response = self._attempt(request)
-            except requests.exceptions.SSLError as exc:
-                raise TransportError(
-                    f"TLS verification failed for {request.method} {_origin(request.url)}: "
-                    f"{_reason(exc)}; set [transport] ca_bundle if the server uses a private CA"
-                ) from None
-            except (requests.ConnectionError, requests.Timeout) as exc:
-                if attempt < attempts:
-                    self._sleep(attempt, None, request, f"{type(exc).__name__}")
-                    continue
-                raise TransportError(
-                    f"{request.method} {_origin(request.url)} failed after {attempt} "
-                    f"attempt(s): {_reason(exc)}"
-                ) from None
-            if response.status_code in RETRY_STATUSES and attempt < attempts:
-                retry_after = _retry_after(response.headers.get("Retry-After"))
-                if response.status_code != 413 or retry_after is not None:
-                    response.close()
-                    self._sleep(attempt, retry_after, request, f"HTTP {response.status_code}")
-                    continue
-            return RequestsResponse(response, request)
-        raise AssertionError("unreachable")  # pragma: no cover
+                url = urljoin(prepared.url or url, location)
+            except ValueError:  # refused below, as any unusable URL
+                url = ""
+        raise TransportError(f"{what}: more than {MAX_REDIRECTS} redirects")
 
-    def _sleep(
-        self, attempt: int, retry_after: float | None, request: HttpRequest, why: str
-    ) -> None:
+    def _prepare(self, request: HttpRequest, url: str) -> requests.PreparedRequest | None:
+        """The request for ``url`` as it would be sent, unsigned; None if ``url`` is unusable."""
+        try:
+            return requests.Request(
+                request.method,
+                url,
+                headers={"User-Agent": self.options.user_agent, **request.headers},
+                json=request.json,
+            ).prepare()
+        except (requests.RequestException, ValueError):
+            return None
+
+    def _delay(
+        self,
+        attempt: int,
+        attempts: int,
+        retry_after: float | None,
+        request: HttpRequest,
+        what: str,
+        why: str,
+    ) -> float | None:
+        """Seconds to wait before the next attempt, or None when there is none to make."""
+        if attempt >= attempts:
+            return None
         if retry_after is not None:
             delay = min(retry_after, self.options.max_retry_after)
         else:
             base = self.options.backoff * 2 ** (attempt - 1)
             delay = base + random.uniform(0, base / 10)  # noqa: S311 - jitter, not crypto
-        log.info("retrying %s %s in %.2fs after %s", request.method, _path(request.url), delay, why)
-        time.sleep(delay)
+        left = _left(request)
+        if left is not None and delay >= left:
+            log.info(
+                "not retrying %s after %s: the next attempt would start %.2fs from now, "
+                "past the request's deadline",
+                what,
+                why,
+                delay,
+            )
+            return None
+        log.info(
+            "retrying %s (attempt %d of %d) in %.2fs after %s",
+            what,
+            attempt + 1,
+            attempts,
+            delay,
+            why,
+        )
+        return delay
+
+    def _pace(self, request: HttpRequest, what: str) -> Pace:
+        options = self.options
+        return Pace(
+            what,
+            deadline=request.deadline,
+            read_timeout=options.read_timeout,
+            low_speed_limit=options.low_speed_limit,
+            low_speed_time=options.low_speed_time,
+            table=self.context.name,
+        )
 
     def close(self) -> None:
         self._adapter.close()
 
 
 class RequestsResponse:
-    """A ``requests`` response behind the transport protocol."""
+    """A ``requests`` response behind the transport protocol.
 
-    def __init__(self, response: requests.Response, request: HttpRequest) -> None:
+    The body is read from urllib3's raw stream (never requests' ``.content``, which
+    inflates a Content-Encoding without bound), over a socket file paced by ``pace``.
+    """
+
+    def __init__(self, response: requests.Response, what: str, pace: Pace) -> None:
         self._response = response
-        self._request = request
+        self._what = what
         self.status_code = response.status_code
         self.reason = response.reason or ""
         self.headers: Mapping[str, str] = response.headers
+        self._raw: Any = response.raw
+        pace.install(self._raw)
 
-    def read(self) -> bytes:
-        try:
-            return self._response.content
-        except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
-            raise self._truncated(exc) from None
+    def read(self, limit: int | None = None) -> bytes:
+        encoding = self.headers.get("Content-Encoding", "identity").strip().lower()
+        if limit is not None and encoding == "identity":
+            declared = _content_length(self.headers.get("Content-Length"))
+            if declared is not None and declared > limit:
+                self.close()
+                raise self._too_large(limit, encoding)
+        body = bytearray()
+        for chunk in self._chunks(CHUNK, decode=True):
+            body += chunk
+            if limit is not None and len(body) > limit:
+                self.close()
+                raise self._too_large(limit, encoding)
+        return bytes(body)
 
     def iter_bytes(self, chunk_size: int = 1 << 20) -> Iterator[bytes]:
-        try:
-            yield from self._response.iter_content(chunk_size)
-        except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
-            raise self._truncated(exc) from None
+        return self._chunks(chunk_size, decode=True)
 
     def stream(self) -> BinaryIO:
         return io.BufferedReader(_RawBody(self), buffer_size=1 << 16)  # type: ignore[return-value]
@@ -186,10 +301,26 @@ class RequestsResponse:
     def close(self) -> None:
         self._response.close()
 
-    def _truncated(self, exc: BaseException) -> TransportError:
-        return TransportError(
-            f"the body of {self._request.method} {_path(self._request.url)} was cut short: "
-            f"{_reason(exc)}"
+    def _chunks(self, size: int, *, decode: bool) -> Iterator[bytes]:
+        try:
+            yield from self._raw.stream(size, decode_content=decode)
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+            raise self._failed(exc) from None
+
+    def _failed(self, exc: BaseException) -> TransportError:
+        if isinstance(exc, urllib3.exceptions.DecodeError):
+            encoding = self.headers.get("Content-Encoding", "")
+            return TransportError(
+                f"the body of {self._what} could not be decoded (Content-Encoding {encoding}): "
+                f"{_reason(exc)}"
+            )
+        return TransportError(f"the body of {self._what} was cut short: {_reason(exc)}")
+
+    def _too_large(self, limit: int, encoding: str) -> ResponseTooLarge:
+        decoded = "" if encoding == "identity" else f" once decoded ({encoding})"
+        return ResponseTooLarge(
+            f"the answer to {self._what} is larger than {limit} bytes{decoded}; "
+            "it was not read further"
         )
 
     def __enter__(self) -> RequestsResponse:
@@ -200,11 +331,15 @@ class RequestsResponse:
 
 
 class _RawBody(io.RawIOBase):
-    """urllib3's raw stream with truncation turned into ``TransportError``."""
+    """urllib3's raw stream (the body as sent) with truncation turned into ``TransportError``.
+
+    urllib3 raises ``IncompleteRead`` when the connection ends before Content-Length
+    bytes came (``enforce_content_length``, its default since 2.0), on every boundary.
+    """
 
     def __init__(self, response: RequestsResponse) -> None:
         self._owner = response
-        self._raw: Any = response._response.raw
+        self._raw: Any = response._raw
 
     def readable(self) -> bool:
         return True
@@ -213,7 +348,162 @@ class _RawBody(io.RawIOBase):
         try:
             return self._raw.readinto(buffer)
         except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise self._owner._truncated(exc) from None
+            raise self._owner._failed(exc) from None
+
+
+class Pace:
+    """When a read of one body gives up: the deadline, ``read_timeout``, a minimum rate.
+
+    Each blocking socket read gets a timeout of whatever is nearest, so a stalled or
+    trickling server cannot hold a read past it. The rate is measured over the time
+    spent waiting for the server only, so a slow consumer (a sink, decryption) is not
+    mistaken for a slow server.
+    """
+
+    def __init__(
+        self,
+        what: str,
+        *,
+        deadline: float | None,
+        read_timeout: float,
+        low_speed_limit: int,
+        low_speed_time: float,
+        table: str,
+    ) -> None:
+        self.what = what
+        self.deadline = deadline
+        self.read_timeout = read_timeout
+        self.low_speed_limit = low_speed_limit
+        self.low_speed_time = low_speed_time
+        self.table = table
+        self._waited = 0.0
+        self._bytes = 0
+
+    def install(self, raw: Any) -> None:
+        """Put a paced file under http.client's response, below every read path of urllib3."""
+        response = getattr(raw, "_fp", None)  # http.client.HTTPResponse
+        connection = getattr(raw, "connection", None)
+        fp = getattr(response, "fp", None)
+        sock = getattr(connection, "sock", None)
+        if fp is not None and sock is not None:
+            response.fp = _PacedFile(fp, sock, self)  # type: ignore[union-attr]
+
+    def wait(self, sock: Any, read: Callable[[int], T], size: int) -> tuple[T, float]:
+        """``read(size)`` with the socket's timeout set to what is left; and how long it took."""
+        started = time.monotonic()
+        budget, limit = self._budget(started)
+        if budget <= 0:
+            raise self.error(limit)
+        sock.settimeout(budget)
+        try:
+            result = read(size)
+        except TimeoutError:
+            raise self.error(limit) from None
+        return result, time.monotonic() - started
+
+    def account(self, received: int, waited: float) -> None:
+        """Count bytes against the minimum rate, in windows of ``low_speed_time`` of waiting."""
+        if not self.low_speed_limit:
+            return
+        self._bytes += received
+        self._waited += waited
+        if self._waited >= self.low_speed_time:
+            if self._bytes < self.low_speed_limit * self._waited:
+                raise self.error("low_speed")
+            self._bytes, self._waited = 0, 0.0
+
+    def _budget(self, now: float) -> tuple[float, str]:
+        limits = [(self.read_timeout, "read_timeout")]
+        if self.low_speed_limit:
+            limits.append((self.low_speed_time, "low_speed"))
+        if self.deadline is not None:
+            limits.append((self.deadline - now, "deadline"))
+        return min(limits)
+
+    def error(self, limit: str) -> TransportError:
+        if limit == "deadline":
+            return TransportError(
+                f"{self.what}: the request's deadline passed while its body was still arriving"
+            )
+        if limit == "low_speed":
+            return TransportError(
+                f"{self.what}: the body arrived slower than {self.low_speed_limit} bytes/s "
+                f"for {self.low_speed_time:g}s ([{self.table}] low_speed_limit, "
+                "low_speed_time); the server is stalled or too slow"
+            )
+        return TransportError(
+            f"{self.what}: no bytes of the body for {self.read_timeout:g}s "
+            f"([{self.table}] read_timeout)"
+        )
+
+
+class _PacedFile:
+    """The socket file http.client reads a body from, each blocking read paced.
+
+    ``read(n)`` is made of ``read1`` calls (one socket read each) so that no call
+    blocks on a trickle for more than one timeout; ``readline`` (chunk sizes) likewise.
+    """
+
+    def __init__(self, inner: Any, sock: Any, pace: Pace) -> None:
+        self._inner = inner
+        self._sock = sock
+        self._pace = pace
+
+    def read1(self, size: int = -1) -> bytes:
+        size = MAX_READ if size is None or size < 0 else min(size, MAX_READ)
+        data, waited = self._pace.wait(self._sock, self._inner.read1, size)
+        self._pace.account(len(data), waited)
+        return data
+
+    def read(self, size: int | None = -1) -> bytes:
+        parts: list[bytes] = []
+        wanted = -1 if size is None else size
+        got = 0
+        while wanted < 0 or got < wanted:
+            part = self.read1(wanted - got if wanted >= 0 else -1)
+            if not part:
+                break
+            parts.append(part)
+            got += len(part)
+        return b"".join(parts)
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def readline(self, size: int | None = -1) -> bytes:
+        limit = -1 if size is None else size
+        line = bytearray()
+        while limit < 0 or len(line) < limit:
+            view, waited = self._pace.wait(self._sock, self._inner.peek, 1)
+            if not view:
+                break
+            room = len(view) if limit < 0 else min(len(view), limit - len(line))
+            end = view.find(b"\n", 0, room)
+            take = end + 1 if end >= 0 else room
+            line += self._inner.read(take)  # already buffered: no socket read
+            self._pace.account(take, waited)
+            if end >= 0:
+                break
+        return bytes(line)
+
+    def peek(self, size: int = 0) -> bytes:
+        return self._pace.wait(self._sock, self._inner.peek, size)[0]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+def _left(request: HttpRequest) -> float | None:
+    """Seconds until the request's deadline (0 once passed), or None without one."""
+    if request.deadline is None:
+        return None
+    return max(0.0, request.deadline - time.monotonic())
+
+
+def _within(timeout: float, left: float | None) -> float:
+    return timeout if left is None else max(min(timeout, left), 0.001)
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -230,17 +520,28 @@ def _retry_after(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-def _origin(url: str) -> str:
-    from urllib.parse import urlsplit
+def _content_length(value: str | None) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except ValueError:
+        return None
 
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}"
+
+def _describe(request: HttpRequest) -> str:
+    """``GET https://host/route`` for messages and logs: no user info, query or session key."""
+    parts = urlsplit(request.url)
+    try:
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        port = ""
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{request.method} {parts.scheme}://{host}{port}{_path(request.url)}"
 
 
 def _path(url: str) -> str:
     # Paths may carry a session key; log the route, not the key.
-    from urllib.parse import urlsplit
-
     parts = urlsplit(url).path.split("/")
     if "query" in parts:
         index = parts.index("query")
@@ -248,6 +549,10 @@ def _path(url: str) -> str:
     return "/".join(parts)
 
 
+#: A session key in a URL quoted by a library's message (requests names the path).
+_SESSION_KEY = re.compile(r"(/query/)[^/\s'\")]+")
+
+
 def _reason(exc: BaseException) -> str:
-    text = str(exc)
+    text = _SESSION_KEY.sub(r"\1…", str(exc))
     return text if len(text) < 300 else text[:300] + "…"

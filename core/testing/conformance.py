@@ -1,4 +1,4 @@
-"""Conformance suites: the behaviour every sink, token store and key store must have.
+"""Conformance suites: the behaviour every sink, token store, key store and transport must have.
 
 Subclass a suite in your plugin's test module, name the subclass ``Test...`` so
 pytest collects it, and provide the fixture the suite asks for (taskflow's
@@ -30,6 +30,8 @@ import threading
 import time
 import tracemalloc
 import uuid
+from collections.abc import Iterator
+from contextlib import closing
 from typing import Any, ClassVar
 
 import pluggy
@@ -38,19 +40,39 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from .. import hookspecs
-from ..errors import SinkError, UnsafeFileNameError
+from ..errors import ResponseTooLarge, SinkError, TransportError, UnsafeFileNameError
 from ..keys import KeyHandle
 from ..models import DataFile, FileMetadata, RunInfo, RunSummary, Token, UserAccessToken
 from ..sinks import FileWriter
+from ..transport import HttpRequest, HttpResponse
+from .hostile import (
+    Answer,
+    Exchange,
+    HostileServer,
+    bomb,
+    compress,
+    cut_chunked,
+    cut_short,
+    hang_up,
+    redirect,
+    respond,
+    sequence,
+    stall,
+    trickle,
+)
 
 __all__ = [
     "HOSTILE_FILE_NAMES",
     "HOSTILE_USER_IDS",
+    "READ_PATHS",
     "KeyStoreConformance",
     "MiB",
+    "Signer",
     "SinkConformance",
     "TokenStoreConformance",
+    "TransportConformance",
     "check_hookimpls",
+    "read_body",
 ]
 
 MiB = 1 << 20
@@ -694,3 +716,361 @@ class KeyStoreConformance:
             )
             for secret in self.secret_strings():
                 assert secret not in text, f"{where} shows key material"
+
+
+# --- transports -----------------------------------------------------------------
+
+
+class Signer:
+    """An ``authorize`` callback handing out a distinct value per call, remembered in order."""
+
+    def __init__(self) -> None:
+        self.issued: list[str] = []
+        self._lock = threading.Lock()
+
+    def __call__(self) -> str:
+        value = f"Bearer conformance.{uuid.uuid4().hex}"
+        with self._lock:
+            self.issued.append(value)
+        return value
+
+
+#: The three ways a body is read: whole, in chunks, as a stream.
+READ_PATHS = ("read", "iter_bytes", "stream")
+
+
+def read_body(response: HttpResponse, how: str) -> bytes:
+    """The whole body of ``response``, read the ``how`` way (one of :data:`READ_PATHS`)."""
+    if how == "read":
+        return response.read()
+    if how == "iter_bytes":
+        return b"".join(response.iter_bytes(4096))
+    stream = response.stream()
+    parts = []
+    while part := stream.read(4096):
+        parts.append(part)
+    return b"".join(parts)
+
+
+def _pattern(size: int) -> bytes:
+    return bytes(i % 251 for i in range(size))
+
+
+class TransportConformance:
+    """What every transport must do; subclass it as ``Test<YourTransport>``.
+
+    Provide fixture ``transport`` — a plugin instance with the
+    ``privateshare_transport_send`` hookimpl, configured with at least one retry, a
+    backoff of at most 0.1 s and a read timeout of at least 10 s. The suite talks to
+    :class:`~privateshare.testing.hostile.HostileServer` instances over real HTTP on
+    127.0.0.1 and checks the contract in docs/hooks.md.
+    """
+
+    #: What the Content-Encoding bomb inflates to (about a thousandth of it on the wire).
+    bomb_size: ClassVar[int] = 10 << 30
+    #: Peak Python heap allowed while refusing it with ``read(limit=1 MiB)``.
+    max_peak_memory: ClassVar[int] = 8 * MiB
+    #: Content-Encodings ``read`` must decode (``privateshare.testing.hostile.ENCODINGS``).
+    encodings: ClassVar[tuple[str, ...]] = ("gzip", "deflate", "br")
+    #: How long the hostile server trickles or stalls: a transport that ignores the
+    #: deadline fails after this long instead of hanging.
+    slow_seconds: ClassVar[float] = 30.0
+    #: The deadline given to requests that must be cut off by it.
+    deadline_seconds: ClassVar[float] = 0.5
+
+    transport: Any
+    _servers: list[HostileServer]
+
+    @pytest.fixture(autouse=True)
+    def _bind_transport(self, transport: Any) -> Iterator[None]:
+        self.transport = transport
+        self._servers = []
+        yield
+        for server in self._servers:
+            server.close()
+
+    # helpers --------------------------------------------------------------------
+
+    def serve(self, routes: dict[str, Answer] | None = None) -> HostileServer:
+        """A hostile server, closed after the test (and by itself after a while)."""
+        server = HostileServer(routes, lifetime=self.slow_seconds * 4)
+        if not hasattr(self, "_servers"):
+            self._servers = []
+        self._servers.append(server)
+        return server
+
+    def send(self, request: HttpRequest) -> HttpResponse:
+        response = self.transport.privateshare_transport_send(request=request)
+        assert response is not None, "the transport returned no response"
+        return response
+
+    def fetch(self, request: HttpRequest, how: str = "read") -> bytes:
+        response = self.send(request)
+        try:
+            return read_body(response, how)
+        finally:
+            response.close()
+
+    def deadline(self) -> float:
+        return time.monotonic() + self.deadline_seconds
+
+    # tests ----------------------------------------------------------------------
+
+    def test_hookimpls_match_the_specs(self) -> None:
+        assert "privateshare_transport_send" in check_hookimpls(self.transport)
+
+    @pytest.mark.parametrize("how", READ_PATHS)
+    def test_sends_the_request_signed_once_and_reads_the_answer(self, how: str) -> None:
+        body = _pattern(100_000)
+        server = self.serve({"/v1/answer": respond(body, headers={"X-Answer": "yes"})})
+        signer = Signer()
+        request = HttpRequest(
+            "POST",
+            server.url + "/v1/answer",
+            headers={"accept": "application/json"},
+            json={"question": 42},
+            authorize=signer,
+            stream=how == "stream",
+        )
+        response = self.send(request)
+        try:
+            assert response.status_code == 200
+            assert response.headers["x-answer"] == "yes", "headers must be case-insensitive"
+            assert read_body(response, how) == body
+        finally:
+            response.close()
+        (sent,) = server.requests
+        assert sent.method == "POST" and sent.path == "/v1/answer"
+        assert sent.headers["accept"] == "application/json"
+        assert sent.headers["authorization"] == signer.issued[0]
+        assert len(signer.issued) == 1, "authorize() must be called once per attempt"
+        assert b"42" in sent.body
+
+    @pytest.mark.parametrize("status", sorted({301, 302, 303, 307, 308}))
+    @pytest.mark.parametrize("where", ["port", "host", "scheme", "user-info"])
+    def test_a_redirect_off_the_origin_is_refused_and_nothing_is_sent(
+        self, where: str, status: int
+    ) -> None:
+        foreign = self.serve()
+        home = self.serve()
+        secret = "CODE-IN-THE-LOCATION"  # noqa: S105 - a marker, not a password
+        target, named = {
+            "port": (f"{foreign.url}/steal?code={secret}", foreign.url),
+            "host": (f"http://localhost:{home.port}/steal?code={secret}", "localhost"),
+            "scheme": (f"https://127.0.0.1:{home.port}/steal?code={secret}", "https://127.0.0.1"),
+            "user-info": (f"http://{secret}:pw@127.0.0.1:{foreign.port}/steal", foreign.url),
+        }[where]
+        home.route("/v1/oauth/token", redirect(target, status))
+        signer = Signer()
+        method = "POST" if status in (307, 308) else "GET"
+        request = HttpRequest(
+            method, home.url + "/v1/oauth/token", json={"a": 1}, authorize=signer, retry=True
+        )
+        with pytest.raises(TransportError) as caught:
+            self.fetch(request)
+        message = str(caught.value)
+        assert named in message, f"the error must name the foreign origin: {message}"
+        assert secret not in message, "the error must name the origin only, not the URL"
+        for value in signer.issued:
+            assert value not in message
+        assert foreign.connections == 0, "a connection was opened to the foreign origin"
+        assert not foreign.requests
+        assert [r.path for r in home.requests] == ["/v1/oauth/token"] * len(home.requests)
+        assert home.connections == len(home.requests), "something else reached the server"
+        assert len(signer.issued) == len(home.requests), "a JWT was signed for the foreign hop"
+
+    def test_redirects_within_the_origin_are_followed_and_signed_afresh(self) -> None:
+        server = self.serve()
+        server.route("/v1/a", redirect("/v1/b", 302))  # relative
+        server.route("/v1/b", redirect(f"HTTP://127.0.0.1:{server.port}/v1/c", 307))
+        server.route("/v1/c", redirect(f"//127.0.0.1:{server.port}/v1/d", 308))
+        server.route("/v1/d", respond(b"landed"))
+        signer = Signer()
+        assert self.fetch(HttpRequest("GET", server.url + "/v1/a", authorize=signer)) == b"landed"
+        assert [r.path for r in server.requests] == ["/v1/a", "/v1/b", "/v1/c", "/v1/d"]
+        assert [r.headers["authorization"] for r in server.requests] == signer.issued
+        assert len(set(signer.issued)) == 4, "each hop must be signed afresh"
+
+    def test_a_redirect_loop_ends(self) -> None:
+        server = self.serve()
+        server.route("/v1/loop", redirect("/v1/loop"))
+        with pytest.raises(TransportError):
+            self.fetch(HttpRequest("GET", server.url + "/v1/loop", authorize=Signer()))
+        assert 1 < len(server.requests) <= 50
+
+    @pytest.mark.parametrize("how", READ_PATHS)
+    def test_the_deadline_ends_a_trickling_body(self, how: str) -> None:
+        rate = 20  # bytes per second, for slow_seconds
+        server = self.serve({"/v1/slow": trickle(int(self.slow_seconds * rate), every=1 / rate)})
+        request = HttpRequest(
+            "GET", server.url + "/v1/slow", deadline=self.deadline(), stream=how == "stream"
+        )
+        with pytest.raises(TransportError):
+            self.fetch(request, how)
+
+    def test_the_deadline_ends_a_wait_for_the_answer(self) -> None:
+        server = self.serve({"/v1/late": stall(self.slow_seconds, respond(b"late"))})
+        with pytest.raises(TransportError):
+            self.fetch(HttpRequest("GET", server.url + "/v1/late", deadline=self.deadline()))
+
+    def test_no_attempt_starts_after_the_deadline(self) -> None:
+        server = self.serve({"/v1/x": respond(b"x")})
+        signer = Signer()
+        passed = time.monotonic() - 1
+        with pytest.raises(TransportError):
+            self.fetch(HttpRequest("GET", server.url + "/v1/x", authorize=signer, deadline=passed))
+        assert server.connections == 0 and not signer.issued
+
+    def test_no_retry_waits_past_the_deadline(self) -> None:
+        wait = {"Retry-After": str(int(self.slow_seconds))}
+        server = self.serve({"/v1/busy": respond(b"busy", 503, wait)})
+        deadline = self.deadline()
+        request = HttpRequest("GET", server.url + "/v1/busy", authorize=Signer(), deadline=deadline)
+        try:
+            response = self.send(request)
+        except TransportError:
+            pass
+        else:
+            assert response.status_code == 503
+            response.close()
+        assert server.requests, "the request was never sent"
+        late = [r for r in server.requests if r.at > deadline]
+        assert not late, "an attempt was started after the request's deadline"
+
+    def test_read_limit_is_exact(self) -> None:
+        body = _pattern(10_000)
+        server = self.serve({"/v1/answer": respond(body), "/v1/chunked": _chunked(body)})
+        for path in ("/v1/answer", "/v1/chunked"):
+            with closing(self.send(HttpRequest("GET", server.url + path))) as response:
+                assert response.read(limit=len(body)) == body
+            with (
+                closing(self.send(HttpRequest("GET", server.url + path))) as response,
+                pytest.raises(ResponseTooLarge),
+            ):
+                response.read(limit=len(body) - 1)
+
+    @pytest.mark.parametrize("how", ["read", "iter_bytes"])
+    def test_content_encoding_is_decoded_and_the_cap_counts_decoded_bytes(self, how: str) -> None:
+        data = b'{"answer": "' + b"forty-two " * 5000 + b'"}'
+        server = self.serve()
+        for encoding in self.encodings:
+            headers = {"Content-Encoding": encoding, "Content-Type": "application/json"}
+            server.route(f"/v1/{encoding}", respond(compress(data, encoding), headers=headers))
+            url = f"{server.url}/v1/{encoding}"
+            assert self.fetch(HttpRequest("GET", url), how) == data, f"{encoding} not decoded"
+            with closing(self.send(HttpRequest("GET", url))) as response:
+                assert response.read(limit=len(data)) == data
+            with (
+                closing(self.send(HttpRequest("GET", url))) as response,
+                pytest.raises(ResponseTooLarge),
+            ):
+                response.read(limit=len(data) - 1)  # more than the compressed size
+
+    def test_an_encoding_bomb_is_refused_at_flat_memory(self) -> None:
+        server = self.serve()
+        for encoding in self.encodings:
+            url = server.route(f"/v1/bomb-{encoding}", bomb(encoding, self.bomb_size))
+            tracemalloc.start()
+            try:
+                with (
+                    closing(self.send(HttpRequest("GET", url))) as response,
+                    pytest.raises(ResponseTooLarge),
+                ):
+                    response.read(limit=MiB)
+                _, peak = tracemalloc.get_traced_memory()
+            finally:
+                tracemalloc.stop()
+            assert peak <= self.max_peak_memory, (
+                f"refusing a {encoding} bomb with read(limit=1 MiB) peaked at "
+                f"{peak / MiB:.1f} MiB of Python memory (limit "
+                f"{self.max_peak_memory / MiB:.0f} MiB): decode in steps, count decoded bytes"
+            )
+
+    @pytest.mark.parametrize("sent", [0, 16, 1000, 4096, 8176])
+    @pytest.mark.parametrize("how", READ_PATHS)
+    def test_a_body_cut_short_is_an_error(self, how: str, sent: int) -> None:
+        # Cuts on 16-byte boundaries look like whole AES blocks to a decryptor:
+        # only the transport can tell the body is incomplete.
+        body = _pattern(8192)
+        server = self.serve({"/v1/file": cut_short(body[:sent], declared=len(body))})
+        request = HttpRequest("GET", server.url + "/v1/file", stream=how == "stream")
+        with pytest.raises(TransportError):
+            self.fetch(request, how)
+
+    @pytest.mark.parametrize("how", READ_PATHS)
+    def test_a_chunked_body_cut_short_is_an_error(self, how: str) -> None:
+        server = self.serve({"/v1/file": cut_chunked(_pattern(4096))})
+        request = HttpRequest("GET", server.url + "/v1/file", stream=how == "stream")
+        with pytest.raises(TransportError):
+            self.fetch(request, how)
+
+    @pytest.mark.parametrize(
+        ("method", "retry", "retried"),
+        [
+            ("GET", None, True),
+            ("DELETE", None, True),
+            ("POST", None, False),
+            ("POST", True, True),
+            ("GET", False, False),
+        ],
+    )
+    @pytest.mark.parametrize("fault", ["503", "hang-up"])
+    def test_only_retryable_requests_are_retried_each_signed_afresh(
+        self, fault: str, method: str, retry: bool | None, retried: bool
+    ) -> None:
+        first = respond(b"busy", 503) if fault == "503" else hang_up()
+        server = self.serve({"/v1/call": sequence(first, respond(b"second"))})
+        signer = Signer()
+        request = HttpRequest(method, server.url + "/v1/call", authorize=signer, retry=retry)
+        if retried:
+            assert self.fetch(request) == b"second"
+            assert len(server.requests) == 2
+        elif fault == "503":
+            with closing(self.send(request)) as response:
+                assert response.status_code == 503
+            assert len(server.requests) == 1
+        else:
+            with pytest.raises(TransportError):
+                self.fetch(request)
+            assert len(server.requests) == 1
+        assert [r.headers["authorization"] for r in server.requests] == signer.issued
+        assert len(set(signer.issued)) == len(signer.issued)
+
+    def test_credentials_stay_out_of_errors_and_logs(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        foreign = self.serve()
+        server = self.serve(
+            {
+                "/v1/retry": sequence(respond(b"", 503), respond(b"ok")),
+                "/v1/cut": cut_short(b"x" * 100, 1000),
+                "/v1/away": redirect(foreign.url + "/steal"),
+            }
+        )
+        signer = Signer()
+        messages = []
+        with caplog.at_level(logging.DEBUG):
+            self.fetch(HttpRequest("GET", server.url + "/v1/retry", authorize=signer))
+            for path in ("/v1/cut", "/v1/away"):
+                with pytest.raises(TransportError) as caught:
+                    self.fetch(HttpRequest("GET", server.url + path, authorize=signer))
+                messages.append(str(caught.value))
+        assert len(signer.issued) >= 3
+        for value in signer.issued:
+            token = value.removeprefix("Bearer ")
+            assert token not in caplog.text, "a signed JWT leaked into the logs"
+            for message in messages:
+                assert token not in message, "a signed JWT leaked into an error"
+
+
+def _chunked(body: bytes) -> Answer:
+    """``body`` in ``Transfer-Encoding: chunked`` chunks of 1000 bytes (no Content-Length)."""
+
+    def answer(exchange: Exchange) -> None:
+        exchange.head(200, {"Transfer-Encoding": "chunked"})
+        for start in range(0, len(body), 1000):
+            part = body[start : start + 1000]
+            exchange.write(f"{len(part):x}\r\n".encode() + part + b"\r\n")
+        exchange.write(b"0\r\n\r\n")
+
+    return answer

@@ -259,7 +259,7 @@ def test_sdk_invalid_and_a_malformed_session_answer(
     class Stub:
         status_code, reason, headers = 201, "Created", {"content-type": "application/json"}
 
-        def read(self) -> bytes:
+        def read(self, limit: int | None = None) -> bytes:
             return b'{"expiry": "0", "sessionKey": 0}'
 
         def close(self) -> None:

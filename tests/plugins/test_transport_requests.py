@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import itertools
+import logging
 import ssl
 import threading
 import time
@@ -17,10 +18,21 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from privateshare.errors import ConfigError, TransportError
+from privateshare.errors import ConfigError, ResponseTooLarge, TransportError
 from privateshare.plugin import PluginContext
 from privateshare.plugins.transport_requests import RequestsOptions, RequestsTransport
-from privateshare.transport import HttpRequest
+from privateshare.testing.conformance import READ_PATHS, TransportConformance, read_body
+from privateshare.testing.hostile import (
+    Answer,
+    Exchange,
+    HostileServer,
+    cut_short,
+    redirect,
+    respond,
+    sequence,
+    trickle,
+)
+from privateshare.transport import HttpRequest, origin
 
 Script = Callable[[BaseHTTPRequestHandler, int], None]
 
@@ -154,7 +166,21 @@ def test_connection_refused_is_a_clear_transport_error(tmp_path: Path) -> None:
         transport(tmp_path, retries=1).privateshare_transport_send(
             signed(f"http://127.0.0.1:{port}/v1.7/x")
         )
-    assert f"GET http://127.0.0.1:{port} failed after 2 attempt(s)" in str(info.value)
+    assert f"GET http://127.0.0.1:{port}/v1.7/x failed after 2 attempt(s)" in str(info.value)
+
+
+def test_errors_quoting_a_url_leave_the_session_key_out(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://user:pw@127.0.0.1:{port}/v1.7/permission-access/query/SECRETKEY/f.json"
+    with pytest.raises(TransportError) as info:
+        transport(tmp_path, retries=0).privateshare_transport_send(signed(url))
+    message = str(info.value)
+    assert "query/…/f.json" in message  # requests quotes the path: the key is elided
+    assert "SECRETKEY" not in message and "pw" not in message
 
 
 def test_read_timeout(serve, tmp_path: Path) -> None:
@@ -231,3 +257,208 @@ def test_tls_is_verified_and_a_private_ca_can_be_trusted(serve, tmp_path: Path) 
 def test_missing_ca_bundle_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="ca_bundle"):
         transport(tmp_path, ca_bundle="nope.pem")
+
+
+# --- the transport contract, and what the requests transport adds ---------------------
+
+
+class TestRequestsTransport(TransportConformance):
+    @pytest.fixture
+    def transport(self, tmp_path: Path) -> Iterator[RequestsTransport]:
+        built = transport(tmp_path, read_timeout=10.0)
+        yield built
+        built.close()
+
+
+@pytest.fixture
+def hostile() -> Iterator[Callable[..., HostileServer]]:
+    servers: list[HostileServer] = []
+
+    def start(routes: dict[str, Answer] | None = None) -> HostileServer:
+        servers.append(HostileServer(routes, lifetime=120))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def test_origins_are_compared_normalised() -> None:
+    same = [
+        ("https://api.digi.me/v1.7/", "HTTPS://API.digi.me:443/x"),
+        ("http://example.com/a", "http://example.com:80/b?c"),
+        ("https://user:pw@example.com/", "https://example.com"),
+        ("http://[::A]/", "http://[::a]:80/x"),
+    ]
+    for a, b in same:
+        assert origin(a) == origin(b) is not None, (a, b)
+    assert origin("https://api.digi.me/") == "https://api.digi.me:443"
+    different = [
+        ("https://api.digi.me/", "http://api.digi.me/"),
+        ("https://api.digi.me/", "https://api.digi.me:8443/"),
+        ("https://api.digi.me/", "https://api.digi.me.evil.example/"),
+        ("https://api.digi.me/", "https://evil.example/@api.digi.me"),
+    ]
+    for a, b in different:
+        assert origin(a) != origin(b), (a, b)
+    for bad in ("http://host:99999/", "http://host:port/", "/relative", "mailto:x@y", ""):
+        assert origin(bad) is None, bad
+
+
+@pytest.mark.parametrize("how", READ_PATHS)
+def test_a_trickling_body_ends_by_the_minimum_rate(
+    hostile: Callable[..., HostileServer], tmp_path: Path, how: str
+) -> None:
+    # 20 bytes/s for a minute, no deadline: only the minimum rate can end it.
+    server = hostile({"/v1/slow": trickle(1200, every=0.05)})
+    send = transport(tmp_path, low_speed_limit=1000, low_speed_time=0.3).privateshare_transport_send
+    with pytest.raises(TransportError) as info:
+        read_body(send(HttpRequest("GET", server.url + "/v1/slow", stream=how == "stream")), how)
+    message = str(info.value)
+    assert "slower than 1000 bytes/s for 0.3s" in message
+    assert "[transport] low_speed_limit, low_speed_time" in message
+
+
+def stalls_after(sent: int, declared: int) -> Answer:
+    def answer(exchange: Exchange) -> None:
+        exchange.head(200, length=declared)
+        exchange.write(b"x" * sent)
+        exchange.sleep(60)
+        exchange.hang_up()
+
+    return answer
+
+
+def test_a_stalled_body_ends_by_low_speed_time_or_read_timeout(
+    hostile: Callable[..., HostileServer], tmp_path: Path
+) -> None:
+    server = hostile({"/v1/stall": stalls_after(100, 1000)})
+    url = server.url + "/v1/stall"
+    slow = transport(tmp_path, low_speed_time=0.3).privateshare_transport_send
+    with pytest.raises(TransportError, match=r"low_speed_limit, low_speed_time"):
+        slow(HttpRequest("GET", url)).read()
+    unchecked = transport(tmp_path, low_speed_limit=0, read_timeout=0.3)
+    with pytest.raises(TransportError, match=r"no bytes of the body for 0.3s .*read_timeout"):
+        read_body(unchecked.privateshare_transport_send(HttpRequest("GET", url)), "stream")
+
+
+def test_a_slow_reader_is_not_mistaken_for_a_slow_server(
+    hostile: Callable[..., HostileServer], tmp_path: Path
+) -> None:
+    # The server sends at once; the reader pauses longer than low_speed_time between
+    # reads. Only time spent waiting for the server counts against the rate.
+    body = bytes(range(256)) * 1024
+    server = hostile({"/v1/file": respond(body)})
+    fast = transport(tmp_path, low_speed_limit=10_000_000, low_speed_time=0.2)
+    stream = fast.privateshare_transport_send(HttpRequest("GET", server.url + "/v1/file")).stream()
+    got = bytearray()
+    while part := stream.read(64 << 10):
+        got += part
+        time.sleep(0.25)
+    assert got == body
+
+
+def test_a_declared_length_over_the_limit_is_refused_before_reading(
+    hostile: Callable[..., HostileServer], tmp_path: Path
+) -> None:
+    # The body never comes: reading it would end by read_timeout, not ResponseTooLarge.
+    server = hostile({"/v1/huge": stalls_after(10, 10 << 30)})
+    response = transport(tmp_path).privateshare_transport_send(
+        HttpRequest("GET", server.url + "/v1/huge")
+    )
+    with pytest.raises(ResponseTooLarge, match="larger than 1000 bytes; it was not read further"):
+        response.read(limit=1000)
+
+
+def test_a_corrupt_content_encoding_is_a_clear_error(
+    hostile: Callable[..., HostileServer], tmp_path: Path
+) -> None:
+    broken = respond(b"\x1f\x8b" + b"not gzip at all" * 10, headers={"Content-Encoding": "gzip"})
+    server = hostile({"/v1/broken": broken})
+    response = transport(tmp_path).privateshare_transport_send(
+        HttpRequest("GET", server.url + "/v1/broken")
+    )
+    with pytest.raises(TransportError, match=r"could not be decoded \(Content-Encoding gzip\)"):
+        response.read(limit=1 << 20)
+
+
+def test_a_cut_on_a_block_boundary_fails_the_download_stream(
+    hostile: Callable[..., HostileServer], tmp_path: Path
+) -> None:
+    # What the decryptor reads: whole 16-byte blocks, the last ones missing.
+    body = bytes(range(256)) * 64
+    server = hostile({"/v1/file": cut_short(body[:8192], declared=len(body))})
+    stream = (
+        transport(tmp_path)
+        .privateshare_transport_send(HttpRequest("GET", server.url + "/v1/file", stream=True))
+        .stream()
+    )
+    got = bytearray()
+    with pytest.raises(TransportError, match="was cut short"):
+        while part := stream.read(4096):
+            got += part
+    assert bytes(got) == body[:8192]  # everything that came, and then the error
+
+
+def test_retries_are_logged_with_the_route_and_no_session_key(
+    hostile: Callable[..., HostileServer], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = "/v1.7/permission-access/query/SECRETKEY/posts.json"
+    server = hostile({path: sequence(respond(b"", 503), respond(b"ok"))})
+    with caplog.at_level(logging.INFO, logger="privateshare.plugins.transport_requests"):
+        response = transport(tmp_path).privateshare_transport_send(signed(server.url + path))
+        assert response.read() == b"ok"
+    (record,) = [r for r in caplog.records if "retrying" in r.getMessage()]
+    message = record.getMessage()
+    assert record.levelno == logging.INFO
+    assert message.startswith(
+        f"retrying GET {server.url}/v1.7/permission-access/query/…/posts.json (attempt 2 of 3)"
+    )
+    assert message.endswith("after HTTP 503")
+    assert "SECRETKEY" not in caplog.text
+
+
+def test_a_retry_that_cannot_start_before_the_deadline_is_not_made(
+    hostile: Callable[..., HostileServer], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = hostile({"/v1/busy": respond(b"", 503, {"Retry-After": "30"})})
+    request = HttpRequest("GET", server.url + "/v1/busy", deadline=time.monotonic() + 5)
+    with caplog.at_level(logging.INFO, logger="privateshare.plugins.transport_requests"):
+        response = transport(tmp_path).privateshare_transport_send(request)
+    assert response.status_code == 503  # the caller maps it, as after the last retry
+    assert len(server.requests) == 1
+    assert "not retrying GET" in caplog.text and "past the request's deadline" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("connect_timeout", 0),
+        ("read_timeout", -1.0),
+        ("read_timeout", float("inf")),
+        ("retries", -1),
+        ("backoff", -0.5),
+        ("max_retry_after", -1),
+        ("pool_size", 0),
+        ("low_speed_limit", -1),
+        ("low_speed_time", 0),
+    ],
+)
+def test_options_are_range_checked_where_they_are_decoded(
+    privateshare_factory: Callable[..., object], option: str, value: float
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        privateshare_factory(f'[transport]\ntype = "requests"\n{option} = {value!r}\n')
+    assert f"[transport] {option}:" in str(info.value)
+
+
+def test_unusable_urls_are_clear_errors(
+    hostile: Callable[..., HostileServer], tmp_path: Path
+) -> None:
+    server = hostile({"/v1/odd": redirect("http://[not-an-ip/x"), "/v1/mail": redirect("mailto:x")})
+    send = transport(tmp_path).privateshare_transport_send
+    for path in ("/v1/odd", "/v1/mail"):
+        with pytest.raises(TransportError, match="redirected to a URL that is not valid"):
+            send(signed(server.url + path))
+    with pytest.raises(TransportError, match=r"the URL is not a valid http\(s\) URL"):
+        send(signed("not a url"))

@@ -4,23 +4,32 @@ would prove nothing). Each test runs one suite test against a deliberately broke
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
 
+from privateshare.errors import ResponseTooLarge
 from privateshare.hookspecs import hookimpl
 from privateshare.keys import SoftwareKeyHandle
 from privateshare.models import DataFile, RunInfo, UserAccessToken
+from privateshare.plugin import PluginContext
+from privateshare.plugins.transport_requests import RequestsOptions, RequestsTransport
 from privateshare.testing.conformance import (
     KeyStoreConformance,
     SinkConformance,
     TokenStoreConformance,
+    TransportConformance,
 )
 from privateshare.testing.helpers import TestKey
 from privateshare.testing.memory import MemorySink
+from privateshare.transport import HttpRequest
 
 SUITE_FAILED = (AssertionError, pytest.fail.Exception)
 
@@ -308,3 +317,130 @@ def test_key_suite_catches_key_material_in_a_repr(
     suite.key_store = OneKeyStore(handle)
     with pytest.raises(AssertionError, match="repr\\(handle\\) shows a PEM block"):
         suite.test_repr_holds_no_key_material(handle=handle, caplog=caplog)
+
+
+# --- transports -------------------------------------------------------------------------
+
+
+class FlawedTransport(RequestsTransport):
+    """The built-in transport with one rule of the transport contract broken at a time."""
+
+    def __init__(self, flaw: str, base_dir: Path) -> None:
+        super().__init__(
+            RequestsOptions(backoff=0.01, read_timeout=10.0, max_retry_after=5.0),
+            PluginContext(name="transport", base_dir=base_dir),
+        )
+        self.flaw = flaw
+        self.session = requests.Session()
+
+    @hookimpl
+    def privateshare_transport_send(self, request: HttpRequest) -> Any:
+        if self.flaw == "ignores-deadline":
+            request = replace(request, deadline=None)
+        if self.flaw == "retries-everything":
+            request = replace(request, retry=True)
+        if self.flaw == "reuses-signature" and request.authorize is not None:
+            request = replace(request, authorize=functools.cache(request.authorize))
+        response = super().privateshare_transport_send(request)
+        raw = response._raw
+        if self.flaw == "trusts-short-bodies":
+            raw.enforce_content_length = False
+        if self.flaw == "reads-whole":
+            response.read = lambda limit=None: response._response.content  # type: ignore[method-assign]
+        if self.flaw == "limits-after-reading":
+
+            def read(limit: int | None = None) -> bytes:
+                data = response._response.content
+                if limit is not None and len(data) > limit:
+                    raise ResponseTooLarge("too large")
+                return data
+
+            response.read = read  # type: ignore[method-assign]
+        if self.flaw == "no-decoding":
+            response.read = lambda limit=None: raw.read(decode_content=False)  # type: ignore[method-assign]
+        return response
+
+    def _attempt(self, request: HttpRequest, what: str, attempt: int) -> requests.Response:
+        if self.flaw != "follows-anywhere":
+            return super()._attempt(request, what, attempt)
+        headers = dict(request.headers)
+        if request.authorize is not None:
+            headers["Authorization"] = request.authorize()
+        return self.session.request(  # requests follows redirects to any host
+            request.method, request.url, headers=headers, json=request.json, stream=True
+        )
+
+
+class QuickTransportSuite(TransportConformance):
+    slow_seconds = 2.0
+    bomb_size = 64 << 20
+
+
+def run_transport_test(transport: Any, test: str, **kwargs: Any) -> None:
+    suite = QuickTransportSuite()
+    suite.transport = transport
+    suite._servers = []
+    try:
+        getattr(suite, test)(**kwargs)
+    finally:
+        for server in suite._servers:
+            server.close()
+        transport.close()
+
+
+TRANSPORT_FLAWS = [
+    (
+        "follows-anywhere",
+        "test_a_redirect_off_the_origin_is_refused_and_nothing_is_sent",
+        {"where": "port", "status": 302},
+    ),
+    (
+        "follows-anywhere",
+        "test_a_redirect_off_the_origin_is_refused_and_nothing_is_sent",
+        {"where": "host", "status": 307},
+    ),
+    ("ignores-deadline", "test_the_deadline_ends_a_trickling_body", {"how": "stream"}),
+    ("ignores-deadline", "test_the_deadline_ends_a_wait_for_the_answer", {}),
+    ("ignores-deadline", "test_no_attempt_starts_after_the_deadline", {}),
+    ("ignores-deadline", "test_no_retry_waits_past_the_deadline", {}),
+    (
+        "retries-everything",
+        "test_only_retryable_requests_are_retried_each_signed_afresh",
+        {"fault": "hang-up", "method": "POST", "retry": None, "retried": False},
+    ),
+    ("reuses-signature", "test_redirects_within_the_origin_are_followed_and_signed_afresh", {}),
+    (
+        "reuses-signature",
+        "test_only_retryable_requests_are_retried_each_signed_afresh",
+        {"fault": "503", "method": "GET", "retry": None, "retried": True},
+    ),
+    ("reads-whole", "test_read_limit_is_exact", {}),
+    ("reads-whole", "test_an_encoding_bomb_is_refused_at_flat_memory", {}),
+    ("limits-after-reading", "test_an_encoding_bomb_is_refused_at_flat_memory", {}),
+    (
+        "no-decoding",
+        "test_content_encoding_is_decoded_and_the_cap_counts_decoded_bytes",
+        {"how": "read"},
+    ),
+    ("trusts-short-bodies", "test_a_body_cut_short_is_an_error", {"how": "stream", "sent": 4096}),
+    ("trusts-short-bodies", "test_a_body_cut_short_is_an_error", {"how": "read", "sent": 16}),
+]
+
+
+#: Each check above once: the sound transport passes them, so the flaw is what fails.
+SOUND_CHECKS = list({(t, repr(k)): (t, k) for _, t, k in TRANSPORT_FLAWS}.values())
+
+
+@pytest.mark.parametrize(("test", "kwargs"), SOUND_CHECKS)
+def test_a_sound_transport_passes_the_checks_used_below(
+    tmp_path: Path, test: str, kwargs: dict[str, Any]
+) -> None:
+    run_transport_test(FlawedTransport("", tmp_path), test, **kwargs)
+
+
+@pytest.mark.parametrize(("flaw", "test", "kwargs"), TRANSPORT_FLAWS)
+def test_transport_suite_catches(
+    tmp_path: Path, flaw: str, test: str, kwargs: dict[str, Any]
+) -> None:
+    with pytest.raises(SUITE_FAILED):
+        run_transport_test(FlawedTransport(flaw, tmp_path), test, **kwargs)
