@@ -110,7 +110,7 @@ def privateshare_token_delete(user_id: str) -> bool | None:
 def privateshare_token_users() -> list[str] | None:
     """List the users that have a saved token.
 
-    :returns: user ids, sorted.
+    :returns: user ids, sorted; unreadable records are left out with a warning.
     :result: firstresult.
     :called: by ``pull --all-users`` and ``privateshare users``.
     """

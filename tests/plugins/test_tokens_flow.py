@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pickle
 import signal
@@ -366,4 +367,47 @@ def test_short_lived_tokens_deliver_every_file_with_bounded_refreshes(
     else:
         # A token is replaced once half its lifetime (at least 1 s) has passed, not per call.
         assert 1 <= refreshes <= elapsed + 2
+    fw.close()
+
+
+# --- pull --all-users: one user's trouble is theirs alone -----------------------------------
+
+
+def damage(fw: PrivateShare, user: str, kind: str) -> None:
+    """Overwrite a user's record with bytes that are not a sealed record, in any store."""
+    store = fw.plugins["tokens"]
+    store._write(store._digest(store._open(), user), kind, f"user {user!r}", b"PSTOK\x02damaged")
+
+
+def test_pull_all_users_isolates_each_users_failure(
+    privateshare_sandbox: Callable[..., Sandbox],
+    tmp_path: Path,
+    tokens_table: dict[str, Any],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sandbox = privateshare_sandbox(files=4)
+    _, _, fw = setup(sandbox, tmp_path, tokens_table)
+    flow = Flow(fw)
+    tokens = {user: consent(flow, user)[0] for user in ("amy", "bob", "cat", "dan")}
+    damage(fw, "bob", "checkpoint")
+    cat = tokens["cat"]
+    assert cat is not None
+    fw.hooks.token_save("cat", msgspec.structs.replace(cat, staged=forged_answer(sandbox)))
+    damage(fw, "dan", "token")  # unreadable: whose it is cannot be known
+
+    with caplog.at_level(logging.WARNING):
+        summaries = {s.user_id: s for s in flow.pull_all()}
+    assert sorted(summaries) == ["amy", "bob", "cat"]
+    assert summaries["amy"].ok
+    assert sha256_tree(tmp_path / "data" / "amy") == sandbox.ground_truth()
+    for user, reason in (
+        ("bob", "the checkpoint record of user 'bob'"),
+        ("cat", "failed verification"),
+    ):
+        summary = summaries[user]
+        assert summary.final_state == "failed" and not summary.ok
+        (failure,) = summary.files_failed
+        assert reason in failure.reason, failure.reason
+    left_out = [r.getMessage() for r in caplog.records if "left out of the users" in r.getMessage()]
+    assert len(left_out) == 1 and "not a privateshare record" in left_out[0]
     fw.close()
