@@ -333,10 +333,15 @@ class Flow:
         """Drop a staged answer that failed verification; the user must consent again."""
         self.fw.hooks.token_save(user_id, msgspec.structs.replace(staged, staged=None))
         log.error("user %s: the token server's answer failed verification: %s", user_id, error)
+        spent = (
+            " The previous token is kept, but the server has likely retired its refresh token."
+            if _has_values(staged)
+            else ""
+        )
         raise AuthorizationRequired(
             f"the token server's answer for user {user_id!r} failed verification ({error}); "
-            "it was discarded, as it may be forged or damaged. The refresh token it replaced "
-            f"is likely spent: run `privateshare authorize --user {user_id}` again",
+            f"it was discarded, as it may be forged or damaged.{spent} Run `privateshare "
+            f"authorize --user {user_id}` again",
             user_id=user_id,
         )
 
