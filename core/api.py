@@ -21,7 +21,14 @@ from . import __version__
 from .config import DigimeConfig
 from .errors import DigimeError, ResponseTooLarge, SDKInvalidError, ServerError, ValidationError
 from .facade import Hooks
-from .jws import JwksCache, b64url_decode, pkce_pair, random_alphanumeric, sign_request
+from .jws import (
+    InvalidServerToken,
+    JwksCache,
+    b64url_decode,
+    pkce_pair,
+    random_alphanumeric,
+    sign_request,
+)
 from .keys import KeyHandle
 from .models import Account, FileList, FileMetadata, Session, Token, UserAccessToken
 from .transport import HttpRequest, HttpResponse
@@ -267,28 +274,72 @@ class DigimeClient:
         return code
 
     def exchange_code(
-        self, code: str, code_verifier: str, *, redirect_uri: str | None = None
+        self,
+        code: str,
+        code_verifier: str,
+        *,
+        redirect_uri: str | None = None,
+        on_answer: Callable[[str], None] | None = None,
     ) -> UserAccessToken:
         """``POST oauth/token`` with the authorization code (§A3.5).
 
         ``redirect_uri`` is accepted for symmetry with API v1.5 and not sent: v1.7
-        has no ``redirect_uri`` claim here.
+        has no ``redirect_uri`` claim here. ``on_answer`` as for :meth:`refresh`.
         """
         claims = {
             "code": code,
             "code_verifier": code_verifier,
             "grant_type": "authorization_code",
         }
-        answer = self._json("POST", "oauth/token", claims, headers={})
-        return decode_token(self._verified(answer, "oauth/token"))
+        return self._token_grant(claims, {}, on_answer)
 
-    def refresh(self, token: UserAccessToken) -> UserAccessToken:
-        """``POST oauth/token`` with the refresh token (§A3.6)."""
+    def refresh(
+        self, token: UserAccessToken, *, on_answer: Callable[[str], None] | None = None
+    ) -> UserAccessToken:
+        """``POST oauth/token`` with the refresh token (§A3.6).
+
+        ``on_answer`` gets the server's answer (a signed JWT, secret) the moment it
+        arrives, before its keys are fetched and it is verified, so the caller can
+        keep it: the server has already retired the old refresh token. Verify a
+        kept answer later with :meth:`token_from_answer`.
+        """
         claims = {"grant_type": "refresh_token", "refresh_token": token.refresh_token.value}
-        answer = self._json(
-            "POST", "oauth/token", claims, headers={"content-type": "application/json"}
-        )
-        return decode_token(self._verified(answer, "oauth/token"))
+        return self._token_grant(claims, {"content-type": "application/json"}, on_answer)
+
+    def token_from_answer(self, answer: str, *, deferred: bool = False) -> UserAccessToken:
+        """Verify an answer of ``oauth/token`` and decode the token it carries.
+
+        ``deferred``: the answer was kept when it arrived and is checked now, so an
+        ``exp`` it may carry is not held against it. Raises
+        :class:`~privateshare.jws.InvalidServerToken` when the answer itself is bad
+        (forged, damaged, not a token); other errors mean its keys could not be had,
+        and a later attempt may succeed.
+        """
+        from .jws import verify_server_token
+
+        payload = verify_server_token(answer, self.jwks, verify_exp=not deferred)
+        try:
+            return self._decode_token(payload)
+        except ValidationError as exc:
+            raise InvalidServerToken(str(exc)) from None
+
+    @staticmethod
+    def _decode_token(payload: Mapping[str, Any]) -> UserAccessToken:
+        return decode_token(payload)
+
+    def _token_grant(
+        self,
+        claims: Mapping[str, Any],
+        headers: Mapping[str, str],
+        on_answer: Callable[[str], None] | None,
+    ) -> UserAccessToken:
+        answer = self._json("POST", "oauth/token", claims, headers=headers)
+        token = answer.get("token") if isinstance(answer, dict) else None
+        if not isinstance(token, str) or not token:
+            raise ValidationError("oauth/token: the server's answer has no token")
+        if on_answer is not None:
+            on_answer(token)
+        return self.token_from_answer(token)
 
     def reauthorize(
         self, token: UserAccessToken, *, redirect_uri: str | None = None, state: str | None = None

@@ -291,7 +291,12 @@ class DigimeClientV15(DigimeClient):
     # --- tokens ------------------------------------------------------------------------
 
     def exchange_code(
-        self, code: str, code_verifier: str, *, redirect_uri: str | None = None
+        self,
+        code: str,
+        code_verifier: str,
+        *,
+        redirect_uri: str | None = None,
+        on_answer: Callable[[str], None] | None = None,
     ) -> UserAccessToken:
         """``POST oauth/token`` with the code, ``redirect_uri`` and the verifier if any (§B6)."""
         claims = {
@@ -300,20 +305,22 @@ class DigimeClientV15(DigimeClient):
             "grant_type": "authorization_code",
             "redirect_uri": redirect_uri or self.config.redirect_uri,
         }
-        answer = self._json("POST", "oauth/token", claims, headers={})
-        return decode_flat_token(self._verified(answer, "oauth/token"))
+        return self._token_grant(claims, {}, on_answer)
 
-    def refresh(self, token: UserAccessToken) -> UserAccessToken:
+    def refresh(
+        self, token: UserAccessToken, *, on_answer: Callable[[str], None] | None = None
+    ) -> UserAccessToken:
         """``POST oauth/token`` with the refresh token and ``redirect_uri`` (§B6)."""
         claims = {
             "grant_type": "refresh_token",
             "redirect_uri": self.config.redirect_uri,
             "refresh_token": token.refresh_token.value,
         }
-        answer = self._json(
-            "POST", "oauth/token", claims, headers={"content-type": "application/json"}
-        )
-        return decode_flat_token(self._verified(answer, "oauth/token"))
+        return self._token_grant(claims, {"content-type": "application/json"}, on_answer)
+
+    @staticmethod
+    def _decode_token(payload: Mapping[str, Any]) -> UserAccessToken:
+        return decode_flat_token(payload)
 
     def reauthorize(
         self, token: UserAccessToken, *, redirect_uri: str | None = None, state: str | None = None

@@ -20,7 +20,9 @@ import uuid
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
+
+import msgspec
 
 from .api import AuthorizeStart, ConsentDenied, DigimeClient, FileDownload, needs_refresh
 from .errors import (
@@ -32,6 +34,7 @@ from .errors import (
     TransportError,
 )
 from .framework import PrivateShare
+from .jws import InvalidServerToken
 from .models import (
     FINAL_STATES,
     Account,
@@ -43,6 +46,7 @@ from .models import (
     RunInfo,
     RunSummary,
     Session,
+    Token,
     UserAccessToken,
 )
 
@@ -85,57 +89,123 @@ class Consent:
 
 
 class TokenKeeper:
-    """One user's current token, refreshed at most once however many callers hit a 401.
+    """One user's current token, shared by every caller of a run (threads).
+
+    A caller whose token drew a refreshable 401, or is about to expire, takes a
+    fresher one: the token another caller got since, once, if it has not expired;
+    else a refresh, made under the user's token lock after re-loading the token, so
+    that one refresh serves every thread and process. The caller that refreshes
+    uses the new token first and only then hands it to the others: a token that
+    expires after a few uses is not used up before the caller that paid for it,
+    so every call ends after at most three attempts.
 
     With no token (an API v1.5 one-off read: the session key is the only
     credential) operations run without one and nothing is refreshed.
     """
+
+    #: Seconds before its expiry a token is replaced; at most half its lifetime.
+    LEEWAY = 30.0
 
     def __init__(
         self, flow: Flow, user_id: str, token: UserAccessToken | None, *, save: bool
     ) -> None:
         self.flow = flow
         self.user_id = user_id
-        self.token = token
         self.save = save
         self.refreshes = 0
+        # (token, generation, when this keeper got it): replaced as a whole, read without a lock.
+        self._state: tuple[UserAccessToken | None, int, float] = (token, 0, time.time())
         self._lock = threading.Lock()
 
+    @property
+    def token(self) -> UserAccessToken | None:
+        return self._state[0]
+
     def call(self, operation: Callable[[Any], T]) -> T:
-        """Run ``operation`` with the token; on a refreshable 401, refresh and retry once."""
-        token = self.token
+        """Run ``operation`` with a fresh token; on a refreshable 401, with a fresher one."""
+        token, generation, _ = state = self._state
         if token is None:
             return operation(None)
-        try:
-            return operation(token)
-        except ServerError as exc:
-            if not needs_refresh(exc):
-                raise
-        return operation(self.refresh(stale=token))
+        if not self._expiring(state):
+            try:
+                return operation(token)
+            except ServerError as exc:
+                if not needs_refresh(exc):
+                    raise
+        newer_tried = False
+        while True:
+            with self._lock:
+                state = self._state
+                if state[1] == generation or newer_tried or self._expiring(state):
+                    return self._renew_and_call(operation)
+                token, generation, _ = state
+                newer_tried = True
+            try:
+                return operation(token)  # another caller's newer token
+            except ServerError as exc:
+                if not needs_refresh(exc):
+                    raise
 
     def refresh(self, stale: UserAccessToken) -> UserAccessToken:
-        """A fresh token: reuse one another caller already got, else refresh and save it."""
+        """A token fresher than ``stale``: another caller's, if not expired, else a new one."""
         with self._lock:
-            if self.token is not None and self.token != stale:
-                return self.token  # another thread refreshed while we waited
-            hooks = self.flow.fw.hooks
-            if not self.save:
-                self.token = self._refresh_remote(stale)
-                return self.token
-            with hooks.token_lock(self.user_id):
-                stored = hooks.token_load(self.user_id)
-                if stored is not None and stored != stale:
-                    self.token = stored  # another process refreshed it: reuse, don't repeat
-                    return stored
-                fresh = self._refresh_remote(stale)
-                hooks.token_save(self.user_id, fresh)  # saved before it is used
-            self.token = fresh
-            hooks.token_refreshed(self.user_id, fresh)
-            return fresh
+            state = self._state
+            if state[0] is not None and state[0] != stale and not self._expiring(state):
+                return state[0]
+            return self._renew_and_call(lambda token: token)
 
-    def _refresh_remote(self, stale: UserAccessToken) -> UserAccessToken:
+    def _expiring(self, state: tuple[UserAccessToken | None, int, float]) -> bool:
+        token, _, obtained = state
+        if token is None or not token.access_token.expiry:
+            return False
+        lifetime = token.access_token.expiry - obtained
+        return token.access_token.expired(leeway=min(self.LEEWAY, max(0.0, lifetime / 2)))
+
+    def _renew_and_call(self, operation: Callable[[UserAccessToken], T]) -> T:
+        """Under ``self._lock``: a new token, used first by ``operation``, then handed out."""
+        fresh, adopted = self._renew(force=False)
         try:
-            fresh = self.flow.client.refresh(stale)
+            try:
+                return operation(fresh)
+            except ServerError as exc:
+                if not (adopted and needs_refresh(exc)):
+                    raise
+            # The token another process saved was used up already: refresh it ourselves.
+            fresh, _ = self._renew(force=True)
+            return operation(fresh)
+        finally:
+            self._state = (fresh, self._state[1] + 1, time.time())
+
+    def _renew(self, *, force: bool) -> tuple[UserAccessToken, bool]:
+        """A token to replace the current one, and whether another process made it."""
+        current = self._state[0]
+        assert current is not None
+        hooks = self.flow.fw.hooks
+        if not self.save:
+            fresh = self._refresh_remote(current, None)
+        else:
+            with hooks.token_lock(self.user_id):
+                stored = self.flow._load_locked(self.user_id)
+                if stored is None:
+                    raise AuthorizationRequired(
+                        f"the token of user {self.user_id!r} was deleted during the run; run "
+                        f"`privateshare authorize --user {self.user_id}` again",
+                        user_id=self.user_id,
+                    )
+                if not force and stored != current and not self._expiring((stored, 0, time.time())):
+                    return stored, True  # another process refreshed it: reuse, don't repeat
+                fresh = self.flow._granted(
+                    self.user_id, stored, lambda stage: self._refresh_remote(stored, stage)
+                )
+            hooks.token_refreshed(self.user_id, fresh)
+        self.refreshes += 1
+        return fresh, False
+
+    def _refresh_remote(
+        self, base: UserAccessToken, stage: Callable[[str], None] | None
+    ) -> UserAccessToken:
+        try:
+            return self.flow.client.refresh(base, on_answer=stage)
         except ServerError as exc:
             if exc.status_code == 401 or exc.code in ("InvalidToken", "InvalidGrant"):
                 raise AuthorizationRequired(
@@ -144,8 +214,6 @@ class TokenKeeper:
                     user_id=self.user_id,
                 ) from None
             raise
-        self.refreshes += 1
-        return fresh
 
 
 class Flow:
@@ -187,12 +255,95 @@ class Flow:
         code = self.client.parse_callback(callback, consent.start)
         if code is None:
             return None, consent.start.session
-        token = self.client.exchange_code(
-            code, consent.start.code_verifier, redirect_uri=consent.start.redirect_uri
+        start = consent.start
+
+        def exchange(stage: Callable[[str], None] | None) -> UserAccessToken:
+            return self.client.exchange_code(
+                code, start.code_verifier, redirect_uri=start.redirect_uri, on_answer=stage
+            )
+
+        if consent.once:
+            return exchange(None), start.session
+        with self.fw.hooks.token_lock(consent.user_id):
+            token = self._granted(consent.user_id, None, exchange)
+        return token, start.session
+
+    # --- tokens at rest: an answer of the token server is kept before it is verified -----
+
+    def _granted(
+        self,
+        user_id: str,
+        previous: UserAccessToken | None,
+        grant: Callable[[Callable[[str], None]], UserAccessToken],
+    ) -> UserAccessToken:
+        """Call the token server through ``grant`` and save what it gives, under the token lock.
+
+        Its answer is saved the moment it arrives, as ``staged`` beside ``previous``,
+        before the keys to verify it are fetched: a crash or a failed fetch there
+        loses nothing, and the next load verifies and promotes it.
+        """
+        hooks = self.fw.hooks
+        staged: list[UserAccessToken] = []
+
+        def stage(answer: str) -> None:
+            staged.append(_with_staged(previous, answer))
+            hooks.token_save(user_id, staged[0])
+
+        try:
+            fresh = grant(stage)
+        except InvalidServerToken as exc:
+            if not staged:
+                raise
+            self._discard(user_id, staged[0], exc)
+        except DigimeError as exc:
+            if not staged:
+                raise
+            raise DigimeError(_unverified(user_id, exc)) from None
+        hooks.token_save(user_id, fresh)
+        return fresh
+
+    def _load_token(self, user_id: str) -> UserAccessToken | None:
+        """The user's saved token, a staged answer verified and promoted first."""
+        hooks = self.fw.hooks
+        token = hooks.token_load(user_id)
+        if token is not None and token.staged is not None:
+            with hooks.token_lock(user_id):
+                return self._load_locked(user_id)
+        return token if token is not None and _has_values(token) else None
+
+    def _load_locked(self, user_id: str) -> UserAccessToken | None:
+        """:meth:`_load_token` for a caller holding the user's token lock."""
+        hooks = self.fw.hooks
+        token = hooks.token_load(user_id)
+        if token is not None and token.staged is not None:
+            try:
+                fresh = self.client.token_from_answer(token.staged, deferred=True)
+            except InvalidServerToken as exc:
+                self._discard(user_id, token, exc)
+            except DigimeError as exc:
+                raise DigimeError(_unverified(user_id, exc)) from None
+            hooks.token_save(user_id, fresh)
+            log.info("user %s: the token server's saved answer was verified and kept", user_id)
+            if _has_values(token):
+                hooks.token_refreshed(user_id, fresh)
+            return fresh
+        return token if token is not None and _has_values(token) else None
+
+    def _discard(self, user_id: str, staged: UserAccessToken, error: Exception) -> NoReturn:
+        """Drop a staged answer that failed verification; the user must consent again."""
+        self.fw.hooks.token_save(user_id, msgspec.structs.replace(staged, staged=None))
+        log.error("user %s: the token server's answer failed verification: %s", user_id, error)
+        spent = (
+            " The previous token is kept, but the server has likely retired its refresh token."
+            if _has_values(staged)
+            else ""
         )
-        if not consent.once:
-            self.fw.hooks.token_save(consent.user_id, token)
-        return token, consent.start.session
+        raise AuthorizationRequired(
+            f"the token server's answer for user {user_id!r} failed verification ({error}); "
+            f"it was discarded, as it may be forged or damaged.{spent} Run `privateshare "
+            f"authorize --user {user_id}` again",
+            user_id=user_id,
+        )
 
     # --- step 4: receive the data ----------------------------------------------
 
@@ -212,23 +363,14 @@ class Flow:
         A ``session`` with no token and ``save_token=False`` is read with the session
         key alone (API v1.5 one-off consent).
         """
-        hooks = self.fw.hooks
         session_only = token is None and not save_token and session is not None and session.key
         if token is None and not session_only:
-            token = hooks.token_load(user_id)
-            if token is None:
-                raise AuthorizationRequired(
-                    f"user {user_id!r} has no saved token; run `privateshare authorize --user "
-                    f"{user_id}` first",
-                    user_id=user_id,
-                )
-        keeper = TokenKeeper(self, user_id, token, save=save_token)
+            keeper = self._keeper(user_id)
+        else:
+            keeper = TokenKeeper(self, user_id, token, save=save_token)
         if session is None or not session.key:
-            assert token is not None
-            if token.access_token.expired():
-                keeper.refresh(stale=token)
             session = keeper.call(lambda t: self.client.trigger(t, session_options))
-        hooks.session_established(user_id, session)
+        self.fw.hooks.session_established(user_id, session)
         return Run(self, user_id, session, keeper, progress).execute()
 
     def pull_all(self, *, progress: Callable[[str, Any], None] | None = None) -> list[RunSummary]:
@@ -240,8 +382,12 @@ class Flow:
             for user_id, future in futures.items():
                 try:
                     results.append(future.result())
-                except PrivateShareError as exc:
-                    log.error("pull of user %s failed: %s", user_id, exc)
+                except Exception as exc:  # one user's failure, whatever it is, is theirs alone
+                    if isinstance(exc, PrivateShareError):
+                        log.error("pull of user %s failed: %s", user_id, exc)
+                    else:
+                        log.exception("pull of user %s failed unexpectedly", user_id)
+                        exc = PrivateShareError(f"{type(exc).__name__}: {exc}")
                     results.append(
                         RunSummary(
                             run_id="-",
@@ -259,8 +405,7 @@ class Flow:
 
     def delete_user(self, user_id: str) -> bool:
         """Delete the user at digi.me, then forget their token and checkpoint here."""
-        token = self.fw.hooks.token_load(user_id)
-        if token is None:
+        if self.fw.hooks.token_load(user_id) is None:
             return False
         try:
             self._keeper(user_id).call(self.client.delete_user)
@@ -269,7 +414,7 @@ class Flow:
         return self.fw.hooks.token_delete(user_id)
 
     def _keeper(self, user_id: str) -> TokenKeeper:
-        token = self.fw.hooks.token_load(user_id)
+        token = self._load_token(user_id)
         if token is None:
             raise AuthorizationRequired(
                 f"user {user_id!r} has no saved token; run `privateshare authorize --user "
@@ -487,6 +632,26 @@ class Run:
             self._checkpoint_saved_at = time.monotonic()
             # Saved under the lock so two snapshots can never land out of order.
             self.hooks.checkpoint_save(self.user_id, snapshot)
+
+
+def _with_staged(previous: UserAccessToken | None, answer: str) -> UserAccessToken:
+    """``previous`` with ``answer`` staged; no previous token (a consent): the answer alone."""
+    if previous is None:
+        return UserAccessToken(Token(""), Token(""), staged=answer)
+    return msgspec.structs.replace(previous, staged=answer)
+
+
+def _has_values(token: UserAccessToken) -> bool:
+    """False for what a consent whose answer failed verification leaves behind."""
+    return bool(token.access_token.value or token.refresh_token.value)
+
+
+def _unverified(user_id: str, error: Exception) -> str:
+    return (
+        f"the token server's answer for user {user_id!r} is saved but could not be verified "
+        f"yet ({error}); it is kept and verified on the next attempt, so nothing is lost: "
+        "retry when the digi.me API is reachable"
+    )
 
 
 def status_summary(status: LibraryStatus) -> str:

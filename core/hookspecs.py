@@ -95,7 +95,7 @@ def privateshare_token_load(user_id: str) -> UserAccessToken | None:
     """Load a user's saved access token.
 
     :param user_id: the application's own identifier for the user.
-    :returns: the token, or ``None`` when the user has none.
+    :returns: the token with every field as saved (``staged`` too), or ``None``.
     :result: firstresult.
     :called: before a pull with a saved token, and after taking the refresh lock.
     """
@@ -106,10 +106,12 @@ def privateshare_token_save(user_id: str, token: UserAccessToken) -> bool | None
     """Save a user's token atomically, replacing the previous one.
 
     :param user_id: the user.
-    :param token: the token to keep; a refreshed token is saved before it is used.
-    :returns: ``True`` once saved.
+    :param token: the token to keep, every field of it: ``staged`` holds a token
+        server answer not verified yet, and losing it loses the user's refresh token.
+    :returns: ``True`` once saved, durably.
     :result: firstresult.
-    :called: after a code exchange and after every refresh.
+    :called: when the token server answers (the answer staged), and again once the
+        answer is verified (the new token, ``staged`` empty).
     """
 
 
@@ -128,7 +130,7 @@ def privateshare_token_delete(user_id: str) -> bool | None:
 def privateshare_token_users() -> list[str] | None:
     """List the users that have a saved token.
 
-    :returns: user ids, sorted.
+    :returns: user ids, sorted; unreadable records are left out with a warning.
     :result: firstresult.
     :called: by ``pull --all-users`` and ``privateshare users``.
     """

@@ -70,6 +70,14 @@ def pkce_pair() -> tuple[str, str]:
     return verifier, challenge
 
 
+class InvalidServerToken(ValidationError):
+    """A server token that is itself not authentic or not well formed.
+
+    Unlike a failure to fetch the keys that check it (the server's JWKS being
+    unreachable or incomplete for a while), trying again later will not help.
+    """
+
+
 class JwksCache:
     """Fetches JWKS documents from the API origin only, and keeps them briefly."""
 
@@ -82,7 +90,7 @@ class JwksCache:
 
     def key(self, jku: str, kid: str) -> rsa.RSAPublicKey:
         if origin(jku) is None or origin(jku) != self.api_origin:
-            raise ValidationError(
+            raise InvalidServerToken(
                 f"the server token's key URL (jku) {jku!r} is not on the API origin "
                 f"{self.api_origin}; refusing to trust keys from elsewhere"
             )
@@ -127,19 +135,30 @@ def parse_jwks(document: Any, where: str) -> dict[str, rsa.RSAPublicKey]:
     return keys
 
 
-def verify_server_token(token: Any, jwks: JwksCache) -> dict[str, Any]:
-    """The verified payload of a server token; PS512 only (§A4.1)."""
+def verify_server_token(token: Any, jwks: JwksCache, *, verify_exp: bool = True) -> dict[str, Any]:
+    """The verified payload of a server token; PS512 only (§A4.1).
+
+    :class:`InvalidServerToken` when the token itself fails; a plain
+    :class:`ValidationError` (or a transport or server error) when its key could not
+    be had. ``verify_exp=False`` for an answer kept since it arrived and checked later:
+    it was fresh when we received it.
+    """
     if not isinstance(token, str) or not token:
-        raise ValidationError("the server's answer has no token")
+        raise InvalidServerToken("the server's answer has no token")
     try:
         header = jwt.get_unverified_header(token)
     except jwt.PyJWTError as exc:
-        raise ValidationError(f"the server token is not a JWT: {exc}") from None
+        raise InvalidServerToken(f"the server token is not a JWT: {exc}") from None
     jku, kid = header.get("jku"), header.get("kid")
     if not isinstance(jku, str) or not isinstance(kid, str):
-        raise ValidationError("the server token has no jku or kid header")
+        raise InvalidServerToken("the server token has no jku or kid header")
     key = jwks.key(jku, kid)
     try:
-        return jwt.decode(token, key, algorithms=["PS512"], options={"verify_aud": False})
+        return jwt.decode(
+            token,
+            key,
+            algorithms=["PS512"],
+            options={"verify_aud": False, "verify_exp": verify_exp},
+        )
     except jwt.PyJWTError as exc:
-        raise ValidationError(f"the server token failed verification: {exc}") from None
+        raise InvalidServerToken(f"the server token failed verification: {exc}") from None

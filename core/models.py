@@ -35,12 +35,30 @@ class Token(msgspec.Struct, frozen=True):
 
 
 class UserAccessToken(msgspec.Struct, frozen=True):
-    """A user's ongoing-consent credentials (PROTOCOL.md §A4.2)."""
+    """A user's ongoing-consent credentials (PROTOCOL.md §A4.2).
+
+    ``staged`` is an answer of the token server (a signed JWT, as secret as the
+    tokens) kept from the moment it arrived until it is verified: a crash between
+    a refresh and its verification then loses no refresh token. The flow verifies
+    and promotes it whenever the token is loaded; token stores keep it like every
+    other field.
+    """
 
     access_token: Token
     refresh_token: Token
     user_id: str = ""
     consent_id: str | None = None
+    staged: str | None = None
+
+    def __repr__(self) -> str:
+        staged = "<redacted>" if self.staged is not None else None
+        return (
+            f"UserAccessToken(access_token={self.access_token!r}, "
+            f"refresh_token={self.refresh_token!r}, user_id={self.user_id!r}, "
+            f"consent_id={self.consent_id!r}, staged={staged})"
+        )
+
+    __str__ = __repr__
 
 
 class Session(msgspec.Struct, frozen=True):

@@ -27,9 +27,10 @@ import stat
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import filelock
 import msgspec
@@ -43,11 +44,8 @@ from privateshare.plugins.tokenseal import (
     STORE_KEY_FORMAT,
     STORE_KEY_VERSION,
     Kind,
-    MalformedRecord,
     SealedRecordStore,
     StoreKeys,
-    TamperedRecord,
-    TokenRecord,
     key_check,
     new_store_key,
     open_store_key,
@@ -106,10 +104,38 @@ def atomic_write(path: Path, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
+_PERMISSIONS_FIX = (
+    "check the permissions: the directories must be readable, writable and searchable "
+    "(mode 0700), and the files readable and writable (mode 0600), by the user running "
+    "privateshare"
+)
+
+
+def _unreadable(path: Path, exc: OSError, what: str = "") -> TokenStoreError:
+    return TokenStoreError(
+        f"cannot access {what or 'the token store path'} {path} ({exc.strerror}); "
+        + _PERMISSIONS_FIX
+    )
+
+
+def _exists(path: Path) -> bool:
+    """``path.exists()``, with an inaccessible path reported as such."""
+    try:
+        path.stat()
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise _unreadable(path, exc) from None
+    return True
+
+
 def _make_private_dir(path: Path, warn: bool = True) -> None:
     """Create ``path`` (and parents) as 0700; warn when an existing one is more open."""
-    if path.is_dir():
-        mode = stat.S_IMODE(path.stat().st_mode)
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode) if path.is_dir() else None
+    except OSError as exc:
+        raise _unreadable(path, exc, "the token directory") from None
+    if mode is not None:
         if warn and os.name == "posix" and mode & 0o077:
             log.warning(
                 "the token directory %s is accessible by group or others (mode %04o); "
@@ -139,6 +165,7 @@ class FileTokenStore(SealedRecordStore, Plugin):
         lock_timeout: Annotated[float, msgspec.Meta(gt=0)] = 60.0
 
     description = "tokens and checkpoints in a local directory, encrypted at rest (AES-256-GCM)"
+    record_fix = _FORGET_HINT
 
     def __init__(self, options: Options, context: PluginContext) -> None:
         super().__init__(options, context)
@@ -149,6 +176,9 @@ class FileTokenStore(SealedRecordStore, Plugin):
         else:
             name = "contract-" + hashlib.sha256(contract.encode("utf-8")).hexdigest()[:32]
         self.directory = self.root / name
+        self.key_path = self.directory / STORE_KEY_FILE
+        self.key_where = f"its store key {self.key_path}"
+        self.key_fix = f"move {self.directory} aside and let users consent again"
         self._keys: StoreKeys | None = None
         self._open_lock = threading.Lock()
 
@@ -170,16 +200,55 @@ class FileTokenStore(SealedRecordStore, Plugin):
                 _make_private_dir(self.root, warn=False)
                 _make_private_dir(self.directory)
                 _make_private_dir(self.directory / "locks", warn=False)
-                key_path = self.directory / STORE_KEY_FILE
-                if not key_path.exists():
+                key_path = self.key_path
+                if not _exists(key_path):
                     # Two processes may start on an empty store at once: only one creates.
                     lock_path = self.directory / "locks" / "store.key.lock"
                     with self._file_lock(lock_path, "the store key"):
-                        if not key_path.exists():
+                        if not _exists(key_path):
+                            self._refuse_to_replace_a_lost_key()
                             self._keys = StoreKeys(self._create_store_key(key_path))
                 if self._keys is None:
-                    self._keys = StoreKeys(self._unwrap_store_key(key_path))
+                    keys = StoreKeys(self._unwrap_store_key(key_path))
+                    self._check_sealed_by(keys, self._samples())
+                    self._keys = keys
             return self._keys
+
+    def _samples(self, count: int = 8) -> Iterator[bytes]:
+        """The heads of a few records, enough to tell which store key sealed them."""
+        for path in self._record_files()[:count]:
+            try:
+                with path.open("rb") as fh:
+                    yield fh.read(64)
+            except OSError:
+                continue  # reported when that record is read
+
+    def _refuse_to_replace_a_lost_key(self) -> None:
+        """Records without their store key are unreadable; a new key must not hide that."""
+        records = self._record_files()
+        if records:
+            raise TokenStoreError(
+                f"the token directory {self.directory} holds {len(records)} sealed records but "
+                f"no {STORE_KEY_FILE}: the store key they were sealed with was deleted or moved, "
+                f"and without it they cannot be read. Restore {self.key_path} from a backup "
+                f"(with the contract key it was created with), or move {self.directory} aside "
+                "to start afresh: every user then consents again"
+            )
+
+    def _record_files(self) -> list[Path]:
+        """The token and checkpoint records in the directory, by name."""
+        try:
+            names = os.listdir(self.directory)
+        except OSError as exc:
+            raise TokenStoreError(
+                f"cannot list the token directory {self.directory} ({exc.strerror}); "
+                + _PERMISSIONS_FIX
+            ) from None
+        return sorted(
+            self.directory / name
+            for name in names
+            if not name.startswith(".") and name.endswith((".token", ".checkpoint"))
+        )
 
     def _public_key(self) -> rsa.RSAPublicKey:
         try:
@@ -205,7 +274,13 @@ class FileTokenStore(SealedRecordStore, Plugin):
             key_check=key_check(store_key, self.context.contract_id),
             created_at=time.time(),
         )
-        atomic_write(key_path, msgspec.json.encode(record))
+        try:
+            atomic_write(key_path, msgspec.json.encode(record))
+        except OSError as exc:
+            raise TokenStoreError(
+                f"cannot write the token store key {key_path} ({exc.strerror}); check free "
+                f"space, and {_PERMISSIONS_FIX}"
+            ) from None
         log.info("created a new token store key in %s", key_path)
         return store_key
 
@@ -252,76 +327,47 @@ class FileTokenStore(SealedRecordStore, Plugin):
 
     # --- records -------------------------------------------------------------
 
-    def _record_path(self, keys: StoreKeys, user_id: str, kind: Kind) -> tuple[Path, str]:
-        if not isinstance(user_id, str) or not user_id:
-            raise TokenStoreError("a user id must be a non-empty string")
-        digest = keys.digest(user_id)
-        return self.directory / f"{digest}.{kind}", digest
+    def _path(self, digest: str, kind: Kind) -> Path:
+        return self.directory / f"{digest}.{kind}"
 
-    def _seal(self, keys: StoreKeys, kind: Kind, digest: str, record: msgspec.Struct) -> bytes:
-        return keys.seal(self.context.contract_id, kind, digest, record)
-
-    def _open_record(
-        self, keys: StoreKeys, path: Path, kind: Kind, digest: str, who: str
-    ) -> bytes | None:
-        """Decrypt one record; ``None`` if it does not exist."""
+    def _read(self, digest: str, kind: Kind, who: str) -> tuple[bytes | None, str]:
+        path = self._path(digest, kind)
+        place = f"the {kind} record of {who} at {path}"
         try:
-            blob = path.read_bytes()
+            return path.read_bytes(), place
         except FileNotFoundError:
-            return None
+            return None, place
         except OSError as exc:
             raise TokenStoreError(
-                f"cannot read the {kind} record of {who} at {path} ({exc.strerror}); check "
-                "its permissions (mode 0600, owned by the user running privateshare)"
-            ) from None
-        try:
-            return keys.open(self.context.contract_id, kind, digest, blob)
-        except MalformedRecord:
-            raise TokenStoreError(
-                f"the {kind} record of {who} at {path} is not a privateshare record "
-                f"(truncated or overwritten); {_FORGET_HINT}"
-            ) from None
-        except TamperedRecord:
-            raise TokenStoreError(
-                f"the {kind} record of {who} at {path} cannot be decrypted: it was modified, "
-                f"moved from another user or contract, or written under another store key; "
-                f"{_FORGET_HINT}"
+                f"cannot read {place} ({exc.strerror}); check its permissions (mode 0600, "
+                "owned by the user running privateshare)"
             ) from None
 
-    def _decode(self, plaintext: bytes, type_: type[Any], path: Path, who: str) -> Any:
+    def _write(self, digest: str, kind: Kind, who: str, blob: bytes) -> None:
+        path = self._path(digest, kind)
         try:
-            return msgspec.json.decode(plaintext, type=type_)
-        except msgspec.DecodeError:
-            raise TokenStoreError(
-                f"the record of {who} at {path} decrypts but its content is not understood "
-                "(written by a newer privateshare?); upgrade privateshare, or " + _FORGET_HINT
-            ) from None
-
-    def _load(self, user_id: str, kind: Kind, type_: type[Any]) -> Any:
-        keys = self._open()
-        path, digest = self._record_path(keys, user_id, kind)
-        who = f"user {user_id!r}"
-        plaintext = self._open_record(keys, path, kind, digest, who)
-        if plaintext is None:
-            return None
-        record = self._decode(plaintext, type_, path, who)
-        if record.user_id != user_id:
-            raise TokenStoreError(
-                f"the {kind} record at {path} belongs to another user, not {user_id!r}; "
-                + _FORGET_HINT
-            )
-        return record
-
-    def _save(self, user_id: str, kind: Kind, record: msgspec.Struct) -> None:
-        keys = self._open()
-        path, digest = self._record_path(keys, user_id, kind)
-        try:
-            atomic_write(path, self._seal(keys, kind, digest, record))
+            atomic_write(path, blob)
         except OSError as exc:
             raise TokenStoreError(
-                f"cannot write the {kind} record of user {user_id!r} to {path} "
+                f"cannot write the {kind} record of {who} to {path} "
                 f"({exc.strerror}); check free space and permissions of {self.directory}"
             ) from None
+
+    def _token_blobs(self) -> Iterator[tuple[str, str, bytes | TokenStoreError]]:
+        for path in self._record_files():
+            if path.suffix != ".token":
+                continue
+            place = f"the token record at {path}"
+            try:
+                blob: bytes | TokenStoreError = path.read_bytes()
+            except FileNotFoundError:  # deleted meanwhile
+                continue
+            except OSError as exc:
+                blob = TokenStoreError(
+                    f"cannot read {place} ({exc.strerror}); check its permissions (mode "
+                    "0600, owned by the user running privateshare)"
+                )
+            yield path.stem, place, blob
 
     def _file_lock(self, path: Path, what: str) -> AbstractContextManager[None]:
         return _TimedLock(path, self.options.lock_timeout, what)
@@ -331,10 +377,10 @@ class FileTokenStore(SealedRecordStore, Plugin):
     @hookimpl
     def privateshare_token_delete(self, user_id: str) -> bool:
         """Remove the user's token and checkpoint; ``False`` when there was nothing."""
-        keys = self._open()
+        digest = self._digest(self._open(), user_id)
         deleted = False
         for kind in ("token", "checkpoint"):
-            path, _ = self._record_path(keys, user_id, kind)
+            path = self._path(digest, kind)
             try:
                 path.unlink()
                 deleted = True
@@ -350,30 +396,9 @@ class FileTokenStore(SealedRecordStore, Plugin):
         return deleted
 
     @hookimpl
-    def privateshare_token_users(self) -> list[str]:
-        """Every user with a saved token, sorted; each record is decrypted to read its user id."""
-        keys = self._open()
-        users = []
-        for path in sorted(self.directory.glob("*.token")):
-            digest = path.name.removesuffix(".token")
-            who = "an unknown user"
-            plaintext = self._open_record(keys, path, "token", digest, who)
-            if plaintext is None:  # deleted meanwhile
-                continue
-            record = self._decode(plaintext, TokenRecord, path, who)
-            if keys.digest(record.user_id) != digest:
-                raise TokenStoreError(
-                    f"the token record at {path} does not match its file name (renamed?); "
-                    + _FORGET_HINT
-                )
-            users.append(record.user_id)
-        return sorted(users)
-
-    @hookimpl
     def privateshare_token_lock(self, user_id: str) -> AbstractContextManager[None]:
         """A per-user lock held across processes (``filelock``), waiting ``lock_timeout`` s."""
-        keys = self._open()
-        _, digest = self._record_path(keys, user_id, "token")
+        digest = self._digest(self._open(), user_id)
         path = self.directory / "locks" / f"{digest}.lock"
         return self._file_lock(path, f"the token of user {user_id!r}")
 
@@ -398,8 +423,7 @@ class _TimedLock(AbstractContextManager[None]):
             ) from None
         except OSError as exc:
             raise TokenStoreError(
-                f"cannot take the lock {self.path} ({exc.strerror}); check the permissions "
-                "of the token directory"
+                f"cannot take the lock {self.path} ({exc.strerror}); " + _PERMISSIONS_FIX
             ) from None
 
     def __exit__(self, *exc_info: object) -> None:

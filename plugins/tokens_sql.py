@@ -24,6 +24,7 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Annotated, Any
@@ -44,11 +45,8 @@ from privateshare.plugins.tokenseal import (
     STORE_KEY_FORMAT,
     STORE_KEY_VERSION,
     Kind,
-    MalformedRecord,
     SealedRecordStore,
     StoreKeys,
-    TamperedRecord,
-    TokenRecord,
     key_check,
     new_store_key,
     open_store_key,
@@ -110,6 +108,7 @@ class SqlTokenStore(SealedRecordStore, Plugin):
         "tokens and checkpoints in SQLite, PostgreSQL or MariaDB, encrypted at rest, "
         "with a refresh lock shared by every worker"
     )
+    record_fix = _FORGET_HINT
 
     def __init__(self, options: Options, context: PluginContext) -> None:
         super().__init__(options, context)
@@ -125,6 +124,15 @@ class SqlTokenStore(SealedRecordStore, Plugin):
         )
         self._keys: StoreKeys | None = None
         self._open_lock = threading.Lock()
+        self.label = f"[{context.name}] "
+        self.key_where = (
+            f"its store key (the row of contract {context.contract_id!r} in "
+            f"{self.keys_table.name}, {self.db.where()})"
+        )
+        self.key_fix = (
+            f"delete the contract's rows from {self.keys_table.name} and {self.records.name} "
+            "to start afresh (every user then consents again)"
+        )
 
     def __repr__(self) -> str:
         return f"SqlTokenStore({self.context.name}, url={self.db.safe_url})"
@@ -149,12 +157,49 @@ class SqlTokenStore(SealedRecordStore, Plugin):
                         "contract_id in the [digime] table"
                     )
                 self.db.ensure_schema(SCHEMA_COMPONENT, SCHEMA_VERSION, self.metadata)
-                row = self._key_row()
+                row = self._key_row() or self._key_row_unless_lost()
                 if row is None:
                     self._keys = StoreKeys(self._create_store_key())
                 else:
-                    self._keys = StoreKeys(self._unwrap_store_key(row))
+                    keys = StoreKeys(self._unwrap_store_key(row))
+                    self._check_sealed_by(keys, self._samples())
+                    self._keys = keys
             return self._keys
+
+    def _key_row_unless_lost(self) -> Any:
+        """None for an empty store; records without their store key are an error.
+
+        A new key must not hide records that only the lost one opens. Counted before
+        the key row is read again: a worker creating the store meanwhile commits its
+        key before any record, so records seen here with no key row mean a lost key.
+        """
+        c = self.records.c
+        with self.db.transaction("count the token records", write=False) as conn:
+            count = conn.execute(
+                sa.select(sa.func.count())
+                .select_from(self.records)
+                .where(c.contract == self.contract)
+            ).scalar()
+        row = self._key_row() if count else None
+        if count and row is None:
+            raise TokenStoreError(
+                f"{self.label}{self.records.name} ({self.db.where()}) holds {count} sealed "
+                f"records of contract {self.context.contract_id!r} but {self.keys_table.name} has "
+                "no store key for it: the key they were sealed with was deleted, and without it "
+                f"they cannot be read. Restore that row of {self.keys_table.name} from a backup "
+                "(with the contract key it was created with), or delete the contract's rows "
+                f"from {self.records.name} to start afresh: every user then consents again"
+            )
+        return row
+
+    def _samples(self, count: int = 8) -> list[bytes]:
+        """A few records, enough to tell which store key sealed them."""
+        c = self.records.c
+        with self.db.transaction("read the token records", write=False) as conn:
+            rows = conn.execute(
+                sa.select(c.sealed).where(c.contract == self.contract).limit(count)
+            ).scalars()
+            return [bytes(blob) for blob in rows]
 
     def _key_row(self) -> Any:
         with self.db.transaction("read the token store key", write=False) as conn:
@@ -223,65 +268,22 @@ class SqlTokenStore(SealedRecordStore, Plugin):
 
     # --- records -------------------------------------------------------------
 
-    def _digest(self, keys: StoreKeys, user_id: str) -> str:
-        if not isinstance(user_id, str) or not user_id:
-            raise TokenStoreError("a user id must be a non-empty string")
-        return keys.digest(user_id)
-
     def _where(self, digest: str, kind: str | None = None) -> Any:
         c = self.records.c
         clause = sa.and_(c.contract == self.contract, c.digest == digest)
         return clause if kind is None else sa.and_(clause, c.kind == kind)
 
-    def _open_record(
-        self, keys: StoreKeys, blob: bytes, kind: Kind, digest: str, who: str
-    ) -> bytes:
-        place = f"the {kind} record of {who} in {self.records.name} ({self.db.where()})"
-        try:
-            return keys.open(self.context.contract_id, kind, digest, blob)
-        except MalformedRecord:
-            raise TokenStoreError(
-                f"[{self.context.name}] {place} is not a privateshare record (truncated or "
-                f"overwritten); {_FORGET_HINT}"
-            ) from None
-        except TamperedRecord:
-            raise TokenStoreError(
-                f"[{self.context.name}] {place} cannot be decrypted: it was modified, moved from "
-                f"another user or contract, or written under another store key; {_FORGET_HINT}"
-            ) from None
+    def _place(self, kind: Kind, who: str) -> str:
+        return f"the {kind} record of {who} in {self.records.name} ({self.db.where()})"
 
-    def _decode(self, plaintext: bytes, type_: type[Any], who: str) -> Any:
-        try:
-            return msgspec.json.decode(plaintext, type=type_)
-        except msgspec.DecodeError:
-            raise TokenStoreError(
-                f"[{self.context.name}] the record of {who} decrypts but its content is not "
-                "understood (written by a newer privateshare?); upgrade privateshare, or "
-                + _FORGET_HINT
-            ) from None
-
-    def _load(self, user_id: str, kind: Kind, type_: type[Any]) -> Any:
-        keys = self._open()
-        digest = self._digest(keys, user_id)
-        who = f"user {user_id!r}"
+    def _read(self, digest: str, kind: Kind, who: str) -> tuple[bytes | None, str]:
         with self.db.transaction(f"read the {kind} of {who}", write=False) as conn:
             blob = conn.execute(
                 sa.select(self.records.c.sealed).where(self._where(digest, kind))
             ).scalar()
-        if blob is None:
-            return None
-        record = self._decode(self._open_record(keys, bytes(blob), kind, digest, who), type_, who)
-        if record.user_id != user_id:
-            raise TokenStoreError(
-                f"[{self.context.name}] the {kind} record stored for {who} belongs to another "
-                f"user; {_FORGET_HINT}"
-            )
-        return record
+        return (None if blob is None else bytes(blob)), self._place(kind, who)
 
-    def _save(self, user_id: str, kind: Kind, record: msgspec.Struct) -> None:
-        keys = self._open()
-        digest = self._digest(keys, user_id)
-        blob = keys.seal(self.context.contract_id, kind, digest, record)
+    def _write(self, digest: str, kind: Kind, who: str, blob: bytes) -> None:
         row = {
             "contract": self.contract,
             "digest": digest,
@@ -289,24 +291,10 @@ class SqlTokenStore(SealedRecordStore, Plugin):
             "sealed": blob,
             "saved_at": time.time(),
         }
-        with self.db.transaction(f"save the {kind} of user {user_id!r}") as conn:
+        with self.db.transaction(f"save the {kind} of {who}") as conn:
             self.db.upsert(conn, self.records, row, ["contract", "digest", "kind"])
 
-    # --- hooks ---------------------------------------------------------------
-
-    @hookimpl
-    def privateshare_token_delete(self, user_id: str) -> bool:
-        """Remove the user's token and checkpoint; ``False`` when there was nothing."""
-        keys = self._open()
-        digest = self._digest(keys, user_id)
-        with self.db.transaction(f"delete the records of user {user_id!r}") as conn:
-            result = conn.execute(self.records.delete().where(self._where(digest)))
-        return bool(result.rowcount)
-
-    @hookimpl
-    def privateshare_token_users(self) -> list[str]:
-        """Every user with a saved token, sorted; each record is decrypted to read its user id."""
-        keys = self._open()
+    def _token_blobs(self) -> Iterator[tuple[str, str, bytes | TokenStoreError]]:
         c = self.records.c
         with self.db.transaction("list the users with a token", write=False) as conn:
             rows = conn.execute(
@@ -314,25 +302,23 @@ class SqlTokenStore(SealedRecordStore, Plugin):
                     sa.and_(c.contract == self.contract, c.kind == "token")
                 )
             ).all()
-        users = []
         for digest, blob in rows:
-            who = f"an unknown user (digest {digest[:12]}...)"
-            record = self._decode(
-                self._open_record(keys, bytes(blob), "token", digest, who), TokenRecord, who
-            )
-            if keys.digest(record.user_id) != digest:
-                raise TokenStoreError(
-                    f"[{self.context.name}] the token record with digest {digest[:12]}... does "
-                    f"not belong to its row (moved?); {_FORGET_HINT}"
-                )
-            users.append(record.user_id)
-        return sorted(users)
+            yield digest, self._place("token", f"digest {digest[:12]}..."), bytes(blob)
+
+    # --- hooks ---------------------------------------------------------------
+
+    @hookimpl
+    def privateshare_token_delete(self, user_id: str) -> bool:
+        """Remove the user's token and checkpoint; ``False`` when there was nothing."""
+        digest = self._digest(self._open(), user_id)
+        with self.db.transaction(f"delete the records of user {user_id!r}") as conn:
+            result = conn.execute(self.records.delete().where(self._where(digest)))
+        return bool(result.rowcount)
 
     @hookimpl
     def privateshare_token_lock(self, user_id: str) -> AbstractContextManager[None]:
         """A per-user lock across processes: a row lock on servers, a file lock on SQLite."""
-        keys = self._open()
-        digest = self._digest(keys, user_id)
+        digest = self._digest(self._open(), user_id)
         what = f"the token of user {user_id!r}"
         if self.db.sqlite_path is not None:
             path = self.db.sqlite_path.parent / f"{self.db.sqlite_path.name}.locks"

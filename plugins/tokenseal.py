@@ -3,17 +3,22 @@
 One random 32-byte store key per contract, wrapped with RSA-OAEP-SHA1 to the
 contract's public key (so only the contract key, wherever it lives, opens it).
 Sub-keys derived with HKDF: one seals records with AES-256-GCM, one names users
-by HMAC so storage reveals nothing about who they are. Each record is bound by
-its associated data to the contract, the record kind and the user's digest, so a
-record copied to another user, kind or contract fails to open.
+by HMAC so storage reveals nothing about who they are, one is the store key's
+id. Each record names the id of the store key that sealed it and is bound by its
+associated data to that id, the contract, the record kind and the user's digest,
+so a record copied to another user, kind, contract or store fails to open, and a
+store key swapped for another store's is named as such. Records of format 1
+(no key id, written before) are still read; every save writes format 2.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import secrets
 import time
+from collections.abc import Iterable, Iterator
 from typing import Any, Literal
 
 import msgspec
@@ -27,10 +32,15 @@ from privateshare.errors import PrivateShareError, TokenStoreError
 from privateshare.hookspecs import hookimpl
 from privateshare.keys import OAEP_SHA1_PADDING, KeyHandle, public_key_fingerprint
 from privateshare.models import UserAccessToken
+from privateshare.plugin import PluginContext
+
+log = logging.getLogger("privateshare.tokens")
 
 STORE_KEY_FORMAT = "privateshare-token-store-key"
 STORE_KEY_VERSION = 1
-RECORD_MAGIC = b"PSTOK\x01"
+RECORD_MAGIC_V1 = b"PSTOK\x01"  # magic, nonce, ciphertext
+RECORD_MAGIC = b"PSTOK\x02"  # magic, store key id, nonce, ciphertext
+KEY_ID_BYTES = 8
 NONCE_BYTES = 12
 Kind = Literal["token", "checkpoint"]
 
@@ -52,7 +62,15 @@ class MalformedRecord(ValueError):
 
 
 class TamperedRecord(ValueError):
-    """The record does not open: modified, moved, or sealed under another store key."""
+    """The record does not open: modified, moved, or (format 1) sealed under another key."""
+
+
+class ForeignRecord(ValueError):
+    """The record was sealed by another store key; ``key_id`` is that key's id."""
+
+    def __init__(self, key_id: str) -> None:
+        self.key_id = key_id
+        super().__init__(key_id)
 
 
 def derive(store_key: bytes, purpose: bytes) -> bytes:
@@ -71,56 +89,156 @@ def key_check(store_key: bytes, contract_id: str) -> str:
     ).hexdigest()
 
 
-def record_aad(contract_id: str, kind: Kind, digest: str) -> bytes:
+def record_aad(contract_id: str, kind: Kind, digest: str, key_id: str | None = None) -> bytes:
     # msgspec JSON of a list: unambiguous whatever characters the parts hold.
-    return msgspec.json.encode(["privateshare-token-record/v1", contract_id, kind, digest])
+    if key_id is None:  # format 1
+        return msgspec.json.encode(["privateshare-token-record/v1", contract_id, kind, digest])
+    return msgspec.json.encode(["privateshare-token-record/v2", contract_id, kind, digest, key_id])
 
 
 class StoreKeys:
-    """The store key's derived sub-keys: one for sealing records, one for naming users."""
+    """The store key's derived sub-keys (sealing records, naming users) and its id."""
 
-    __slots__ = ("_aead", "_names")
+    __slots__ = ("_aead", "_id", "_names", "key_id")
 
     def __init__(self, store_key: bytes) -> None:
         self._aead = AESGCM(derive(store_key, b"records"))
         self._names = derive(store_key, b"file-names")
+        self._id = derive(store_key, b"key-id")[:KEY_ID_BYTES]
+        #: Names this store key in messages and in the records it seals; reveals nothing of it.
+        self.key_id = self._id.hex()
 
     def digest(self, user_id: str) -> str:
         return hmac.new(self._names, user_id.encode("utf-8"), hashlib.sha256).hexdigest()
 
     def seal(self, contract_id: str, kind: Kind, digest: str, record: msgspec.Struct) -> bytes:
         nonce = secrets.token_bytes(NONCE_BYTES)
-        aad = record_aad(contract_id, kind, digest)
-        return RECORD_MAGIC + nonce + self._aead.encrypt(nonce, msgspec.json.encode(record), aad)
+        aad = record_aad(contract_id, kind, digest, self.key_id)
+        plaintext = msgspec.json.encode(record)
+        return RECORD_MAGIC + self._id + nonce + self._aead.encrypt(nonce, plaintext, aad)
 
     def open(self, contract_id: str, kind: Kind, digest: str, blob: bytes) -> bytes:
-        """The record's plaintext; :class:`MalformedRecord` or :class:`TamperedRecord`."""
+        """The record's plaintext, or MalformedRecord, ForeignRecord or TamperedRecord."""
         head = len(RECORD_MAGIC)
-        if len(blob) < head + NONCE_BYTES + 16 or blob[:head] != RECORD_MAGIC:
+        key_id: str | None = None
+        if blob[:head] == RECORD_MAGIC and len(blob) >= head + KEY_ID_BYTES + NONCE_BYTES + 16:
+            key_id = blob[head : head + KEY_ID_BYTES].hex()
+            if key_id != self.key_id:
+                raise ForeignRecord(key_id)
+            head += KEY_ID_BYTES
+        elif blob[:head] != RECORD_MAGIC_V1 or len(blob) < head + NONCE_BYTES + 16:
             raise MalformedRecord(kind)
         nonce, sealed = blob[head : head + NONCE_BYTES], blob[head + NONCE_BYTES :]
         try:
-            return self._aead.decrypt(nonce, sealed, record_aad(contract_id, kind, digest))
+            return self._aead.decrypt(nonce, sealed, record_aad(contract_id, kind, digest, key_id))
         except InvalidTag:
             raise TamperedRecord(kind) from None
 
     def __repr__(self) -> str:
-        return "StoreKeys(<redacted>)"
+        return f"StoreKeys(key_id={self.key_id})"
+
+
+def sealed_by(blob: bytes) -> str | None:
+    """The id of the store key that sealed a record (None: format 1, or not a record)."""
+    end = len(RECORD_MAGIC) + KEY_ID_BYTES
+    return (
+        blob[len(RECORD_MAGIC) : end].hex() if blob[: len(RECORD_MAGIC)] == RECORD_MAGIC else None
+    )
 
 
 class SealedRecordStore:
-    """The record-level hooks both token stores share, over their own ``_load``/``_save``.
+    """The record-level hooks both token stores share, over their own storage.
 
-    A store subclasses this with :class:`privateshare.Plugin` and implements
-    ``_load(user_id, kind, type_)`` (the decoded record or ``None``) and
-    ``_save(user_id, kind, record)`` (atomic, durable before it returns).
+    A store subclasses this with :class:`privateshare.Plugin`, sets the message
+    parts below and implements ``_open()`` (its :class:`StoreKeys`, the store key
+    unwrapped or created), ``_read(digest, kind, who)`` (the sealed bytes or ``None``,
+    and where they are), ``_write(digest, kind, who, blob)`` (atomic, durable before it
+    returns) and ``_token_blobs()`` (every token record: its digest, where it is, and
+    its bytes or the :class:`TokenStoreError` that reading it raised).
     """
 
-    def _load(self, user_id: str, kind: Kind, type_: type[Any]) -> Any:
+    context: PluginContext  # given by Plugin
+
+    #: Prefix of every message (the sql store names its config table).
+    label: str = ""
+    #: How to get rid of one bad record, in the store's words.
+    record_fix: str = ""
+    #: Where the store key is kept, and how to start afresh without it.
+    key_where: str = "the store key"
+    key_fix: str = ""
+
+    def _open(self) -> StoreKeys:
         raise NotImplementedError
 
-    def _save(self, user_id: str, kind: Kind, record: msgspec.Struct) -> None:
+    def _read(self, digest: str, kind: Kind, who: str) -> tuple[bytes | None, str]:
         raise NotImplementedError
+
+    def _write(self, digest: str, kind: Kind, who: str, blob: bytes) -> None:
+        raise NotImplementedError
+
+    def _token_blobs(self) -> Iterator[tuple[str, str, bytes | TokenStoreError]]:
+        raise NotImplementedError
+
+    # --- records -------------------------------------------------------------
+
+    def _digest(self, keys: StoreKeys, user_id: str) -> str:
+        if not isinstance(user_id, str) or not user_id:
+            raise TokenStoreError(f"{self.label}a user id must be a non-empty string")
+        return keys.digest(user_id)
+
+    def _unseal(
+        self, keys: StoreKeys, kind: Kind, digest: str, blob: bytes, place: str, type_: type[Any]
+    ) -> Any:
+        """The decoded record ``place`` holds, or a TokenStoreError saying what is wrong."""
+        head = f"{self.label}{place}"
+        try:
+            plaintext = keys.open(self.context.contract_id, kind, digest, blob)
+        except MalformedRecord:
+            raise TokenStoreError(
+                f"{head} is not a privateshare record (truncated or overwritten); {self.record_fix}"
+            ) from None
+        except ForeignRecord as exc:
+            raise ForeignKeyError(
+                f"{head} was sealed by store key {exc.key_id}, but {self.key_where} is store key "
+                f"{keys.key_id}: the store key was replaced (by another store's?) or the record "
+                f"was copied from another store; put back the store key {exc.key_id} from a "
+                f"backup, or {self.record_fix}",
+                exc.key_id,
+            ) from None
+        except TamperedRecord:
+            raise TokenStoreError(
+                f"{head} cannot be decrypted: it was modified, moved from another user or "
+                f"contract, or written under another store key; {self.record_fix}"
+            ) from None
+        try:
+            return msgspec.json.decode(plaintext, type=type_)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            raise TokenStoreError(
+                f"{head} decrypts but its content is not understood (written by a newer "
+                f"privateshare?); upgrade privateshare, or {self.record_fix}"
+            ) from None
+
+    def _load(self, user_id: str, kind: Kind, type_: type[Any]) -> Any:
+        keys = self._open()
+        digest = self._digest(keys, user_id)
+        who = f"user {user_id!r}"
+        blob, place = self._read(digest, kind, who)
+        if blob is None:
+            return None
+        record = self._unseal(keys, kind, digest, blob, place, type_)
+        if record.user_id != user_id:
+            raise TokenStoreError(
+                f"{self.label}{place} holds the record of another user; {self.record_fix}"
+            )
+        return record
+
+    def _save(self, user_id: str, kind: Kind, record: msgspec.Struct) -> None:
+        keys = self._open()
+        digest = self._digest(keys, user_id)
+        blob = keys.seal(self.context.contract_id, kind, digest, record)
+        self._write(digest, kind, f"user {user_id!r}", blob)
+
+    # --- hooks ---------------------------------------------------------------
 
     @hookimpl
     def privateshare_token_load(self, user_id: str) -> UserAccessToken | None:
@@ -137,6 +255,57 @@ class SealedRecordStore:
             )
         self._save(user_id, "token", TokenRecord(user_id, token, time.time()))
         return True
+
+    @hookimpl
+    def privateshare_token_users(self) -> list[str]:
+        """Every user with a readable token, sorted; each record is decrypted to read its id.
+
+        A record that cannot be read is left out with a warning saying which and why,
+        so one damaged record does not stop the others. When no record is readable
+        because every one was sealed by another store key, the store key itself is
+        wrong: that is an error.
+        """
+        keys = self._open()
+        users: list[str] = []
+        foreign: list[ForeignKeyError] = []
+        for digest, place, blob in self._token_blobs():
+            try:
+                if isinstance(blob, TokenStoreError):
+                    raise blob
+                record = self._unseal(keys, "token", digest, blob, place, TokenRecord)
+                if keys.digest(record.user_id) != digest:
+                    raise TokenStoreError(
+                        f"{self.label}{place} does not belong where it is (renamed or moved?); "
+                        f"{self.record_fix}"
+                    )
+            except TokenStoreError as exc:
+                if isinstance(exc, ForeignKeyError):
+                    foreign.append(exc)
+                log.warning("a token record was left out of the users: %s", exc)
+                continue
+            users.append(record.user_id)
+        if foreign and not users:
+            raise self._foreign_key([exc.key_id for exc in foreign], keys)
+        return sorted(users)
+
+    def _check_sealed_by(self, keys: StoreKeys, samples: Iterable[bytes]) -> None:
+        """Refuse a store key that sealed none of the records sampled from the store.
+
+        Users' records are found by digests of their ids under the store key, so with
+        another store's key every user would look as if they had no token.
+        """
+        ids = [key_id for key_id in map(sealed_by, samples) if key_id is not None]
+        if ids and keys.key_id not in ids:
+            raise self._foreign_key(ids, keys)
+
+    def _foreign_key(self, ids: list[str], keys: StoreKeys) -> TokenStoreError:
+        named = ", ".join(sorted(set(ids)))
+        return TokenStoreError(
+            f"{self.label}the token records cannot be read with {self.key_where} (store key "
+            f"{keys.key_id}): the ones checked ({len(ids)}) were sealed by store key {named}. The "
+            f"store key was replaced, by another store's perhaps; put back the store key "
+            f"{named} from a backup, or {self.key_fix}"
+        )
 
     @hookimpl
     def privateshare_checkpoint_load(self, user_id: str) -> dict[str, int]:
@@ -159,6 +328,14 @@ class SealedRecordStore:
             ) from None
         self._save(user_id, "checkpoint", record)
         return True
+
+
+class ForeignKeyError(TokenStoreError):
+    """A record sealed by another store key than this store's (``key_id`` is that key's)."""
+
+    def __init__(self, message: str, key_id: str) -> None:
+        self.key_id = key_id
+        super().__init__(message)
 
 
 def new_store_key(public: rsa.RSAPublicKey, handle: KeyHandle) -> tuple[bytes, bytes]:

@@ -9,6 +9,7 @@ so the whole v1.7 surface reads top to bottom in one file; the v1.5 surface
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import re
 import time
@@ -120,6 +121,7 @@ class App:
         self.v15 = ApiV15(self)
         self.routes = self._routes()
         self._ground_truth: dict[str, str] | None = None
+        self._jwks_served = itertools.count(1)  # for ``hold_jwks``; next() is atomic
         self._visible_cache: dict[tuple[int | None, frozenset[str] | None], dict[str, Any]] = {}
 
     def _visible(self, stage: int | None, account_filter: frozenset[str] | None) -> dict[str, Any]:
@@ -555,7 +557,9 @@ class App:
 
     def jwks(self, request: Request, params: dict[str, str]) -> Response:
         """``GET jwks/oauth``: the key that signs the sandbox's tokens (§A4.1)."""
-        return json_response(200, self.signer.jwks())
+        response = json_response(200, self.signer.jwks())
+        response.hold = next(self._jwks_served) == self.settings.hold_jwks
+        return response
 
     # -- web pages ----------------------------------------------------------------------
     def page(self, request: Request, params: dict[str, str]) -> Response:

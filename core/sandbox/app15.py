@@ -301,8 +301,8 @@ class ApiV15:
         return Response(200, headers, body, corrupt_from=272)
 
     def jwks(self, request: Request, params: dict[str, str]) -> Response:
-        """``GET jwks/oauth``: the same key as v1.7's."""
-        return json_response(200, self.signer.jwks())
+        """``GET jwks/oauth``: the same key as v1.7's (and the same ``hold_jwks`` count)."""
+        return self.app.jwks(request, params)
 
     # -- consent: the guest page and the stand-in for the digi.me app (§B3, §B4) ---------
     def _callback_allowed(self, callback: str, contract: Contract | None) -> bool:

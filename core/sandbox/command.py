@@ -204,6 +204,13 @@ def settings_from_options(options: dict[str, Any]) -> SandboxSettings:
     help="Allowed request JWT timestamp skew, seconds.",
 )
 @click.option(
+    "--hold-jwks",
+    type=click.IntRange(0),
+    default=0,
+    show_default=True,
+    help="Leave the Nth jwks/oauth request unanswered until its client goes away (0 = never).",
+)
+@click.option(
     "--sdk-status",
     default="",
     help="API v1.5: send x-digi-sdk-status with this value (e.g. deprecated); "

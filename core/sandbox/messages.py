@@ -41,6 +41,7 @@ class Response:
     length: int | None = None
     faults: Faults = NO_FAULTS
     corrupt_from: int = 0  # byte offset where corruption may start (after the file header)
+    hold: bool = False  # answer only if the client is still there after 120 s (``hold_jwks``)
 
     @property
     def content_length(self) -> int:

@@ -9,6 +9,7 @@ on the bytes as they leave.
 from __future__ import annotations
 
 import contextlib
+import select
 import shutil
 import socket
 import sys
@@ -117,6 +118,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(error_response(exc), head=self.command == "HEAD")
             return
         response = self.server.app.handle(request)
+        if response.hold and self._held_until_gone():
+            return
         faults = response.faults
         if faults.latency:
             time.sleep(faults.latency)
@@ -124,6 +127,19 @@ class _Handler(BaseHTTPRequestHandler):
             self._reset()
             return
         self._send(response, head=request.method == "HEAD")
+
+    def _held_until_gone(self) -> bool:
+        """Wait (at most 120 s) for the client to close the connection; True if it did."""
+        self.close_connection = True
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            readable, _, _ = select.select([self.connection], [], [], 0.1)
+            if readable:
+                try:
+                    return not self.connection.recv(1, socket.MSG_PEEK)  # b"": it is gone
+                except OSError:
+                    return True
+        return False
 
     def _reset(self) -> None:
         """Drop the connection without a response (RST where the OS allows it)."""

@@ -70,6 +70,9 @@ class SandboxSettings:
     session_lifetime: int = 15 * 60
     code_lifetime: int = 10 * 60
     timestamp_window: float = 300.0  # request JWT ``timestamp`` skew allowed, either way
+    #: >0: the Nth ``jwks/oauth`` request (1-based, v1.7 and v1.5 counted together) is not
+    #: answered until its client goes away, so a test can kill a client inside that window.
+    hold_jwks: int = 0
     # -- API v1.5 SDK status (PROTOCOL §B2) -------------------------------------
     #: ``x-digi-sdk-status`` on every v1.5 API answer (e.g. ``deprecated``); "" = none.
     #: ``unsupported`` also refuses new v1.5 sessions with 403 ``SDKVersionInvalid``.
@@ -107,7 +110,14 @@ class SandboxSettings:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1, got {value}")
-        for name in ("files", "large_files", "pending_polls", "running_polls", "nonpositive_dates"):
+        for name in (
+            "files",
+            "large_files",
+            "pending_polls",
+            "running_polls",
+            "nonpositive_dates",
+            "hold_jwks",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
         if self.unsafe_names and self.files < 1:

@@ -34,6 +34,7 @@ from collections.abc import Iterator
 from contextlib import closing
 from typing import Any, ClassVar
 
+import msgspec
 import pluggy
 import pytest
 from cryptography.hazmat.primitives import hashes
@@ -462,6 +463,21 @@ class TokenStoreConformance:
         assert loaded.access_token.expiry == token.access_token.expiry
         assert loaded.consent_id == token.consent_id
 
+    def test_every_field_round_trips(self) -> None:
+        # ``staged`` holds a token server answer awaiting verification: losing it loses
+        # the user's refresh token (docs/hooks.md, "Token storage").
+        staged = msgspec.structs.replace(_token("staged"), staged=f"eyJ.{uuid.uuid4().hex}.sig")
+        self.store.privateshare_token_save(user_id="alice", token=staged)
+        loaded = self.store.privateshare_token_load(user_id="alice")
+        assert loaded == staged and loaded.staged == staged.staged
+        answer_only = UserAccessToken(Token(""), Token(""), staged="eyJ.answer.sig")
+        self.store.privateshare_token_save(user_id="bob", token=answer_only)
+        assert self.store.privateshare_token_load(user_id="bob") == answer_only
+        assert self.store.privateshare_token_users() == ["alice", "bob"]
+        promoted = msgspec.structs.replace(staged, staged=None)
+        self.store.privateshare_token_save(user_id="alice", token=promoted)
+        assert self.store.privateshare_token_load(user_id="alice") == promoted
+
     def test_save_replaces_the_previous_token(self) -> None:
         self.store.privateshare_token_save(user_id="alice", token=_token("old"))
         new = _token("new")
@@ -588,7 +604,7 @@ class TokenStoreConformance:
         assert child.exitcode == 0
 
     def test_secrets_stay_out_of_repr_str_and_logs(self, caplog: pytest.LogCaptureFixture) -> None:
-        token = _token("secret")
+        token = msgspec.structs.replace(_token("secret"), staged=f"staged-{uuid.uuid4().hex}")
         texts: list[str] = []
         with caplog.at_level(logging.DEBUG):
             self.store.privateshare_token_save(user_id="alice", token=token)
@@ -600,7 +616,8 @@ class TokenStoreConformance:
             self.store.privateshare_token_delete(user_id="alice")
         texts += [repr(self.store), caplog.text]
         texts += [record.getMessage() for record in caplog.records]
-        for secret in (token.access_token.value, token.refresh_token.value):
+        for secret in (token.access_token.value, token.refresh_token.value, token.staged):
+            assert secret is not None
             for text in texts:
                 assert secret not in text, "a token value leaked into a repr or a log"
         try:

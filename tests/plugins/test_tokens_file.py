@@ -10,6 +10,7 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from importlib.metadata import entry_points
 from pathlib import Path
 
@@ -27,6 +28,8 @@ from privateshare.plugin import PluginContext
 from privateshare.plugins import tokens_file
 from privateshare.plugins.tokens_file import FileTokenStore
 from privateshare.testing.conformance import TokenStoreConformance
+
+from .unprivileged import hand_over, open_directory, run_as_other
 
 ACCESS = "acc-9f8e7d6c5b4a39281706f5e4d3c2b1a0"
 REFRESH = "ref-0a1b2c3d4e5f60718293a4b5c6d7e8f9"
@@ -318,15 +321,25 @@ def test_truncated_record_is_detected(tmp_path, handle) -> None:
         store.privateshare_token_load(USER)
 
 
-def test_tampered_record_fails_users_listing_naming_the_file(tmp_path, handle) -> None:
+def test_a_damaged_record_is_left_out_of_users_with_a_warning(tmp_path, handle, caplog) -> None:
     store = make_store(tmp_path, handle)
-    store.privateshare_token_save(USER, token())
-    path = _record(store)
-    data = path.read_bytes()
-    path.write_bytes(data[:-1] + bytes([data[-1] ^ 0x01]))  # always a change
-    with pytest.raises(TokenStoreError) as info:
-        store.privateshare_token_users()
-    assert str(path) in str(info.value) and "cannot be decrypted" in str(info.value)
+    for user in ("bob", USER, "carol"):
+        store.privateshare_token_save(user, token(f"a-{user}", f"r-{user}"))
+    damaged = store.directory / f"{store._open().digest(USER)}.token"
+    data = damaged.read_bytes()
+    damaged.write_bytes(data[:-1] + bytes([data[-1] ^ 0x01]))  # always a change
+    truncated = store.directory / f"{store._open().digest('carol')}.token"
+    truncated.write_bytes(truncated.read_bytes()[:10])
+    with caplog.at_level(logging.WARNING, logger="privateshare.tokens"):
+        assert make_store(tmp_path, handle).privateshare_token_users() == ["bob"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2
+    assert any(str(damaged) in w and "cannot be decrypted" in w for w in warnings)
+    assert any(str(truncated) in w and "not a privateshare record" in w for w in warnings)
+    assert all("delete that file" in w for w in warnings)
+    with pytest.raises(TokenStoreError) as info:  # the user's own load names the file
+        store.privateshare_token_load(USER)
+    assert str(damaged) in str(info.value) and f"user {USER!r}" in str(info.value)
 
 
 def test_record_moved_to_another_user_is_detected(tmp_path, handle) -> None:
@@ -422,10 +435,13 @@ def test_record_copied_from_another_store_is_detected(tmp_path, handle) -> None:
     b = make_store(tmp_path / "b", handle)
     a.privateshare_token_save(USER, token())
     b.privateshare_token_save(USER, token("b", "b"))
-    # Same contract, same key, different store key: b's record under a's name fails.
+    # Same contract, same key, different store key: b's record under a's name is named so.
     _record(b).replace(a.directory / _record(a).name)
-    with pytest.raises(TokenStoreError, match="cannot be decrypted"):
+    with pytest.raises(TokenStoreError) as info:
         a.privateshare_token_load(USER)
+    message = str(info.value)
+    assert f"was sealed by store key {b._open().key_id}" in message
+    assert f"its store key {a.key_path} is store key {a._open().key_id}" in message
 
 
 def test_store_key_is_unwrapped_once_per_process(tmp_path, handle) -> None:
@@ -694,3 +710,169 @@ class TestFileTokenStoreConformance(TokenStoreConformance):
     @pytest.fixture
     def store(self, store_factory):
         return store_factory()
+
+
+# --- a store that cannot be read as it is fails loudly, saying what to do --------------------
+
+
+def test_a_deleted_store_key_is_not_silently_replaced(tmp_path, handle) -> None:
+    store = make_store(tmp_path, handle)
+    store.privateshare_token_save(USER, token())
+    store.privateshare_checkpoint_save(USER, {"a.json": 1})
+    store.privateshare_token_save("bob", token("b1", "b2"))
+    key = store.key_path.read_bytes()
+    store.key_path.unlink()
+    for call in (
+        lambda s: s.privateshare_token_users(),
+        lambda s: s.privateshare_token_load(USER),
+        lambda s: s.privateshare_token_save("carol", token()),
+        lambda s: s.privateshare_token_lock(USER),
+    ):
+        with pytest.raises(TokenStoreError) as info:
+            call(make_store(tmp_path, handle))
+        message = str(info.value)
+        assert f"the token directory {store.directory} holds 3 sealed records" in message
+        assert f"Restore {store.key_path} from a backup" in message
+        assert f"move {store.directory} aside" in message
+        assert not store.key_path.exists()  # nothing was created over the records
+    store.key_path.write_bytes(key)  # restored: everything is back
+    assert make_store(tmp_path, handle).privateshare_token_users() == [USER, "bob"]
+    # Moved aside: a new store starts empty.
+    store.directory.rename(tmp_path / "c1.old")
+    assert make_store(tmp_path, handle).privateshare_token_users() == []
+
+
+def test_a_store_key_from_another_store_is_named(tmp_path, handle) -> None:
+    ours = make_store(tmp_path / "a", handle)
+    theirs = make_store(tmp_path / "b", handle)  # same contract and contract key
+    ours.privateshare_token_save(USER, token())
+    ours.privateshare_token_save("bob", token("b1", "b2"))
+    theirs.privateshare_token_save("someone", token("x", "y"))
+    our_id, their_id = ours._open().key_id, theirs._open().key_id
+    assert our_id != their_id and len(our_id) == 16
+    original = ours.key_path.read_bytes()
+    ours.key_path.write_bytes(theirs.key_path.read_bytes())
+    swapped = make_store(tmp_path / "a", handle)
+    # Every call says so: records are found by digests under the store key, so with
+    # another store's key every user would otherwise look as if they had no token.
+    for call in (
+        lambda s: s.privateshare_token_load(USER),
+        lambda s: s.privateshare_token_users(),
+        lambda s: s.privateshare_token_save("new", token()),
+    ):
+        with pytest.raises(TokenStoreError) as info:
+            call(make_store(tmp_path / "a", handle))
+        message = str(info.value)
+        assert f"cannot be read with its store key {swapped.key_path} (store key {their_id})" in (
+            message
+        )
+        assert f"were sealed by store key {our_id}" in message
+        assert f"put back the store key {our_id} from a backup" in message
+        assert f"move {swapped.directory} aside" in message
+    ours.key_path.write_bytes(original)
+    assert make_store(tmp_path / "a", handle).privateshare_token_users() == [USER, "bob"]
+
+
+def test_records_of_format_1_are_read_and_rewritten_as_format_2(tmp_path) -> None:
+    # Written by the code before store key ids (tests/fixtures/tokens-v1/README.md).
+    import shutil
+
+    from privateshare.keys import handle_from_pem
+
+    fixture = Path(__file__).parents[1] / "fixtures" / "tokens-v1"
+    shutil.copytree(fixture / "file-store", tmp_path / "tokens")
+    handle = handle_from_pem((fixture / "contract.pem").read_bytes(), "fixture key")
+    store = make_store(tmp_path, handle, path="tokens")
+    expected = UserAccessToken(
+        Token("access-v1-fixture", 1_900_000_000),
+        Token("refresh-v1-fixture", 1_900_100_000),
+        user_id="dm-v1",
+        consent_id="consent-v1",
+    )
+    assert store.privateshare_token_users() == ["alice"]
+    assert store.privateshare_token_load("alice") == expected
+    assert store.privateshare_checkpoint_load("alice") == {"a.json": 1_700_000_000_000}
+    record = store.directory / f"{store._open().digest('alice')}.token"
+    assert record.read_bytes().startswith(b"PSTOK\x01")
+    store.privateshare_token_save("alice", expected)
+    assert record.read_bytes().startswith(b"PSTOK\x02" + bytes.fromhex(store._open().key_id))
+    assert make_store(tmp_path, handle, path="tokens").privateshare_token_load("alice") == expected
+
+
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    with open_directory() as path:
+        yield path
+
+
+def _open_store(root: Path, handle) -> FileTokenStore:
+    store = make_store(root, handle, path=str(root / "tokens"))
+    store.privateshare_token_save(USER, token())
+    store.privateshare_checkpoint_save(USER, {"a.json": 1})
+    store.privateshare_token_save("bob", token("b1", "b2"))
+    with store.privateshare_token_lock(USER):
+        pass
+    hand_over(root / "tokens")
+    return store
+
+
+@pytest.mark.parametrize(
+    ("target", "mode", "operation", "expected"),
+    [
+        ("directory", 0o000, "users", "cannot access the token directory {path}"),
+        ("directory", 0o300, "users", "cannot list the token directory {path}"),
+        ("directory", 0o500, "save", "cannot write the token record of user 'bob'"),
+        ("store.key", 0o000, "load", "cannot read the token store key {path}"),
+        ("record", 0o000, "load", "cannot read the token record of user {user!r} at {path}"),
+        ("locks", 0o000, "lock", "cannot take the lock {path}/"),
+        ("lock", 0o000, "lock", "cannot take the lock {path}"),
+        ("root", 0o000, "users", "cannot access the token directory {path}/c1"),
+    ],
+)
+def test_an_unreadable_store_names_the_path_and_the_fix(
+    open_dir: Path, handle, target: str, mode: int, operation: str, expected: str
+) -> None:
+    store = _open_store(open_dir, handle)
+    digest = store._open().digest(USER)
+    path = {
+        "root": store.root,
+        "directory": store.directory,
+        "store.key": store.key_path,
+        "record": store.directory / f"{digest}.token",
+        "locks": store.directory / "locks",
+        "lock": store.directory / "locks" / f"{digest}.lock",
+    }[target]
+    path.chmod(mode)
+
+    def run() -> object:
+        fresh = make_store(open_dir, handle, path=str(open_dir / "tokens"))
+        if operation == "users":
+            return fresh.privateshare_token_users()
+        if operation == "load":
+            return fresh.privateshare_token_load(USER)
+        if operation == "save":
+            return fresh.privateshare_token_save("bob", token("new", "new"))
+        with fresh.privateshare_token_lock(USER):
+            return None
+
+    with pytest.raises(TokenStoreError) as info:
+        run_as_other(run)
+    message = str(info.value)
+    assert expected.format(path=path, user=USER) in message, message
+    assert "Permission denied" in message and "permissions" in message
+
+
+def test_one_unreadable_record_is_left_out_of_users(open_dir: Path, handle) -> None:
+    store = _open_store(open_dir, handle)
+    record = store.directory / f"{store._open().digest(USER)}.token"
+    record.chmod(0o000)
+
+    def users() -> list[str]:
+        return make_store(
+            open_dir, handle, path=str(open_dir / "tokens")
+        ).privateshare_token_users()
+
+    listed, warnings = run_as_other(users)
+    assert listed == ["bob"]
+    (warning,) = warnings
+    assert f"cannot read the token record at {record}" in warning and "Permission denied" in warning

@@ -5,10 +5,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
 import subprocess
 import sys
 import textwrap
 import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +29,8 @@ from privateshare.plugin import PluginContext
 from privateshare.plugins.tokens_sql import SqlTokenStore
 from privateshare.testing.conformance import TokenStoreConformance
 from privateshare.testing.sandboxed import consent, sandbox_config
+
+from .unprivileged import hand_over, open_directory, run_as_other
 
 SqlDb = Any  # conftest.SqlDb
 ACCESS = "acc-9f8e7d6c5b4a39281706f5e4d3c2b1a0"
@@ -148,7 +153,9 @@ def test_a_different_contract_key_is_refused(
     assert make_store(sql_db, privateshare_test_key.handle).privateshare_token_load(USER) == token()
 
 
-def test_tampered_and_moved_records_are_detected(sql_db: SqlDb, privateshare_test_key: Any) -> None:
+def test_tampered_and_moved_records_are_detected(
+    sql_db: SqlDb, privateshare_test_key: Any, caplog: pytest.LogCaptureFixture
+) -> None:
     store = make_store(sql_db, privateshare_test_key.handle)
     store.privateshare_token_save(USER, token())
     store.privateshare_token_save("mallory", token("m-acc", "m-ref"))
@@ -175,9 +182,15 @@ def test_tampered_and_moved_records_are_detected(sql_db: SqlDb, privateshare_tes
             .where(records.c.digest == keys.digest("mallory"))
             .values(sealed=bytes(flipped))
         )
-    with pytest.raises(TokenStoreError) as info:
-        store.privateshare_token_users()
-    assert "cannot be decrypted" in str(info.value) and "m-acc" not in str(info.value)
+    store.privateshare_token_save("bob", token("b-acc", "b-ref"))
+    with caplog.at_level(logging.WARNING, logger="privateshare.tokens"):
+        assert store.privateshare_token_users() == ["bob"]  # the others are left out, loudly
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2, warnings
+    for digest in (keys.digest(USER), keys.digest("mallory")):
+        (warning,) = [w for w in warnings if f"digest {digest[:12]}..." in w]
+        assert "cannot be decrypted" in warning and store.records.name in warning
+        assert "delete that row" in warning and "m-acc" not in warning
     store.close()
 
 
@@ -243,6 +256,218 @@ def test_unreachable_server_is_a_clear_error(privateshare_test_key: Any) -> None
     message = str(info.value)
     assert "postgresql+psycopg://ps:***@127.0.0.1:1/db" in message
     assert "is running and reachable" in message and "pw-XYZ-123" not in message
+
+
+# --- a store that cannot be read as it is fails loudly, saying what to do --------------------
+
+
+def test_a_deleted_store_key_row_is_not_silently_replaced(
+    sql_db: SqlDb, privateshare_test_key: Any
+) -> None:
+    store = make_store(sql_db, privateshare_test_key.handle)
+    store.privateshare_token_save(USER, token())
+    store.privateshare_checkpoint_save(USER, {"a.json": 1})
+    store.privateshare_token_save("bob", token("b1", "b2"))
+    keys_table = store.keys_table
+    with store.db.engine.begin() as conn:
+        key_row = conn.execute(sa.select(keys_table)).one()._asdict()
+        conn.execute(keys_table.delete())
+    for call in (
+        lambda s: s.privateshare_token_users(),
+        lambda s: s.privateshare_token_load(USER),
+        lambda s: s.privateshare_token_save("carol", token()),
+    ):
+        fresh = make_store(sql_db, privateshare_test_key.handle)
+        with pytest.raises(TokenStoreError) as info:
+            call(fresh)
+        fresh.close()
+        message = str(info.value)
+        assert message.startswith(f"[tokens] {store.records.name} (")
+        assert "holds 3 sealed records of contract 'c1'" in message
+        assert f"Restore that row of {keys_table.name} from a backup" in message
+        assert f"delete the contract's rows from {store.records.name}" in message
+    with store.db.engine.begin() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(keys_table)).scalar() == 0
+        conn.execute(keys_table.insert().values(**key_row))  # restored: everything is back
+    restored = make_store(sql_db, privateshare_test_key.handle)
+    assert restored.privateshare_token_users() == [USER, "bob"]
+    for each in (store, restored):
+        each.close()
+
+
+def test_a_store_key_row_from_another_store_is_named(
+    sql_db: SqlDb, privateshare_test_key: Any
+) -> None:
+    ours = make_store(sql_db, privateshare_test_key.handle)
+    theirs = make_store(sql_db, privateshare_test_key.handle, table_prefix=sql_db.prefix + "b_")
+    ours.privateshare_token_save(USER, token())
+    theirs.privateshare_token_save("someone", token("x", "y"))
+    our_id, their_id = ours._open().key_id, theirs._open().key_id
+    with theirs.db.engine.connect() as conn:
+        foreign = conn.execute(sa.select(theirs.keys_table)).one()._asdict()
+    with ours.db.engine.begin() as conn:
+        conn.execute(ours.keys_table.update().values(**foreign))
+    for call in (
+        lambda s: s.privateshare_token_load(USER),
+        lambda s: s.privateshare_token_users(),
+    ):
+        swapped = make_store(sql_db, privateshare_test_key.handle)
+        with pytest.raises(TokenStoreError) as info:
+            call(swapped)
+        swapped.close()
+        message = str(info.value)
+        assert "cannot be read with its store key (the row of contract 'c1' in " in message
+        checked = f"(store key {their_id}): the ones checked (1) were sealed by store key {our_id}"
+        assert checked in message
+        assert f"put back the store key {our_id} from a backup" in message
+    for store in (ours, theirs):
+        store.close()
+
+
+def test_records_of_format_1_are_read_and_rewritten_as_format_2(sql_db: SqlDb) -> None:
+    # Rows written by the code before store key ids (tests/fixtures/tokens-v1/README.md).
+    from privateshare.keys import handle_from_pem
+    from privateshare.plugins.tokens_sql import SCHEMA_COMPONENT, SCHEMA_VERSION
+
+    fixture = Path(__file__).parents[1] / "fixtures" / "tokens-v1"
+    handle = handle_from_pem((fixture / "contract.pem").read_bytes(), "fixture key")
+    rows = json.loads((fixture / "sql-rows.json").read_text())
+    store = make_store(sql_db, handle)
+    store.db.ensure_schema(SCHEMA_COMPONENT, SCHEMA_VERSION, store.metadata)
+    with store.db.engine.begin() as conn:
+        for table, name in ((store.keys_table, "token_keys"), (store.records, "token_records")):
+            for row in rows[name]:
+                values = dict(row)
+                key = "wrapped_key" if name == "token_keys" else "sealed"
+                values[key] = base64.b64decode(values[key])
+                conn.execute(table.insert().values(**values))
+    expected = UserAccessToken(
+        Token("access-v1-fixture", 1_900_000_000),
+        Token("refresh-v1-fixture", 1_900_100_000),
+        user_id="dm-v1",
+        consent_id="consent-v1",
+    )
+    assert store.privateshare_token_users() == ["alice"]
+    assert store.privateshare_token_load("alice") == expected
+    assert store.privateshare_checkpoint_load("alice") == {"a.json": 1_700_000_000_000}
+    store.privateshare_token_save("alice", expected)
+    with store.db.engine.connect() as conn:
+        sealed = conn.execute(
+            sa.select(store.records.c.sealed).where(store.records.c.kind == "token")
+        ).scalar()
+    assert bytes(sealed).startswith(b"PSTOK\x02" + bytes.fromhex(store._open().key_id))
+    again = make_store(sql_db, handle)
+    assert again.privateshare_token_load("alice") == expected
+    for each in (store, again):
+        each.close()
+
+
+def test_a_database_user_without_privileges_gets_a_clear_error(
+    request: pytest.FixtureRequest,
+    limited_user: str,
+    sql_server_kind: str,
+    privateshare_test_key: Any,
+) -> None:
+    database = request.getfixturevalue(f"{sql_server_kind}_database")
+    prefix = f"t{uuid.uuid4().hex[:10]}_"
+    admin = make_store(
+        type("Db", (), {"options": lambda self, **kw: {"url": database, "table_prefix": prefix}})(),
+        privateshare_test_key.handle,
+    )
+    admin.privateshare_token_save(USER, token())
+
+    def limited() -> SqlTokenStore:
+        return SqlTokenStore(
+            SqlTokenStore.Options(url=limited_user, table_prefix=prefix, lock_timeout=5),
+            PluginContext(
+                name="tokens",
+                base_dir=Path.cwd(),
+                contract_id="c1",
+                application_id="a1",
+                key_handle=lambda: privateshare_test_key.handle,
+            ),
+        )
+
+    role = sa.engine.make_url(limited_user).username
+    tables = [f"{prefix}{t}" for t in ("schema_version", "token_keys", "token_records")]
+    tables.append(f"{prefix}token_locks")
+    # PostgreSQL: no privilege on the tables at all; MariaDB: SELECT only.
+    if sql_server_kind == "postgresql":
+        store = limited()
+        with pytest.raises(TokenStoreError) as info:
+            store.privateshare_token_load(USER)
+        store.close()
+        assert "the database user lacks a privilege; grant it" in str(info.value)
+        with admin.db.engine.begin() as conn:
+            conn.exec_driver_sql(f"GRANT SELECT ON {', '.join(tables)} TO {role}")
+    try:
+        store = limited()
+        assert store.privateshare_token_users() == [USER]  # reading is allowed
+        assert store.privateshare_token_load(USER) == token()
+        with pytest.raises(TokenStoreError) as info:
+            store.privateshare_token_save("bob", token("b", "b"))
+        message = str(info.value)
+        assert message.startswith("[tokens] cannot save the token of user 'bob' in ")
+        assert "the database user lacks a privilege; grant it" in message
+        with pytest.raises(TokenStoreError) as info, store.privateshare_token_lock(USER):
+            pass
+        assert "lacks a privilege" in str(info.value)
+        store.close()
+    finally:
+        if sql_server_kind == "postgresql":
+            with admin.db.engine.begin() as conn:
+                conn.exec_driver_sql(f"REVOKE ALL ON {', '.join(tables)} FROM {role}")
+        admin.close()
+
+
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    with open_directory() as path:
+        yield path
+
+
+@pytest.mark.parametrize(
+    ("target", "mode", "expected"),
+    [
+        ("database", 0o000, "unable to open database file"),
+        ("directory", 0o500, "attempt to write a readonly database"),
+        ("locks", 0o500, "cannot take the lock {path}.locks/"),
+    ],
+)
+def test_an_unreadable_sqlite_store_names_the_path_and_the_fix(
+    open_dir: Path, privateshare_test_key: Any, target: str, mode: int, expected: str
+) -> None:
+    path = open_dir / "store" / "tokens.db"
+    path.parent.mkdir()
+    store = SqlTokenStore(
+        SqlTokenStore.Options(url=f"sqlite:///{path}"),
+        PluginContext(
+            name="tokens",
+            base_dir=open_dir,
+            contract_id="c1",
+            key_handle=lambda: privateshare_test_key.handle,
+        ),
+    )
+    store.privateshare_token_save(USER, token())
+    with store.privateshare_token_lock("bob"):
+        pass
+    store.close()
+    hand_over(open_dir / "store")
+    locks = path.parent / f"{path.name}.locks"
+    {"database": path, "directory": path.parent, "locks": locks}[target].chmod(mode)
+
+    def run() -> None:
+        fresh = SqlTokenStore(store.options, store.context)
+        fresh.privateshare_token_load(USER)
+        with fresh.privateshare_token_lock(USER):
+            pass
+
+    with pytest.raises(TokenStoreError) as info:
+        run_as_other(run)
+    message = str(info.value)
+    assert message.startswith("[tokens] ")
+    assert expected.format(path=path) in message, message
+    assert "writable" in message
 
 
 # --- many processes, one expired token, one refresh -----------------------------------
