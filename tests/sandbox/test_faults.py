@@ -122,20 +122,44 @@ def test_truncated_body_announces_full_length(make_sandbox) -> None:
     conn.close()
 
 
-def test_latency_and_concurrency(make_sandbox) -> None:
+def test_latency_delays_every_answer(make_sandbox) -> None:
     sb = make_sandbox(latency=0.4, fault_endpoints=frozenset({"sample"}))
-    c = RawClient(sb)
     clients = [RawClient(sb) for _ in range(8)]  # one connection each
 
-    def call(i: int) -> int:
-        return clients[i].call("GET", "permission-access/sample/datasets/1", {}).status_code
+    def call(i: int) -> float:
+        started = time.monotonic()
+        assert clients[i].call("GET", "permission-access/sample/datasets/1", {}).ok
+        return time.monotonic() - started
 
-    start = time.monotonic()
     with ThreadPoolExecutor(8) as pool:
-        assert list(pool.map(call, range(8))) == [200] * 8
-    elapsed = time.monotonic() - start
-    assert 0.4 <= elapsed < 1.2  # 8 x 0.4 s served concurrently, not one after another
-    assert c.sandbox.stats()["requests"]["sample"] >= 8
+        waited = list(pool.map(call, range(8)))
+    # A lower bound only (sleep never ends early); how concurrent: benchmarks/sandbox.py.
+    assert min(waited) >= 0.4
+    assert sb.stats()["requests"]["sample"] >= 8
+
+
+def test_a_stalled_connection_does_not_hold_up_the_others(make_sandbox) -> None:
+    sb = make_sandbox(files=1, large_files=1, large_file_size=64 << 20)
+    stalled = RawClient(sb)
+    tokens, session = stalled.onboard()
+    large = max(
+        stalled.file_list(session["key"], tokens.access).json()["fileList"],
+        key=lambda e: stalled.sandbox.library.file(e["name"]).versions[-1].plaintext_size,
+    )["name"]
+    # Headers read, the 64 MiB body left unread: the server's thread blocks in send.
+    response = stalled.call(
+        "GET",
+        f"permission-access/query/{session['key']}/{large}",
+        {"access_token": tokens.access},
+        stream=True,
+    )
+    try:
+        assert response.status_code == 200
+        other = RawClient(sb)
+        for _ in range(3):  # a serial server would never answer these (timeout: 30 s)
+            assert other.file_list(session["key"], tokens.access).status_code == 200
+    finally:
+        response.close()
 
 
 def test_faults_never_touch_token_endpoint_by_default(make_sandbox) -> None:
