@@ -506,7 +506,7 @@ class DigimeDecryptorOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only
     #: ``"auto"`` follows ``[digime] api``.
     format: Literal["auto", "v1.7", "v1.5"] = "auto"
     #: Decompressed bytes allowed per file; more fails the file (decompression bombs).
-    max_decompressed_bytes: Annotated[int, msgspec.Meta(ge=0)] = DEFAULT_MAX_DECOMPRESSED
+    max_decompressed_bytes: Annotated[int, msgspec.Meta(ge=1)] = DEFAULT_MAX_DECOMPRESSED
     #: Bytes decrypted per step; also the largest chunk handed to sinks.
     chunk_size: Annotated[int, msgspec.Meta(ge=BLOCK, le=256 * MiB)] = DEFAULT_CHUNK_SIZE
     #: Read regular files through mmap windows (faster); false = always ``readinto``.

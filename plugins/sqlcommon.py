@@ -29,6 +29,7 @@ from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
 
+from privateshare.config import Seconds, redact_url_text
 from privateshare.errors import ConfigError, PrivateShareError
 from privateshare.plugin import PluginContext
 from privateshare.secrets import Secret
@@ -45,7 +46,6 @@ URL_EXAMPLES = (
     "mysql+pymysql://user@host:3306/dbname"
 )
 _PREFIX = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,39}$")
-_NETLOC_PASSWORD = re.compile(r"(//[^/@:]*):[^/@]*@")
 
 #: A ``Text``/``LargeBinary`` that holds more than 64 KiB on MariaDB/MySQL too.
 LongText = sa.Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
@@ -54,24 +54,64 @@ LongBlob = sa.LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb")
 Json = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
 
 
+def url_problem(value: str) -> str | None:
+    """Why ``value`` is not the URL of a database the SQL plugins work with, if it is not."""
+    try:
+        url = sa.engine.make_url(value)
+    except (ArgumentError, ValueError):
+        return (
+            "it is not a database URL; write it as dialect+driver://user@host:port/database, "
+            f"e.g. {URL_EXAMPLES}"
+        )
+    backend = url.get_backend_name()
+    if backend not in SUPPORTED:
+        return (
+            f"the database {backend!r} is not supported; privateshare's SQL plugins work with "
+            f"SQLite, PostgreSQL and MariaDB/MySQL, e.g. {URL_EXAMPLES}"
+        )
+    database = url.database or ""
+    if backend == "sqlite" and (
+        database in ("", ":memory:") or database.startswith("file::memory:")
+    ):
+        return (
+            "an in-memory SQLite database would lose everything when the process ends; name a "
+            'file, e.g. url = "sqlite:///privateshare.db"'
+        )
+    return None
+
+
+#: A database URL, checked where the config is decoded.
+DatabaseUrl = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=1,
+        extra={
+            "check": url_problem,
+            "expected": "the SQLAlchemy URL of a SQLite, PostgreSQL or MariaDB/MySQL database",
+        },
+    ),
+]
+
+
 class SqlOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Options both SQL plugins take (see ``docs/sql.md``)."""
 
     #: SQLAlchemy URL; a relative SQLite path is resolved against the config's directory.
-    url: Annotated[str, msgspec.Meta(min_length=1)]
+    url: DatabaseUrl
     #: The database password, as a secret reference, injected into ``url``.
     password: Secret | None = None
     #: Prefix of every table the plugin creates, so several setups can share a database.
-    table_prefix: str = "privateshare_"
+    table_prefix: Annotated[
+        str,
+        msgspec.Meta(
+            pattern=_PREFIX.pattern,
+            description="a plain SQL name: letters, digits and _, at most 40, no leading digit",
+        ),
+    ] = "privateshare_"
     #: Connections kept open per process (a held refresh lock uses one).
     pool_size: Annotated[int, msgspec.Meta(ge=1, le=100)] = 5
     #: Seconds to wait for a server connection, or (SQLite) for another writer to finish.
-    timeout: Annotated[float, msgspec.Meta(gt=0)] = 30.0
-
-
-def redact_url_text(text: str) -> str:
-    """A url string with any ``user:password@`` password replaced, for text we cannot parse."""
-    return _NETLOC_PASSWORD.sub(r"\1:***@", text)
+    timeout: Seconds = 30.0
 
 
 def _json_serializer(value: Any) -> str:
@@ -117,19 +157,11 @@ class Database:
 
     def _parse_url(self, options: SqlOptions, context: PluginContext) -> URL:
         where = f"[{self.name}] url"
-        try:
-            url = sa.engine.make_url(options.url)
-        except (ArgumentError, ValueError):
-            raise ConfigError(
-                f"{where}: {redact_url_text(options.url)!r} is not a database URL; write it "
-                f"as dialect+driver://user@host:port/database, e.g. {URL_EXAMPLES}"
-            ) from None
+        problem = url_problem(options.url)
+        if problem:
+            raise ConfigError(f"{where}: {redact_url_text(options.url)!r}: {problem}")
+        url = sa.engine.make_url(options.url)
         backend = url.get_backend_name()
-        if backend not in SUPPORTED:
-            raise ConfigError(
-                f"{where}: the database {backend!r} is not supported; privateshare's SQL "
-                f"plugins work with SQLite, PostgreSQL and MariaDB/MySQL, e.g. {URL_EXAMPLES}"
-            )
         if "+" not in url.drivername and backend in DEFAULT_DRIVERS:
             url = url.set(drivername=f"{backend}+{DEFAULT_DRIVERS[backend]}")
         if options.password is not None:
@@ -147,11 +179,6 @@ class Database:
             )
         if backend == "sqlite":
             database = url.database or ""
-            if database in ("", ":memory:") or database.startswith("file::memory:"):
-                raise ConfigError(
-                    f"{where}: an in-memory SQLite database would lose everything when the "
-                    'process ends; name a file, e.g. url = "sqlite:///privateshare.db"'
-                )
             if not database.startswith("file:"):
                 url = url.set(database=str(context.resolve(database)))
         return url

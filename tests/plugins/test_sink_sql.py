@@ -430,10 +430,10 @@ def test_unknown_option_is_a_config_error(privateshare_factory) -> None:
 @pytest.mark.parametrize(
     ("url", "expected"),
     [
-        ("not a url", r"\[sinks.db\] url: 'not a url' is not a database URL; write it as"),
+        ("not a url", r"\[sinks.db\] url: 'not a url': it is not a database URL; write it as"),
         (
             f"postgres ql://u:{PASSWORD}@h/db",
-            r"'postgres ql://u:\*\*\*@h/db' is not a database URL",
+            r"'postgres ql://u:\*\*\*@h/db': it is not a database URL",
         ),
         (
             "oracle://scott@db/orcl",
