@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import decimal
+import functools
 import hashlib
 import logging
 import os
@@ -209,22 +210,26 @@ def _cap_depth(value: Any, room: int) -> Any:
     return [_cap_depth(v, room - 1) for v in value]
 
 
+def _serialize(value: Any, dialect: str) -> str:
+    data = _ENCODER.encode(value)
+    if dialect == "postgresql" and b"\\u0000" in data:
+        data = _ESCAPE.sub(_nul_escape, data)  # jsonb: "unsupported Unicode escape"
+    elif (
+        dialect == "mysql"
+        and data.count(b"[") + data.count(b"{") > MARIADB_JSON_DEPTH
+        and json_depth(value, MARIADB_JSON_DEPTH + 1) > MARIADB_JSON_DEPTH
+    ):
+        data = _ENCODER.encode(_cap_depth(value, MARIADB_JSON_DEPTH))
+    return data.decode("utf-8")
+
+
+# One function object per dialect, made once: drivers cache adapters by the function.
+_SERIALIZERS = {d: functools.partial(_serialize, dialect=d) for d in set(SUPPORTED.values())}
+
+
 def json_serializer(dialect: str) -> Callable[[Any], str]:
     """The engine's JSON encoder: exact numbers, and what the dialect's JSON type refuses fixed."""
-
-    def serialize(value: Any) -> str:
-        data = _ENCODER.encode(value)
-        if dialect == "postgresql" and b"\\u0000" in data:
-            data = _ESCAPE.sub(_nul_escape, data)  # jsonb: "unsupported Unicode escape"
-        elif (
-            dialect == "mysql"
-            and data.count(b"[") + data.count(b"{") > MARIADB_JSON_DEPTH
-            and json_depth(value, MARIADB_JSON_DEPTH + 1) > MARIADB_JSON_DEPTH
-        ):
-            data = _ENCODER.encode(_cap_depth(value, MARIADB_JSON_DEPTH))
-        return data.decode("utf-8")
-
-    return serialize
+    return _SERIALIZERS[dialect]
 
 
 class Database:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -294,7 +295,9 @@ def stored_objects(sink: SqlSink, user: str, name: str) -> dict[str, Any]:
     return {key: _decimal_json(value) for key, value in found}
 
 
-def test_json_one_database_refuses_is_kept_on_every_database(sql_db: SqlDb) -> None:
+def test_json_one_database_refuses_is_kept_on_every_database(
+    sql_db: SqlDb, caplog: pytest.LogCaptureFixture
+) -> None:
     sink = make_sink(sql_db)
     metadata = {"objectType": "post", "note": "x\x00y", "deep": [[[[1]]]]}
     put(sink, "alice", "awkward.json", AWKWARD, metadata=metadata)
@@ -314,6 +317,7 @@ def test_json_one_database_refuses_is_kept_on_every_database(sql_db: SqlDb) -> N
     with sink.db.engine.connect() as conn:
         ids = conn.execute(sa.text(f"SELECT {path} FROM {sink.objects.name}")).scalars().all()
     assert sorted(ids) == sorted(_expected_objects(sql_db.kind))
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
     sink.close()
 
 
