@@ -174,6 +174,11 @@ PLUGIN_CASES = [
      "remove the key for the default 4294967296"),
     ("decryption", {"type": "digime", "chunk_size": 8},
      "[decryption] chunk_size: expected an integer >= 16, found 8;"),
+    ("decryption", {"type": "digime", "max_ratio": 0},
+     "[decryption] max_ratio: expected an integer >= 1, found 0; change it, or remove the key "
+     "for the default 100"),
+    ("decryption", {"type": "digime", "ratio_floor": -1},
+     "[decryption] ratio_floor: expected an integer >= 0, found -1;"),
     ("sinks_local", {"type": "file", "root": ""},
      "[sinks.local] root: expected a non-empty string, found ''; change it"),
     ("sinks_lake", {"type": "s3", "bucket": "b", "part_size": 1 << 20},
