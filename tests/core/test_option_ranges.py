@@ -169,6 +169,9 @@ PLUGIN_CASES = [
      "[keys] access_key_id and secret_access_key: only one is given; give both"),
     ("keys", {"type": "pkcs11", "token_label": "", "pin": {"env": "PIN"}},
      "[keys] token_label: expected a non-empty string, found ''; change it"),
+    ("keys", {"type": "pkcs11", "token_label": "t", "module": "", "pin": {"env": "PIN"}},
+     "[keys] module: expected a non-empty string, found ''; change it, or remove the key for "
+     'the default "/usr/lib/softhsm/libsofthsm2.so"'),
     ("decryption", {"type": "digime", "max_decompressed_bytes": 0},
      "[decryption] max_decompressed_bytes: expected an integer >= 1, found 0; change it, or "
      "remove the key for the default 4294967296"),
