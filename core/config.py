@@ -9,14 +9,17 @@ that plugin's own ``Options`` Struct once the plugin is found
 
 from __future__ import annotations
 
+import ast
 import difflib
+import math
 import re
 import tomllib
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -26,19 +29,86 @@ from .secrets import Secret
 DEFAULT_CONFIG = "privateshare.toml"
 
 
+# --- value types with their accepted ranges ------------------------------------------
+#
+# Options use these (or their own ``msgspec.Meta`` constraints) so that a bad value is a
+# config error where the table is decoded, found by ``privateshare config check``, never a
+# traceback at run time. ``Meta(extra={"check": ...})`` adds a check msgspec cannot express.
+
+#: The longest duration any option accepts (30 days): a finite, generous upper bound.
+MAX_SECONDS = 30 * 86400
+
+#: A duration in seconds: more than 0, at most 30 days (``nan`` and ``inf`` are refused).
+Seconds = Annotated[float, msgspec.Meta(gt=0, le=MAX_SECONDS)]
+#: A pause in seconds that may be 0 (back-off delays).
+Delay = Annotated[float, msgspec.Meta(ge=0, le=MAX_SECONDS)]
+#: A number of workers or connections.
+Workers = Annotated[int, msgspec.Meta(ge=1, le=1024)]
+#: A number of attempts, the first included.
+Attempts = Annotated[int, msgspec.Meta(ge=1, le=100)]
+
+
+def http_url_problem(value: str) -> str | None:
+    """What keeps ``value`` from being an http(s) URL with a host and no fragment, if anything."""
+    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in value):
+        return "it contains whitespace or a control character"
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number in range
+    except ValueError as exc:
+        return f"it does not parse: {exc}"
+    if parts.scheme.lower() not in ("http", "https"):
+        return f"its scheme is {parts.scheme!r}" if parts.scheme else "it has no scheme"
+    if not parts.hostname:
+        return "it has no host"
+    if parts.fragment or value.endswith("#"):
+        return f"it has the fragment '#{parts.fragment}'"
+    return None
+
+
+def path_problem(value: str) -> str | None:
+    """Why ``value`` is not a path (a key or blob pasted in its place), if it is not."""
+    if "-----BEGIN" in value or "\n" in value or value.lstrip().startswith("{"):
+        return "it looks like a file's content pasted in place of its path"
+    if "\x00" in value:
+        return "it contains a NUL character"
+    if len(value.encode("utf-8", "surrogatepass")) > 4096:
+        return "it is longer than any path (4096 bytes)"
+    return None
+
+
+#: A file or directory path (relative paths are resolved against the config's directory).
+PathOption = Annotated[
+    str,
+    msgspec.Meta(min_length=1, extra={"check": path_problem, "expected": "a path"}),
+]
+
+#: An http:// or https:// URL with a host and no ``#fragment``.
+HttpUrl = Annotated[
+    str,
+    msgspec.Meta(
+        extra_json_schema={"format": "uri"},
+        extra={
+            "check": http_url_problem,
+            "expected": "an http:// or https:// URL with a host and no #fragment",
+        },
+    ),
+]
+
+
 class DigimeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """``[digime]``: who we are to digi.me and where its API is."""
 
-    application_id: str
-    contract_id: str
-    base_url: str = "https://api.digi.me/v1.7/"
-    onboard_url: str = "https://api.digi.me/apps/saas/"
+    application_id: Annotated[str, msgspec.Meta(min_length=1)]
+    contract_id: Annotated[str, msgspec.Meta(min_length=1)]
+    base_url: HttpUrl = "https://api.digi.me/v1.7/"
+    onboard_url: HttpUrl = "https://api.digi.me/apps/saas/"
     #: Where the consent page sends the user back; must be on the contract's allow-list.
-    redirect_uri: str = "http://127.0.0.1:8765/callback"
+    redirect_uri: HttpUrl = "http://127.0.0.1:8765/callback"
     #: Protocol profile: PROTOCOL.md Part A (v1.7) or Part B (v1.5).
     api: Literal["v1.7", "v1.5"] = "v1.7"
     #: The SDK name sent in ``agent.sdk.name``.
-    agent_name: str = "privateshare"
+    agent_name: Annotated[str, msgspec.Meta(min_length=1)] = "privateshare"
     #: The largest JSON answer read (file lists, tokens, JWKS), in bytes once decoded.
     max_answer_bytes: Annotated[int, msgspec.Meta(gt=0)] = 256 << 20
 
@@ -47,19 +117,19 @@ class PullConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """``[pull]``: how files are received."""
 
     #: Files downloaded at once per user.
-    concurrency: int = 8
+    concurrency: Workers = 8
     #: Users pulled at once by ``pull --all-users``.
-    user_concurrency: int = 4
+    user_concurrency: Workers = 4
     #: Seconds between file-list polls while the library is pending or running.
-    poll_interval: float = 3.0
+    poll_interval: Seconds = 3.0
     #: Give up when the library stays ``pending`` this long (seconds).
-    max_pending: float = 60.0
+    max_pending: Seconds = 60.0
     #: Give up when the file list does not change for this long while running (seconds).
-    max_unchanged: float = 300.0
+    max_unchanged: Seconds = 300.0
     #: Give up on the whole pull after this long (seconds).
-    timeout: float = 1800.0
+    timeout: Seconds = 1800.0
     #: Attempts per file within one run before it is reported failed.
-    file_attempts: int = 3
+    file_attempts: Attempts = 3
 
 
 class PluginsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -263,6 +333,11 @@ _MISSING = re.compile(
     r"^Object missing required field `(?P<key>[^`]+)`(?: - at `\$(?P<path>[^`]*)`)?$"
 )
 _AT = re.compile(r"^(?P<message>.*) - at `\$(?P<path>[^`]*)`$", re.S)
+_CONSTRAINT = re.compile(
+    r"^Expected `(?P<type>[^`]+)` (?P<constraint>(?:>=|>|<=|<|of length|matching regex|"
+    r"that's a multiple of) .*?)(?: - at `\$(?P<path>[^`]*)`)?$",
+    re.S,
+)
 
 _SECRET_NAMES = ("password", "secret", "token", "pin", "key_material", "credential")
 
@@ -313,7 +388,54 @@ def _field_problems(
             )
         except msgspec.ValidationError as exc:
             problems.append(located_problem(str(exc), table, struct, where))
+            continue
+        for check, expected in _extra_checks(fields[name].type):
+            wrong = check(value) if value is not None else None
+            if wrong:
+                problems.append(
+                    f"{where} {name}: expected {expected}, found {_found(value, name)} ({wrong}); "
+                    + _fix(fields[name])
+                )
     return problems
+
+
+def _extra_checks(kind: Any) -> list[tuple[Callable[[Any], str | None], str]]:
+    """The ``Meta(extra={"check": ...})`` checks anywhere in a field's type."""
+    found = []
+    for meta in _metas(kind):
+        check = (meta.extra or {}).get("check")
+        if check is not None:
+            found.append((check, meta.extra.get("expected", "a valid value")))
+    return found
+
+
+def _metas(kind: Any) -> list[msgspec.Meta]:
+    """Every ``msgspec.Meta`` in a (possibly Optional or Annotated) type."""
+    metas = []
+    if typing.get_origin(kind) is Annotated:
+        metas += [m for m in kind.__metadata__ if isinstance(m, msgspec.Meta)]
+    for arg in typing.get_args(kind):
+        if not isinstance(arg, msgspec.Meta):
+            metas += _metas(arg)
+    return metas
+
+
+def _fix(field_info: Any) -> str:
+    """How to fix a value that is out of range: change it, or go back to the default."""
+    default = None if field_info is None else field_info.default
+    if default is msgspec.NODEFAULT or default is None or isinstance(default, dict | list):
+        return "change it"
+    return f"change it, or remove the key for the default {_toml(default)}"
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def _single_field(struct: type[Any], field_info: Any) -> type[msgspec.Struct]:
@@ -335,6 +457,16 @@ def located_problem(message: str, table: Mapping[str, Any], struct: type[Any], w
         key = m["key"]
         location = _join(where, _dotted(m["path"]))
         return f"{location} {key}: required but missing; add {key} = ..."
+    if m := _CONSTRAINT.match(message):
+        path = _dotted(m["path"])
+        found = _lookup(table, m["path"] or "")
+        expected = _constraint_words(m["type"], m["constraint"])
+        description = _description(struct, path)
+        reason = f" ({description})" if description else ""
+        return (
+            f"{where} {path or '(table)'}: expected {expected}, "
+            f"found {_found(found, path)}{reason}; {_fix(_field(struct, path))}"
+        )
     if m := _EXPECTED.match(message):
         path = _dotted(m["path"])
         found = _lookup(table, m["path"] or "")
@@ -354,7 +486,77 @@ def located_problem(message: str, table: Mapping[str, Any], struct: type[Any], w
                 f"{where} {path}: expected one of {allowed}, found {found!r}; choose one of those"
             )
         return f"{where} {path}: {text}"
+    if re.match(r"^[a-z_][a-z0-9_]*(?: and [a-z_][a-z0-9_]*)?: ", message):
+        return f"{where} {message}"  # a Struct's __post_init__ naming its key
     return f"{where}: {message}"
+
+
+def _constraint_words(kind: str, constraint: str) -> str:
+    """msgspec's ``float`` + ``> 0.0`` as "a number > 0"; lengths and patterns in words."""
+    noun = _type_words(kind)
+    if m := re.match(r"of length (>=|<=) (\d+)$", constraint):
+        op, n = m[1], int(m[2])
+        unit = {"str": "character", "array": "item", "object": "key"}.get(kind, "item")
+        if kind == "str" and op == ">=" and n == 1:
+            return "a non-empty string"
+        bound = "at least" if op == ">=" else "at most"
+        return f"{noun} of {bound} {n} {unit}{'s' if n != 1 else ''}"
+    if m := re.match(r"matching regex (.+)$", constraint, re.S):
+        try:
+            pattern = ast.literal_eval(m[1])  # msgspec shows the pattern's repr
+        except (ValueError, SyntaxError):
+            pattern = m[1]
+        return f"{noun} matching {pattern}"
+    if m := re.match(r"that's a multiple of (\S+)$", constraint):
+        return f"{noun} that is a multiple of {_number(m[1])}"
+    op, _, bound = constraint.partition(" ")
+    return f"{noun} {op} {_number(bound)}"
+
+
+def _number(text: str) -> str:
+    try:
+        value = float(text)
+    except ValueError:
+        return text
+    return str(int(value)) if value.is_integer() and abs(value) < 1e16 else text
+
+
+def _field(struct: type[Any], path: str) -> Any:
+    if not path or "." in path or "[" in path:
+        return None
+    try:
+        return next((f for f in msgspec.structs.fields(struct) if f.encode_name == path), None)
+    except TypeError:
+        return None
+
+
+def _description(struct: type[Any], path: str) -> str | None:
+    field_info = _field(struct, path)
+    if field_info is None:
+        return None
+    return next((m.description for m in _metas(field_info.type) if m.description), None)
+
+
+def _found(value: Any, path: str) -> str:
+    """A found value as a message may show it: never a secret, a key or a huge string."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, str) and value:
+        hidden = any(s in path.lower() for s in _SECRET_NAMES)
+        if hidden or "-----" in value or "\n" in value or len(value) > 60:
+            return f"a string of {len(value)} characters (not shown)"
+        return repr(redact_url_text(value))
+    if isinstance(value, dict | list):
+        return f"{describe_value(value)} of {len(value)} entries"
+    return repr(value)
+
+
+def redact_url_text(text: str) -> str:
+    """Text with any URL's ``user:password@`` password replaced by ``***``."""
+    return _URL_PASSWORD.sub(r"\1:***@", text)
+
+
+_URL_PASSWORD = re.compile(r"(//[^/@:]*):[^/@]*@")
 
 
 def unknown_key_problem(key: str, known: list[str], *, where: str, table: bool = False) -> str:

@@ -22,6 +22,8 @@ from .errors import UnsafeFileNameError
 TEMP_PREFIX = ".privateshare-tmp-"
 #: Longest path component most file systems accept, in bytes.
 MAX_COMPONENT_BYTES = 255
+#: Longest name accepted from the server, in bytes of UTF-8 (S3 keys stop at 1024 too).
+MAX_NAME_BYTES = 1024
 
 
 @runtime_checkable
@@ -79,8 +81,8 @@ def check_name(
 
     Rejects, with :class:`UnsafeFileNameError` naming the value and the reason:
     empty names, absolute paths, backslashes, NUL and other control characters,
-    ``.``/``..`` segments, the temp prefix, segments over 255 bytes, and (when
-    ``allow_slash`` is false, as for user ids) any ``/`` at all.
+    ``.``/``..`` segments, the temp prefix, segments over 255 bytes, names over
+    1024 bytes, and (when ``allow_slash`` is false, as for user ids) any ``/`` at all.
     """
     owner = f" of user {shown_name(user_id)}" if user_id is not None else ""
 
@@ -117,6 +119,9 @@ def check_name(
             if last and reserved_suffix and "bytes long" in problem:
                 problem += f" (room is kept for the {reserved_suffix!r} file beside it)"
             raise unsafe(problem)
+    size = len(name.encode("utf-8"))
+    if size > MAX_NAME_BYTES:
+        raise unsafe(f"it is {size} bytes long; names are limited to {MAX_NAME_BYTES} bytes")
     if reserved_suffix and name.endswith(reserved_suffix):
         raise unsafe(
             f"it ends with {reserved_suffix!r}, which the sink uses for metadata files "

@@ -15,6 +15,7 @@ from typing import Any
 
 import msgspec
 
+from privateshare.config import Attempts, HttpUrl, Seconds
 from privateshare.errors import ConfigError, PrivateShareError
 from privateshare.secrets import Secret
 
@@ -27,7 +28,7 @@ class AwsConnection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     #: AWS region, e.g. ``eu-west-1``; default: the standard chain (``AWS_REGION``, ~/.aws).
     region: str | None = None
     #: A non-AWS endpoint (MinIO, LocalStack, moto) or a VPC endpoint; default: AWS's.
-    endpoint_url: str | None = None
+    endpoint_url: HttpUrl | None = None
     #: A named profile from ``~/.aws/config``; default: the standard chain.
     profile: str | None = None
     #: Access key id as a secret reference; give it with ``secret_access_key`` or neither.
@@ -37,9 +38,16 @@ class AwsConnection(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     #: Session token of temporary credentials, as a secret reference.
     session_token: Secret | None = None
     #: Seconds to wait for a connection and for each response.
-    timeout: float = 60.0
+    timeout: Seconds = 60.0
     #: Attempts per request (botocore's standard retry mode) on throttling and 5xx.
-    max_attempts: int = 5
+    max_attempts: Attempts = 5
+
+    def __post_init__(self) -> None:
+        if (self.access_key_id is None) != (self.secret_access_key is None):
+            raise ValueError(
+                "access_key_id and secret_access_key: only one is given; give both (as secret "
+                "references) or neither to use the standard AWS credential chain"
+            )
 
 
 def _credential_source(options: AwsConnection) -> str:
@@ -75,11 +83,6 @@ class AwsSession:
         error: type[PrivateShareError],
         pool_size: int = 32,
     ) -> None:
-        if (options.access_key_id is None) != (options.secret_access_key is None):
-            raise ConfigError(
-                f"[{where}] gives only one of access_key_id and secret_access_key; give both "
-                "(as secret references) or neither to use the standard AWS credential chain"
-            )
         self.options = options
         self.where = where
         self.error = error

@@ -32,7 +32,7 @@ import os
 import stat
 import zlib
 from collections.abc import Callable, Iterable, Iterator
-from typing import Annotated, BinaryIO, Final, Literal
+from typing import Annotated, BinaryIO, Final, Literal, NamedTuple
 
 import brotli
 import msgspec
@@ -70,6 +70,10 @@ MIN_SIZE_V15: Final = HEADER_SIZE + HASH_SIZE + BLOCK  # 352
 
 DEFAULT_CHUNK_SIZE: Final = 1 * MiB
 DEFAULT_MAX_DECOMPRESSED: Final = 4 * GiB
+#: Past ``DEFAULT_RATIO_FLOOR`` bytes of output, a compressed file may expand at most this many
+#: times the compressed bytes read so far: a bomb fails after about the floor, not the cap.
+DEFAULT_MAX_RATIO: Final = 100
+DEFAULT_RATIO_FLOOR: Final = 64 * MiB
 #: Regular files are read through read-only mmap windows of this size: no copy
 #: into a read buffer, and at most one window of page cache mapped at a time.
 MMAP_WINDOW: Final = 8 * MiB
@@ -94,6 +98,8 @@ def decrypt_stream(
     file_name: str = "",
     expected_size: int | None = None,
     use_mmap: bool = True,
+    max_ratio: int = DEFAULT_MAX_RATIO,
+    ratio_floor: int = DEFAULT_RATIO_FLOOR,
 ) -> Iterator[bytes | memoryview]:
     """Decrypt (and decompress) one digi.me file from ``source``, chunk by chunk.
 
@@ -110,6 +116,9 @@ def decrypt_stream(
     :param hashed: the v1.5 profile: the plaintext starts with SHA-512 of the rest.
     :param max_decompressed_bytes: decompressed output above this fails with
         check ``decompression`` (against decompression bombs).
+    :param max_ratio: past ``ratio_floor`` bytes of output, output above
+        ``max_ratio`` times the compressed bytes read so far fails the same way, so a
+        bomb is refused after about ``ratio_floor`` bytes, whatever the cap.
     :param chunk_size: bytes decrypted per step (rounded down to a multiple of 16).
     :param file_name: named in error messages.
     :param expected_size: total encrypted size if known (e.g. Content-Length):
@@ -124,6 +133,8 @@ def decrypt_stream(
         raise ValueError(f"chunk_size must be at least {BLOCK} bytes, got {chunk_size}")
     if max_decompressed_bytes < 0:
         raise ValueError("max_decompressed_bytes must not be negative")
+    if max_ratio < 1 or ratio_floor < 0:
+        raise ValueError("max_ratio must be at least 1 and ratio_floor not negative")
     chunk_size -= chunk_size % BLOCK
     minimum = MIN_SIZE_V15 if hashed else MIN_SIZE_V17
     if expected_size is not None:
@@ -134,14 +145,11 @@ def decrypt_stream(
     )
     if hashed:
         plain = _strip_hash(plain, file_name)
+    limits = _Limits(max_decompressed_bytes, max_ratio, ratio_floor)
     if compression == "gzip":
-        return _decompress(
-            plain, _gunzip_steps, max_decompressed_bytes, chunk_size, "gzip", file_name
-        )
+        return _decompress(plain, _gunzip_steps, limits, chunk_size, "gzip", file_name)
     if compression == "brotli":
-        return _decompress(
-            plain, _unbrotli_steps, max_decompressed_bytes, chunk_size, "brotli", file_name
-        )
+        return _decompress(plain, _unbrotli_steps, limits, chunk_size, "brotli", file_name)
     return plain
 
 
@@ -452,37 +460,66 @@ def _unbrotli_steps(pieces: Iterable[memoryview], limit: int) -> Iterator[bytes]
         raise _Corrupt("the brotli data ends before the end of its compressed stream")
 
 
-def _slices(chunks: Iterable[bytes | memoryview]) -> Iterator[memoryview]:
-    for chunk in chunks:
-        view = memoryview(chunk)
-        for i in range(0, len(view), _FEED):
-            yield view[i : i + _FEED]
+class _Limits(NamedTuple):
+    cap: int
+    ratio: int
+    floor: int
+
+
+class _Fed:
+    """Feeds the decompressor in slices and counts the compressed bytes given to it."""
+
+    def __init__(self, chunks: Iterable[bytes | memoryview]) -> None:
+        self.chunks = chunks
+        self.total = 0
+
+    def __iter__(self) -> Iterator[memoryview]:
+        for chunk in self.chunks:
+            view = memoryview(chunk)
+            for i in range(0, len(view), _FEED):
+                piece = view[i : i + _FEED]
+                self.total += len(piece)
+                yield piece
 
 
 def _decompress(
     plain: Iterator[bytes | memoryview],
     steps: Callable[[Iterable[memoryview], int], Iterator[bytes]],
-    cap: int,
+    limits: _Limits,
     limit: int,
     kind: str,
     file_name: str,
 ) -> Iterator[bytes]:
-    """Decompress ``plain`` with a hard cap on the total output.
+    """Decompress ``plain`` with a hard cap on the total output and on its expansion.
+
+    Both are checked before a step's output is handed on, so a consumer never
+    receives (or writes) more than the larger of ``floor`` and ``ratio`` times the
+    compressed input so far, plus nothing at all past the cap.
 
     When the compressed data is corrupt, the rest of the ciphertext is still run
     through decryption (output discarded) so that a more basic failure (size,
     padding, v1.5 hash) is reported instead when there is one.
     """
     total = 0
+    fed = _Fed(plain)
     try:
-        for out in steps(_slices(plain), limit):
+        for out in steps(fed, limit):
             total += len(out)
-            if total > cap:
+            if total > limits.cap:
                 raise FileDecryptionError(
                     "decompression",
-                    f"the {kind} data expands beyond max_decompressed_bytes ({cap} bytes); "
-                    "refusing a possible decompression bomb (raise the option if the file "
-                    "is genuine)",
+                    f"the {kind} data expands beyond max_decompressed_bytes ({limits.cap} "
+                    "bytes); refusing a possible decompression bomb (raise the option if the "
+                    "file is genuine)",
+                    file_name,
+                )
+            if total > limits.floor and total > limits.ratio * fed.total:
+                raise FileDecryptionError(
+                    "decompression",
+                    f"the {kind} data expands more than max_ratio ({limits.ratio}) times: "
+                    f"{total} bytes from {fed.total} compressed; refusing a possible "
+                    "decompression bomb after ratio_floor "
+                    f"({limits.floor} bytes) (raise max_ratio if the file is genuine)",
                     file_name,
                 )
             yield out
@@ -506,7 +543,11 @@ class DigimeDecryptorOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only
     #: ``"auto"`` follows ``[digime] api``.
     format: Literal["auto", "v1.7", "v1.5"] = "auto"
     #: Decompressed bytes allowed per file; more fails the file (decompression bombs).
-    max_decompressed_bytes: Annotated[int, msgspec.Meta(ge=0)] = DEFAULT_MAX_DECOMPRESSED
+    max_decompressed_bytes: Annotated[int, msgspec.Meta(ge=1)] = DEFAULT_MAX_DECOMPRESSED
+    #: Past ``ratio_floor`` bytes of output, at most this many times the compressed input.
+    max_ratio: Annotated[int, msgspec.Meta(ge=1)] = DEFAULT_MAX_RATIO
+    #: Output a file may reach before ``max_ratio`` applies.
+    ratio_floor: Annotated[int, msgspec.Meta(ge=0)] = DEFAULT_RATIO_FLOOR
     #: Bytes decrypted per step; also the largest chunk handed to sinks.
     chunk_size: Annotated[int, msgspec.Meta(ge=BLOCK, le=256 * MiB)] = DEFAULT_CHUNK_SIZE
     #: Read regular files through mmap windows (faster); false = always ``readinto``.
@@ -540,4 +581,6 @@ class DigimeDecryptor(Plugin):
             chunk_size=opts.chunk_size,
             file_name=file_name,
             use_mmap=opts.mmap,
+            max_ratio=opts.max_ratio,
+            ratio_floor=opts.ratio_floor,
         )

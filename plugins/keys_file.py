@@ -17,6 +17,7 @@ from typing import Annotated
 
 import msgspec
 
+from privateshare.config import PathOption, path_problem
 from privateshare.errors import ConfigError, KeyStoreError
 from privateshare.keys import KeyHandle, KeyStore, handle_from_pem
 from privateshare.plugin import Plugin, PluginContext
@@ -47,7 +48,7 @@ class FileKeyStore(KeyStore, Plugin):
 
     class Options(msgspec.Struct, forbid_unknown_fields=True):
         #: Path of the PEM file; relative paths are resolved against the config's directory.
-        path: Annotated[str, msgspec.Meta(min_length=1)]
+        path: PathOption
         #: Password of an encrypted PEM, as a secret reference.
         password: Secret | None = None
 
@@ -56,7 +57,7 @@ class FileKeyStore(KeyStore, Plugin):
     def __init__(self, options: Options, context: PluginContext) -> None:
         super().__init__(options, context)
         raw = options.path
-        if "-----BEGIN" in raw or "\n" in raw or len(raw) > 4096:
+        if path_problem(raw):
             # Never echo the value: it may be the key itself pasted into the wrong option.
             raise KeyStoreError(
                 f"[{context.name}] path must be the path of the PEM file, not the key itself; "
@@ -166,9 +167,13 @@ class EnvKeyStore(KeyStore, Plugin):
 
     class Options(msgspec.Struct, forbid_unknown_fields=True):
         #: The NAME of the environment variable that holds the key (not the key).
-        variable: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] = (
-            "PRIVATESHARE_PRIVATE_KEY"
-        )
+        variable: Annotated[
+            str,
+            msgspec.Meta(
+                pattern=_ENV_NAME.pattern,
+                description="the NAME of an environment variable, not the key",
+            ),
+        ] = "PRIVATESHARE_PRIVATE_KEY"
         #: Password of an encrypted PEM, as a secret reference.
         password: Secret | None = None
 

@@ -25,7 +25,8 @@ import msgspec
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from privateshare.errors import ConfigError, KeyStoreError
+from privateshare.config import PathOption, path_problem
+from privateshare.errors import KeyStoreError
 from privateshare.keys import KeyHandle, KeyStore, handle_from_pem, public_key_fingerprint
 from privateshare.plugin import Plugin, PluginContext
 from privateshare.plugins.awscommon import AwsConnection, AwsSession, aws_error
@@ -125,27 +126,42 @@ class KmsKeyStore(KeyStore, Plugin):
 
     class Options(AwsConnection, forbid_unknown_fields=True, kw_only=True):
         #: A file holding the blob made by ``privateshare keys wrap``.
-        path: str | None = None
+        path: PathOption | None = None
         #: The NAME of an environment variable holding the blob (JSON, or base64 of it).
-        variable: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] | None = None
+        variable: (
+            Annotated[
+                str,
+                msgspec.Meta(
+                    pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+                    description="the NAME of an environment variable, not its value",
+                ),
+            ]
+            | None
+        ) = None
         #: An S3 object holding the blob: ``s3://bucket/key``.
-        s3_uri: str | None = None
+        s3_uri: (
+            Annotated[str, msgspec.Meta(pattern=_S3_URI.pattern, description="s3://bucket/key")]
+            | None
+        ) = None
         #: The KMS key the blob must be wrapped under (id, ARN or alias); default: the blob's.
         key_id: str | None = None
         #: Encryption context given to KMS; default: the one recorded in the blob.
         encryption_context: dict[str, str] | None = None
 
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            given = [n for n in ("path", "variable", "s3_uri") if getattr(self, n) is not None]
+            if len(given) != 1:
+                raise ValueError(
+                    "needs exactly one of path, variable or s3_uri (where the blob from "
+                    f"'privateshare keys wrap' is kept); found {' and '.join(given) or 'none'}"
+                )
+
     def __init__(self, options: Options, context: PluginContext) -> None:
         super().__init__(options, context)
         where = context.name
-        given = [n for n in ("path", "variable", "s3_uri") if getattr(options, n) is not None]
-        if len(given) != 1:
-            raise ConfigError(
-                f"[{where}] needs exactly one of path, variable or s3_uri (where the blob from "
-                f"'privateshare keys wrap' is kept); found {given or 'none'}"
-            )
         if options.path is not None:
-            if "-----BEGIN" in options.path or "{" in options.path:
+            if path_problem(options.path):
                 raise KeyStoreError(
                     f"[{where}] path must be the path of the blob file, not its content"
                 )
@@ -156,8 +172,6 @@ class KmsKeyStore(KeyStore, Plugin):
         if options.variable is not None:
             self.source = f"environment variable {options.variable}"
         if options.s3_uri is not None:
-            if not _S3_URI.match(options.s3_uri):
-                raise ConfigError(f"[{where}] s3_uri must look like s3://bucket/key")
             self.source = options.s3_uri
         self.aws = AwsSession(options, where, KeyStoreError, pool_size=4)
 
@@ -201,7 +215,8 @@ class KmsKeyStore(KeyStore, Plugin):
                     ) from None
         else:
             match = _S3_URI.match(o.s3_uri or "")
-            assert match is not None
+            if match is None:
+                raise KeyStoreError(f"[{where}] s3_uri must look like s3://bucket/key")
             bucket, key = match["bucket"], match["key"]
             try:
                 body = self.aws.client("s3").get_object(Bucket=bucket, Key=key)["Body"]

@@ -27,6 +27,7 @@ from typing import Annotated, Any, NoReturn, TypeVar
 import msgspec
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from privateshare.config import PathOption
 from privateshare.errors import ConfigError, KeyStoreError
 from privateshare.keys import (
     MIN_KEY_BITS,
@@ -382,7 +383,7 @@ class Pkcs11KeyStore(KeyStore, Plugin):
 
     class Options(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         #: Path of the vendor's PKCS#11 module (.so).
-        module: Annotated[str, msgspec.Meta(min_length=1)] = SOFTHSM_MODULE
+        module: PathOption = SOFTHSM_MODULE
         #: Label of the token that holds the key.
         token_label: Annotated[str, msgspec.Meta(min_length=1)]
         #: Label (CKA_LABEL) of the RSA private key object.

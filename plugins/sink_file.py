@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from privateshare.config import PathOption
 from privateshare.errors import SinkError, UnsafeFileNameError
 from privateshare.hookspecs import hookimpl
 from privateshare.models import DataFile, RunInfo, RunSummary
@@ -53,7 +54,7 @@ class FileSink(Plugin):
 
     class Options(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         #: Directory the files go to; relative paths are resolved against the config file.
-        root: str
+        root: PathOption
         #: Write ``<name>.metadata.json`` beside each file.
         metadata: bool = True
         #: fsync files and directories on commit (turn off only for throwaway data).
@@ -96,6 +97,7 @@ class FileSink(Plugin):
         parts = check_name(file.name, reserved_suffix=suffix, user_id=user)
         root = self._real_root(create=True)
         target = root.joinpath(user, *parts)
+        _check_path_length(root, target, suffix, file.name, user)
         _verify_inside(root, target, file.name, user)
         dir_fd = self._open_dir(root, [user, *parts[:-1]], user, file.name)
         return FileSinkWriter(self, dir_fd, target, file)  # owns dir_fd from here on
@@ -157,6 +159,22 @@ class FileSink(Plugin):
             os.close(fd)
             raise
         return fd
+
+
+def _check_path_length(root: Path, target: Path, suffix: str | None, name: str, user: str) -> None:
+    """The target, its metadata file and its temp files must fit the OS's path limit."""
+    try:
+        limit = os.pathconf(root, "PC_PATH_MAX") - 1  # the limit counts the final NUL
+    except (OSError, ValueError):
+        limit = 4095
+    directory = len(os.fsencode(target.parent)) + 1
+    last = max(len(os.fsencode(target.name + (suffix or ""))), len(temp_name()))
+    if directory + last > limit:
+        raise UnsafeFileNameError(
+            f"file name {shown_name(name)} of user {shown_name(user)} is unsafe: under the "
+            f"root {root} its path would be {directory + last} bytes, over this system's limit "
+            f"of {limit} (PATH_MAX); nothing was written. Use a shorter root."
+        )
 
 
 def _verify_inside(root: Path, target: Path, name: str, user: str) -> None:

@@ -19,12 +19,12 @@ import io
 import json
 import logging
 import threading
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
 import msgspec
 
-from privateshare.errors import ConfigError, SinkError, UnsafeFileNameError
+from privateshare.errors import SinkError, UnsafeFileNameError
 from privateshare.hookspecs import hookimpl
 from privateshare.models import DataFile, RunInfo, RunSummary
 from privateshare.plugin import Plugin, PluginContext
@@ -35,8 +35,9 @@ from privateshare.sinks import check_name
 log = logging.getLogger(__name__)
 
 MiB = 1 << 20
-#: S3's smallest part (all but the last) and its part-count limit.
+#: S3's smallest part (all but the last), its largest, and its part-count limit.
 MIN_PART_SIZE = 5 * MiB
+MAX_PART_SIZE = 5 * 1024 * MiB
 MAX_PARTS = 10_000
 #: S3 limits user-defined metadata to 2 KB (names and values, UTF-8); keep a margin.
 METADATA_LIMIT = 2000
@@ -52,6 +53,18 @@ _S3_CODES = {
 }
 
 
+def _prefix_problem(value: str) -> str | None:
+    """Why a key prefix is unusable (the file sink's name rules), if it is."""
+    prefix = value.strip("/")
+    if not prefix:
+        return None
+    try:
+        check_name(prefix, what="prefix")
+    except UnsafeFileNameError as exc:
+        return str(exc).split(" is unsafe: ", 1)[-1].split("; nothing was written")[0]
+    return None
+
+
 class S3Sink(Plugin):
     """Writes each user's files as S3 objects under ``prefix/<user>/<name>``, all or nothing."""
 
@@ -59,11 +72,24 @@ class S3Sink(Plugin):
 
     class Options(AwsConnection, forbid_unknown_fields=True, kw_only=True):
         #: The bucket the objects go to (it must exist).
-        bucket: str
+        bucket: Annotated[
+            str,
+            msgspec.Meta(
+                pattern=r"^[^/:\s]+$",
+                description="a bucket name, without '/' or 's3://'; put key prefixes in prefix",
+            ),
+        ]
         #: Key prefix before ``<user>/<name>``, e.g. ``digime/raw``; empty for the bucket root.
-        prefix: str = ""
+        prefix: Annotated[
+            str, msgspec.Meta(extra={"check": _prefix_problem, "expected": "a key prefix"})
+        ] = ""
         #: Bytes per multipart part (at least 5 MiB); also the largest single-PUT file.
-        part_size: int = 8 * MiB
+        part_size: Annotated[
+            int,
+            msgspec.Meta(
+                ge=MIN_PART_SIZE, le=MAX_PART_SIZE, description="S3 parts are 5 MiB to 5 GiB"
+            ),
+        ] = 8 * MiB
         #: Keep the digi.me metadata as object metadata (or a sidecar when too large).
         metadata: bool = True
         #: ``AES256`` (S3-managed keys) or ``aws:kms``; default: the bucket's own setting.
@@ -71,28 +97,18 @@ class S3Sink(Plugin):
         #: KMS key id or ARN for ``aws:kms``; default: the account's ``aws/s3`` key.
         sse_kms_key_id: str | None = None
 
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            if self.sse_kms_key_id and self.server_side_encryption != "aws:kms":
+                raise ValueError(
+                    'sse_kms_key_id: it needs server_side_encryption = "aws:kms"; add that, '
+                    "or remove sse_kms_key_id"
+                )
+
     def __init__(self, options: S3Sink.Options, context: PluginContext) -> None:
         super().__init__(options, context)
         where = context.name
-        if not options.bucket or "/" in options.bucket:
-            raise ConfigError(
-                f"[{where}] bucket must be a bucket name (no '/', no 's3://'); "
-                "put key prefixes in prefix"
-            )
-        if options.part_size < MIN_PART_SIZE:
-            raise ConfigError(
-                f"[{where}] part_size is {options.part_size}; S3 needs at least "
-                f"{MIN_PART_SIZE} (5 MiB)"
-            )
-        if options.sse_kms_key_id and options.server_side_encryption != "aws:kms":
-            raise ConfigError(f'[{where}] sse_kms_key_id needs server_side_encryption = "aws:kms"')
-        prefix = options.prefix.strip("/")
-        if prefix:
-            try:
-                check_name(prefix, what="prefix")
-            except UnsafeFileNameError as exc:
-                raise ConfigError(f"[{where}] prefix is not usable: {exc}") from None
-        self.prefix = prefix
+        self.prefix = options.prefix.strip("/")
         self.bucket = options.bucket
         self.aws = AwsSession(options, where, SinkError)
         self._bucket_checked = False

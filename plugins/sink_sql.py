@@ -26,11 +26,12 @@ import datetime
 import hashlib
 import logging
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import IO, Annotated, Any, Literal
 
 import msgspec
 import sqlalchemy as sa
+from sqlalchemy.engine import Connection
 
 from privateshare.errors import SinkError
 from privateshare.hookspecs import hookimpl
@@ -42,7 +43,12 @@ from privateshare.plugins.sqlcommon import Database, Json, LongBlob, LongText, S
 log = logging.getLogger(__name__)
 
 SCHEMA_COMPONENT = "sink"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: MariaDB/MySQL tables hold any Unicode (utf8mb4) and compare bytes, as SQLite and PostgreSQL do.
+_MYSQL_TABLE = {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
+#: A statement to MariaDB carries an object row plus this much else, at most.
+_ROW_OVERHEAD = 64 << 10
+_BIGINT = range(-(1 << 63), 1 << 63)
 #: Content up to this size sits in ``files.content``; larger content is cut into chunks of it.
 CHUNK_SIZE = 1 << 20
 #: Object rows are inserted this many per statement.
@@ -76,6 +82,7 @@ def sink_tables(prefix: str) -> tuple[sa.MetaData, sa.Table, sa.Table, sa.Table]
         sa.Column("run_id", sa.String(64), nullable=False),
         sa.Column("written_at", sa.DateTime(timezone=True), nullable=False),
         sa.Index(f"{prefix}files_user", "user_id"),
+        **_MYSQL_TABLE,
     )
     chunks = sa.Table(
         f"{prefix}file_chunks",
@@ -83,6 +90,7 @@ def sink_tables(prefix: str) -> tuple[sa.MetaData, sa.Table, sa.Table, sa.Table]
         sa.Column("file_key", sa.String(64), primary_key=True),
         sa.Column("seq", sa.Integer, primary_key=True, autoincrement=False),
         sa.Column("data", LongBlob, nullable=False),
+        **_MYSQL_TABLE,
     )
     objects = sa.Table(
         f"{prefix}objects",
@@ -96,8 +104,36 @@ def sink_tables(prefix: str) -> tuple[sa.MetaData, sa.Table, sa.Table, sa.Table]
         sa.Column("object", Json, nullable=False),
         sa.Index(f"{prefix}objects_user_key", "user_id", "object_key"),
         sa.Index(f"{prefix}objects_user_type", "user_id", "object_type"),
+        **_MYSQL_TABLE,
     )
     return metadata, files, chunks, objects
+
+
+def _utf8mb4_migration(tables: list[sa.Table]) -> Callable[[Connection], None]:
+    """Schema v2: tables a v1 sink created in a non-utf8mb4 MariaDB database are converted.
+
+    Such a database (latin1 or utf8mb3 by default) refuses emoji and other 4-byte characters
+    in names, metadata and objects that SQLite and PostgreSQL store. Nothing to do elsewhere.
+    """
+
+    def migrate(conn: Connection) -> None:
+        if conn.dialect.name not in ("mysql", "mariadb"):
+            return
+        for table in tables:
+            collation = conn.execute(
+                sa.text(
+                    "SELECT TABLE_COLLATION FROM information_schema.TABLES "
+                    "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = :t"
+                ),
+                {"t": table.name},
+            ).scalar()
+            if collation and not str(collation).startswith("utf8mb4"):
+                conn.exec_driver_sql(
+                    f"ALTER TABLE `{table.name}` CONVERT TO CHARACTER SET utf8mb4 "
+                    "COLLATE utf8mb4_bin"
+                )
+
+    return migrate
 
 
 def file_key(user_id: str, name: str) -> str:
@@ -161,7 +197,9 @@ class SqlSink(Plugin):
 
     def ensure_schema(self) -> None:
         """Create (or migrate) the tables; done once per process."""
-        self.db.ensure_schema(SCHEMA_COMPONENT, SCHEMA_VERSION, self.metadata)
+        tables = [self.files, self.chunks, self.objects]
+        migrations = {2: _utf8mb4_migration(tables)}
+        self.db.ensure_schema(SCHEMA_COMPONENT, SCHEMA_VERSION, self.metadata, migrations)
 
     # hooks ----------------------------------------------------------------------
 
@@ -278,7 +316,13 @@ class SqlSinkWriter:
                 f"cannot commit {self._file.name!r}: the writer is already {self._state}"
             )
         sink, file, spool = self._sink, self._file, self._spool
+        db, files = sink.db, sink.files
         try:
+            if file.updated_date not in _BIGINT:
+                raise SinkError(
+                    f"[{sink.context.name}] {file.name!r} of user {self._user!r} has updatedDate "
+                    f"{file.updated_date}, which no SQL BIGINT holds; nothing was written"
+                )
             objects = self._parse_objects(spool)
             store = sink.options.store_content
             inline = store and self._size <= CHUNK_SIZE
@@ -289,10 +333,10 @@ class SqlSinkWriter:
                 "user_id": self._user,
                 "name": file.name,
                 "updated_date": file.updated_date,
-                "last_modified": file.last_modified,
+                "last_modified": db.fit_text(file.last_modified, files.c.last_modified),
                 "kind": file.kind,
-                "mimetype": file.metadata.mimetype,
-                "compression": file.metadata.compression,
+                "mimetype": db.fit_text(file.metadata.mimetype, files.c.mimetype),
+                "compression": db.fit_text(file.metadata.compression, files.c.compression),
                 "metadata": file.metadata.metadata,
                 "size": self._size,
                 "sha256": self._sha.hexdigest(),
@@ -319,6 +363,8 @@ class SqlSinkWriter:
                         seq += 1
                 if objects:
                     object_type = file.metadata.metadata.get("objectType")
+                    if object_type is not None:
+                        object_type = db.fit_text(str(object_type), sink.objects.c.object_type)
                     batch: list[dict[str, Any]] = []
                     for position, (object_key, obj) in enumerate(objects):
                         batch.append(
@@ -327,7 +373,7 @@ class SqlSinkWriter:
                                 "position": position,
                                 "user_id": self._user,
                                 "file_name": file.name,
-                                "object_type": str(object_type)[:255] if object_type else None,
+                                "object_type": object_type or None,
                                 "object_key": object_key,
                                 "object": obj,
                             }
@@ -378,15 +424,30 @@ class SqlSinkWriter:
             )
             return None
         spool.seek(0)
+        db = self._sink.db
         try:
-            document = msgspec.json.decode(spool.read())
+            document = db.decode_json(spool.read())
         except msgspec.DecodeError as exc:
-            log.warning(
-                "[%s] %r of user %r is not valid JSON (%s): stored without object rows",
-                self._sink.context.name,
-                file.name,
-                self._user,
-                exc,
-            )
-            return None
-        return object_rows(document)
+            return self._unsplit(f"cannot be read as JSON ({exc})")
+        except RecursionError:
+            return self._unsplit("nests JSON too deeply to decode")
+        rows = object_rows(document)
+        limit = db.packet_limit()
+        if limit is not None and 2 * self._size + _ROW_OVERHEAD > limit:
+            largest = max((len(db.json_text(obj).encode()) for _, obj in rows), default=0)
+            if largest + _ROW_OVERHEAD > limit:
+                return self._unsplit(
+                    f"has an object of {largest} bytes, more than the server's "
+                    f"max_allowed_packet ({limit}) lets through; raise max_allowed_packet on "
+                    "the server to split it"
+                )
+        return rows
+
+    def _unsplit(self, reason: str) -> None:
+        log.warning(
+            "[%s] %r of user %r %s: stored without object rows",
+            self._sink.context.name,
+            self._file.name,
+            self._user,
+            reason,
+        )

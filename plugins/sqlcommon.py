@@ -13,6 +13,8 @@ schema-version table. ``docs/sql.md`` describes the layout and the locking.
 from __future__ import annotations
 
 import contextlib
+import decimal
+import functools
 import hashlib
 import logging
 import os
@@ -29,6 +31,7 @@ from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
 
+from privateshare.config import Seconds, redact_url_text
 from privateshare.errors import ConfigError, PrivateShareError
 from privateshare.plugin import PluginContext
 from privateshare.secrets import Secret
@@ -45,7 +48,6 @@ URL_EXAMPLES = (
     "mysql+pymysql://user@host:3306/dbname"
 )
 _PREFIX = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,39}$")
-_NETLOC_PASSWORD = re.compile(r"(//[^/@:]*):[^/@]*@")
 
 #: A ``Text``/``LargeBinary`` that holds more than 64 KiB on MariaDB/MySQL too.
 LongText = sa.Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
@@ -54,28 +56,180 @@ LongBlob = sa.LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb")
 Json = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
 
 
+def url_problem(value: str) -> str | None:
+    """Why ``value`` is not the URL of a database the SQL plugins work with, if it is not."""
+    try:
+        url = sa.engine.make_url(value)
+    except (ArgumentError, ValueError):
+        return (
+            "it is not a database URL; write it as dialect+driver://user@host:port/database, "
+            f"e.g. {URL_EXAMPLES}"
+        )
+    backend = url.get_backend_name()
+    if backend not in SUPPORTED:
+        return (
+            f"the database {backend!r} is not supported; privateshare's SQL plugins work with "
+            f"SQLite, PostgreSQL and MariaDB/MySQL, e.g. {URL_EXAMPLES}"
+        )
+    database = url.database or ""
+    if backend == "sqlite" and (
+        database in ("", ":memory:") or database.startswith("file::memory:")
+    ):
+        return (
+            "an in-memory SQLite database would lose everything when the process ends; name a "
+            'file, e.g. url = "sqlite:///privateshare.db"'
+        )
+    return None
+
+
+#: A database URL, checked where the config is decoded.
+DatabaseUrl = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=1,
+        extra={
+            "check": url_problem,
+            "expected": "the SQLAlchemy URL of a SQLite, PostgreSQL or MariaDB/MySQL database",
+        },
+    ),
+]
+
+
 class SqlOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Options both SQL plugins take (see ``docs/sql.md``)."""
 
     #: SQLAlchemy URL; a relative SQLite path is resolved against the config's directory.
-    url: Annotated[str, msgspec.Meta(min_length=1)]
+    url: DatabaseUrl
     #: The database password, as a secret reference, injected into ``url``.
     password: Secret | None = None
     #: Prefix of every table the plugin creates, so several setups can share a database.
-    table_prefix: str = "privateshare_"
+    table_prefix: Annotated[
+        str,
+        msgspec.Meta(
+            pattern=_PREFIX.pattern,
+            description="a plain SQL name: letters, digits and _, at most 40, no leading digit",
+        ),
+    ] = "privateshare_"
     #: Connections kept open per process (a held refresh lock uses one).
     pool_size: Annotated[int, msgspec.Meta(ge=1, le=100)] = 5
     #: Seconds to wait for a server connection, or (SQLite) for another writer to finish.
-    timeout: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+    timeout: Seconds = 30.0
 
 
-def redact_url_text(text: str) -> str:
-    """A url string with any ``user:password@`` password replaced, for text we cannot parse."""
-    return _NETLOC_PASSWORD.sub(r"\1:***@", text)
+# --- JSON that every database stores ------------------------------------------------
+#
+# The three databases accept different JSON: PostgreSQL's jsonb refuses \u0000 and numbers
+# beyond its numeric type, MariaDB's JSON_VALID refuses nesting deeper than 31 levels, and
+# none takes a lone surrogate. Values are decoded and encoded here so that each database gets
+# the closest document it can hold; docs/sql.md lists exactly what changes where.
+
+#: Numbers are kept as written (``Decimal``), not rounded to a double.
+_ENCODER = msgspec.json.Encoder(decimal_format="number")
+#: Deepest nesting MariaDB's JSON_VALID accepts (32 levels fail its CHECK constraint).
+MARIADB_JSON_DEPTH = 31
+#: PostgreSQL ``numeric`` (and so jsonb numbers): digits before and after the point.
+PG_NUMERIC_DIGITS = 131072
+PG_NUMERIC_SCALE = 16383
+#: One escape of a JSON string (a surrogate pair, one \\uXXXX, or any other), matched from
+#: left to right so that an escaped backslash is never taken for the start of an escape.
+_ESCAPE = re.compile(
+    rb"\\(?:u(?:d[89ab][0-9a-f]{2}\\ud[c-f][0-9a-f]{2}|([0-9a-f]{4}))|.)", re.S | re.I
+)
+_MAYBE_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")
+_REPLACEMENT = b"\\ufffd"
 
 
-def _json_serializer(value: Any) -> str:
-    return msgspec.json.encode(value).decode("utf-8")
+def _surrogate_escape(match: re.Match[bytes]) -> bytes:
+    """A lone surrogate escape as U+FFFD; pairs and every other escape unchanged."""
+    lone = match[1] is not None and 0xD800 <= int(match[1], 16) <= 0xDFFF
+    return _REPLACEMENT if lone else match[0]
+
+
+def _nul_escape(match: re.Match[bytes]) -> bytes:
+    return _REPLACEMENT if match[1] is not None and int(match[1], 16) == 0 else match[0]
+
+
+def decode_json_document(data: bytes | memoryview, dialect: str) -> Any:
+    """Decode JSON to store in ``dialect``'s JSON columns, as close to the text as it allows.
+
+    Numbers become ``Decimal`` (exact); a lone surrogate escape becomes U+FFFD (no database
+    and no UTF-8 text can hold one); on PostgreSQL a number beyond ``numeric`` becomes a
+    string of its digits. Raises ``msgspec.DecodeError`` (not JSON) or ``RecursionError``.
+    """
+    decoder = msgspec.json.Decoder(float_hook=_pg_number if dialect == "postgresql" else _number)
+    try:
+        return decoder.decode(data)
+    except msgspec.DecodeError:
+        # msgspec refuses lone surrogates; only then is the text worth a second pass.
+        if not _MAYBE_SURROGATE.search(data):
+            raise
+        fixed = _ESCAPE.sub(_surrogate_escape, bytes(data))
+        if fixed == data:
+            raise
+        return decoder.decode(fixed)
+
+
+_number = decimal.Decimal
+
+
+def _pg_number(literal: str) -> decimal.Decimal | str:
+    if len(literal) <= PG_NUMERIC_SCALE and "e" not in literal and "E" not in literal:
+        return decimal.Decimal(literal)  # no exponent: it cannot leave numeric's range
+    number = decimal.Decimal(literal)
+    _sign, digits, exponent = number.as_tuple()
+    assert isinstance(exponent, int)  # JSON has no NaN or Infinity
+    if -exponent > PG_NUMERIC_SCALE or len(digits) + exponent > PG_NUMERIC_DIGITS:
+        return literal
+    return number
+
+
+def json_depth(value: Any, stop: int) -> int:
+    """How deeply ``value`` nests containers, counting up to ``stop`` (then it stops)."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        children = node.values() if isinstance(node, dict) else node
+        if not isinstance(node, dict | list):
+            continue
+        deepest = max(deepest, depth)
+        if deepest >= stop:
+            return deepest
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def _cap_depth(value: Any, room: int) -> Any:
+    """Containers below ``room`` levels replaced by their JSON text (as a string)."""
+    if not isinstance(value, dict | list):
+        return value
+    if room == 0:
+        return _ENCODER.encode(value).decode("utf-8")
+    if isinstance(value, dict):
+        return {k: _cap_depth(v, room - 1) for k, v in value.items()}
+    return [_cap_depth(v, room - 1) for v in value]
+
+
+def _serialize(value: Any, dialect: str) -> str:
+    data = _ENCODER.encode(value)
+    if dialect == "postgresql" and b"\\u0000" in data:
+        data = _ESCAPE.sub(_nul_escape, data)  # jsonb: "unsupported Unicode escape"
+    elif (
+        dialect == "mysql"
+        and data.count(b"[") + data.count(b"{") > MARIADB_JSON_DEPTH
+        and json_depth(value, MARIADB_JSON_DEPTH + 1) > MARIADB_JSON_DEPTH
+    ):
+        data = _ENCODER.encode(_cap_depth(value, MARIADB_JSON_DEPTH))
+    return data.decode("utf-8")
+
+
+# One function object per dialect, made once: drivers cache adapters by the function.
+_SERIALIZERS = {d: functools.partial(_serialize, dialect=d) for d in set(SUPPORTED.values())}
+
+
+def json_serializer(dialect: str) -> Callable[[Any], str]:
+    """The engine's JSON encoder: exact numbers, and what the dialect's JSON type refuses fixed."""
+    return _SERIALIZERS[dialect]
 
 
 class Database:
@@ -109,27 +263,22 @@ class Database:
         self.sqlite_path: Path | None = (
             Path(self.url.database) if self.dialect == "sqlite" and self.url.database else None
         )
+        #: How a value is written into this database's JSON columns.
+        self.json_text = json_serializer(self.dialect)
         self.engine = self._create_engine(options)
         self._schema_done: set[str] = set()
         self._schema_lock = threading.Lock()
+        self._packet_limit: int | None = None
 
     # --- configuration ---------------------------------------------------------
 
     def _parse_url(self, options: SqlOptions, context: PluginContext) -> URL:
         where = f"[{self.name}] url"
-        try:
-            url = sa.engine.make_url(options.url)
-        except (ArgumentError, ValueError):
-            raise ConfigError(
-                f"{where}: {redact_url_text(options.url)!r} is not a database URL; write it "
-                f"as dialect+driver://user@host:port/database, e.g. {URL_EXAMPLES}"
-            ) from None
+        problem = url_problem(options.url)
+        if problem:
+            raise ConfigError(f"{where}: {redact_url_text(options.url)!r}: {problem}")
+        url = sa.engine.make_url(options.url)
         backend = url.get_backend_name()
-        if backend not in SUPPORTED:
-            raise ConfigError(
-                f"{where}: the database {backend!r} is not supported; privateshare's SQL "
-                f"plugins work with SQLite, PostgreSQL and MariaDB/MySQL, e.g. {URL_EXAMPLES}"
-            )
         if "+" not in url.drivername and backend in DEFAULT_DRIVERS:
             url = url.set(drivername=f"{backend}+{DEFAULT_DRIVERS[backend]}")
         if options.password is not None:
@@ -147,11 +296,6 @@ class Database:
             )
         if backend == "sqlite":
             database = url.database or ""
-            if database in ("", ":memory:") or database.startswith("file::memory:"):
-                raise ConfigError(
-                    f"{where}: an in-memory SQLite database would lose everything when the "
-                    'process ends; name a file, e.g. url = "sqlite:///privateshare.db"'
-                )
             if not database.startswith("file:"):
                 url = url.set(database=str(context.resolve(database)))
         return url
@@ -159,7 +303,7 @@ class Database:
     def _create_engine(self, options: SqlOptions) -> Engine:
         kwargs: dict[str, Any] = {
             "pool_pre_ping": True,
-            "json_serializer": _json_serializer,
+            "json_serializer": self.json_text,
             "hide_parameters": True,  # content and sealed tokens never reach an error text
         }
         if self.dialect == "sqlite":
@@ -419,6 +563,38 @@ class Database:
             return
         module = postgresql if self.dialect == "postgresql" else sqlite
         conn.execute(module.insert(table).values(**row).on_conflict_do_nothing(index_elements=keys))
+
+    # --- values every database holds ----------------------------------------------
+
+    def fit_text(self, value: str | None, column: sa.Column[Any]) -> str | None:
+        """``value`` cut to the column's length; NUL as U+FFFD on PostgreSQL (text refuses it).
+
+        SQLite would store a longer value and PostgreSQL and MariaDB refuse it, so every
+        database gets the same prefix.
+        """
+        if value is None:
+            return None
+        length = getattr(column.type, "length", None)
+        if length is not None:
+            value = value[:length]
+        if self.dialect == "postgresql" and "\x00" in value:
+            value = value.replace("\x00", "\ufffd")
+        return value
+
+    def decode_json(self, data: bytes | memoryview) -> Any:
+        """JSON for this database's JSON columns: see :func:`decode_json_document`."""
+        return decode_json_document(data, self.dialect)
+
+    def packet_limit(self) -> int | None:
+        """The largest statement the server takes (MariaDB/MySQL ``max_allowed_packet``)."""
+        if self.dialect != "mysql":
+            return None
+        if self._packet_limit is None:
+            with self.transaction("read max_allowed_packet", write=False) as conn:
+                self._packet_limit = int(
+                    conn.execute(sa.text("SELECT @@max_allowed_packet")).scalar()
+                )
+        return self._packet_limit
 
     def dispose(self) -> None:
         """Close every pooled connection (at framework close)."""

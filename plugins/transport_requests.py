@@ -31,6 +31,7 @@ import requests
 import urllib3.exceptions
 from requests.adapters import HTTPAdapter
 
+from privateshare.config import Delay, Seconds
 from privateshare.errors import ConfigError, ResponseTooLarge, TransportError
 from privateshare.hookspecs import hookimpl
 from privateshare.plugin import Plugin, PluginContext
@@ -46,9 +47,6 @@ CHUNK = 1 << 16
 #: The most one socket read may allocate (``read1`` allocates what it is asked for).
 MAX_READ = 1 << 20
 
-DAY = 86_400.0
-Seconds = Annotated[float, msgspec.Meta(gt=0, le=DAY)]
-Delay = Annotated[float, msgspec.Meta(ge=0, le=DAY)]
 
 T = TypeVar("T")
 

@@ -21,7 +21,7 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import Annotated, Any, BinaryIO, Literal
 from urllib.parse import quote
 
 import msgspec
@@ -30,6 +30,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from privateshare import Plugin, PluginContext, hookimpl
+from privateshare.config import PathOption
 from privateshare.errors import SinkError, UnsafeFileNameError
 from privateshare.models import DataFile, RunInfo, RunSummary
 from privateshare.sinks import (
@@ -95,26 +96,22 @@ class ParquetSink(Plugin):
 
     class Options(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         #: Dataset root; relative paths are resolved against the config file.
-        root: str
+        root: PathOption
         #: Raw files (photos, PDFs): skip them, or store them as-is under root/_raw/.
         raw: Literal["skip", "store"] = "skip"
         #: Parquet compression codec.
         compression: Literal["zstd", "snappy", "gzip", "brotli", "lz4", "none"] = "zstd"
         #: Rows per row group.
-        row_group_size: int = 65_536
+        row_group_size: Annotated[int, msgspec.Meta(ge=1, le=1 << 24)] = 65_536
         #: Add _source_file, _source_updated_date and _source_index to every row.
         source_columns: bool = True
         #: Largest mapped file parsed (its objects are held in memory at commit).
-        max_mapped_bytes: int = 256 << 20
+        max_mapped_bytes: Annotated[int, msgspec.Meta(ge=1)] = 256 << 20
         #: fsync files and directories on commit (turn off only for throwaway data).
         fsync: bool = True
 
     def __init__(self, options: ParquetSink.Options, context: PluginContext) -> None:
         super().__init__(options, context)
-        if options.row_group_size < 1 or options.max_mapped_bytes < 1:
-            raise SinkError(
-                f"[{context.name}] row_group_size and max_mapped_bytes must be positive"
-            )
         self.root: Path = context.resolve(options.root)
 
     def __repr__(self) -> str:

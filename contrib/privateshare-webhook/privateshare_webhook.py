@@ -24,19 +24,21 @@ import json
 import logging
 import os
 import random
+import re
 import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import Annotated, Any, BinaryIO, Literal
 from urllib.parse import quote, urlsplit
 
 import msgspec
 import requests
 
 from privateshare import Plugin, PluginContext, Secret, hookimpl
+from privateshare.config import Attempts, Delay, HttpUrl, PathOption, Seconds
 from privateshare.errors import ConfigError, SinkError
 from privateshare.models import DataFile, RunInfo, RunSummary
 from privateshare.sinks import check_name
@@ -73,6 +75,18 @@ RESERVED_HEADERS = frozenset(
     )
 )
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+
+
+def _location_problem(value: str) -> str | None:
+    """Why a location template is unusable, if it is: only {user} and {name} exist."""
+    try:
+        value.format(user="u", name="n")
+    except (KeyError, IndexError, ValueError) as exc:
+        return f"only {{user}} and {{name}} may be used ({type(exc).__name__}: {exc})"
+    return None
+
+
 #: Status codes worth another attempt; any other non-2xx answer is final.
 RETRYABLE = frozenset({408, 425, 429, 500, 502, 503, 504})
 
@@ -155,22 +169,28 @@ class WebhookSink(Plugin):
 
     class Options(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         #: The endpoint; https, or http to a loopback address (or with allow_http).
-        url: str
+        url: HttpUrl
         #: The HMAC key shared with the receiver: { env = "VAR" } or { file = "path" }.
         secret: Secret
         #: "content": the body is the file; "reference": a JSON description of it.
         mode: Literal["content", "reference"] = "content"
         #: Reference mode: where the file lives, e.g. "s3://archive/{user}/{name}".
-        location: str | None = None
+        location: (
+            Annotated[
+                str,
+                msgspec.Meta(extra={"check": _location_problem, "expected": "a location template"}),
+            ]
+            | None
+        ) = None
         #: Seconds to connect and to wait for each read of the answer.
-        timeout: float = 30.0
+        timeout: Seconds = 30.0
         #: Attempts per delivery, the first included.
-        attempts: int = 5
+        attempts: Attempts = 5
         #: Seconds before the second attempt; doubled each time, up to max_backoff.
-        backoff: float = 1.0
-        max_backoff: float = 60.0
+        backoff: Delay = 1.0
+        max_backoff: Delay = 60.0
         #: Where failed deliveries are kept (relative to the config file).
-        dead_letter_dir: str = "webhook-dead-letter"
+        dead_letter_dir: PathOption = "webhook-dead-letter"
         #: After the last attempt: "raise" (the file fails and is retried next run)
         #: or "dead-letter" (the file counts as delivered; the dead letter is the copy).
         on_failure: Literal["raise", "dead-letter"] = "raise"
@@ -179,32 +199,33 @@ class WebhookSink(Plugin):
         verify_tls: bool = True
         allow_http: bool = False
 
+        def __post_init__(self) -> None:
+            parts = urlsplit(self.url)
+            loopback = parts.hostname in LOOPBACK_HOSTS
+            if parts.scheme == "http" and not loopback and not self.allow_http:
+                raise ValueError(
+                    f"url: plain http to {parts.hostname} would send personal data "
+                    "unencrypted; use https (or set allow_http = true on a trusted network)"
+                )
+            reserved = sorted(h for h in self.headers if h.lower() in RESERVED_HEADERS)
+            if reserved:
+                raise ValueError(f"headers: {reserved} are set by the sink itself; remove them")
+            for name, value in self.headers.items():
+                if not _HEADER_NAME.match(name):
+                    raise ValueError(f"headers: {name!r} is not a valid header name")
+                if any(c in value for c in "\r\n\x00"):
+                    raise ValueError(
+                        f"headers: the value of {name!r} contains a line break or NUL; "
+                        "a header value is one line"
+                    )
+            if self.max_backoff < self.backoff:
+                raise ValueError(
+                    f"max_backoff: expected at least backoff ({self.backoff:g}), found "
+                    f"{self.max_backoff:g}; raise max_backoff or lower backoff"
+                )
+
     def __init__(self, options: WebhookSink.Options, context: PluginContext) -> None:
         super().__init__(options, context)
-        where = f"[{context.name}]"
-        parts = urlsplit(options.url)
-        if parts.scheme not in ("https", "http") or not parts.hostname:
-            raise ConfigError(f"{where} url: expected an http(s) URL with a host")
-        loopback = parts.hostname in LOOPBACK_HOSTS
-        if parts.scheme == "http" and not loopback and not options.allow_http:
-            raise ConfigError(
-                f"{where} url: plain http to {parts.hostname} would send personal data "
-                "unencrypted; use https (or set allow_http = true on a trusted network)"
-            )
-        reserved = sorted(h for h in options.headers if h.lower() in RESERVED_HEADERS)
-        if reserved:
-            raise ConfigError(f"{where} headers: {reserved} are set by the sink itself")
-        if options.attempts < 1 or options.timeout <= 0 or options.backoff < 0:
-            raise ConfigError(
-                f"{where} attempts must be at least 1, timeout positive, backoff not negative"
-            )
-        if options.location is not None:
-            try:
-                options.location.format(user="u", name="n")
-            except (KeyError, IndexError, ValueError) as exc:
-                raise ConfigError(
-                    f"{where} location: only {{user}} and {{name}} may be used ({exc})"
-                ) from None
         self.dead_letter_dir: Path = context.resolve(options.dead_letter_dir)
         self._local = threading.local()
 

@@ -31,6 +31,7 @@ from privateshare.models import FileMetadata
 from privateshare.plugin import PluginContext
 from privateshare.plugins import decrypt_digime
 from privateshare.plugins.decrypt_digime import (
+    DEFAULT_RATIO_FLOOR,
     DigimeDecryptor,
     DigimeDecryptorOptions,
     decrypt_stream,
@@ -531,6 +532,76 @@ def test_bomb_fails_fast_with_flat_memory(handle, rsa_key, kind, request) -> Non
     assert peak < 16 * MiB, f"peak {peak / MiB:.1f} MiB while refusing a {kind} bomb"
 
 
+@pytest.mark.parametrize("kind", ["gzip", "brotli"])
+def test_a_bomb_under_the_cap_stops_at_the_ratio_floor(handle, rsa_key, kind, request) -> None:
+    """Default settings: a 512 MiB bomb (far below the 4 GiB cap) ends after ~64 MiB."""
+    bomb = request.getfixturevalue(f"{kind}_bomb")
+    blob = encrypt(rsa_key.public_key(), bomb)
+    got = 0
+    with pytest.raises(FileDecryptionError) as info:
+        for chunk in decrypt_stream(io.BytesIO(blob), handle, compression=kind):
+            got += len(chunk)
+    assert info.value.check == "decompression"
+    assert f"the {kind} data expands more than max_ratio (100) times" in str(info.value)
+    assert "raise max_ratio if the file is genuine" in str(info.value)
+    assert got <= DEFAULT_RATIO_FLOOR  # nothing past the floor was handed on
+    assert got >= DEFAULT_RATIO_FLOOR - 2 * MiB  # and the floor itself was
+
+
+def test_the_ratio_applies_past_the_floor_only(handle, rsa_key) -> None:
+    zeros = bytes(3 * MiB)  # gzip: ~1000 times smaller, brotli: ~200000 times
+    text = os.urandom(600_000).hex().encode()  # compresses about twice
+    for kind in ("gzip", "brotli"):
+        kw = {"compression": kind, "chunk_size": 64 * 1024}
+        packed = encrypt(rsa_key.public_key(), zeros, compression=kind)
+        # Under the floor any ratio is fine; past it, at most max_ratio times the input.
+        assert run(packed, handle, ratio_floor=4 * MiB, max_ratio=10, **kw) == zeros
+        err = check_of(packed, handle, ratio_floor=MiB, max_ratio=10, **kw)
+        assert err.check == "decompression" and "max_ratio (10)" in str(err)
+        assert run(packed, handle, ratio_floor=MiB, max_ratio=10**6, **kw) == zeros
+        # A genuine ratio below max_ratio passes whatever the floor.
+        prose = encrypt(rsa_key.public_key(), text, compression=kind)
+        assert len(text) / (len(prose) - 288) < 50
+        assert run(prose, handle, ratio_floor=0, max_ratio=50, **kw) == text
+
+
+@pytest.mark.parametrize("kind", ["gzip", "brotli"])
+def test_a_bomb_through_the_plugin_and_the_file_sink_leaves_little_and_nothing(
+    handle, rsa_key, kind, request, tmp_path
+) -> None:
+    """The whole decrypt path at default options, into the file sink's temp file."""
+    from privateshare.config import decode_options
+    from privateshare.plugins.sink_file import FileSink
+    from privateshare.sinks import TEMP_PREFIX
+    from privateshare.testing.helpers import make_file, make_run
+
+    encrypted = tmp_path / "bomb.bin"
+    encrypted.write_bytes(encrypt(rsa_key.public_key(), request.getfixturevalue(f"{kind}_bomb")))
+    options = decode_options({}, DigimeDecryptorOptions, "[decryption]")
+    plugin = DigimeDecryptor(options, PluginContext(name="decryption", base_dir=tmp_path))
+    sink = FileSink(
+        FileSink.Options(root="out"), PluginContext(name="sinks.local", base_dir=tmp_path)
+    )
+    run_info = make_run("alice")
+    sink.privateshare_sink_open_run(run=run_info)
+    writer = sink.privateshare_sink_open_file(run=run_info, file=make_file("alice", "f.json"))
+    user_dir = tmp_path / "out" / "alice"
+    with encrypted.open("rb") as source, pytest.raises(FileDecryptionError) as info:
+        chunks = plugin.privateshare_decrypt(
+            source=source,
+            metadata=FileMetadata(compression=kind),
+            key=handle,
+            file_name="f.json",
+        )
+        for chunk in chunks:
+            writer.write(chunk)
+    assert "max_ratio" in str(info.value)
+    (temp,) = [p for p in user_dir.iterdir() if p.name.startswith(TEMP_PREFIX)]
+    assert temp.stat().st_size <= DEFAULT_RATIO_FLOOR  # 64 MiB written, not 512 MiB (or 4 GiB)
+    writer.abort()
+    assert list(user_dir.iterdir()) == []
+
+
 def test_brotli_without_output_limit_support(handle, rsa_key, monkeypatch) -> None:
     """brotli < 1.2 has no output limit: the fallback feeds tiny slices, still capped."""
     monkeypatch.setattr(decrypt_digime, "_BROTLI_BOUNDED", False)
@@ -550,6 +621,8 @@ def test_invalid_arguments(handle) -> None:
         decrypt_stream(io.BytesIO(), handle, chunk_size=8)
     with pytest.raises(ValueError, match="max_decompressed_bytes"):
         decrypt_stream(io.BytesIO(), handle, max_decompressed_bytes=-1)
+    with pytest.raises(ValueError, match="max_ratio"):
+        decrypt_stream(io.BytesIO(), handle, max_ratio=0)
 
 
 def test_closing_early_releases_the_file(handle, rsa_key, tmp_path) -> None:
@@ -575,6 +648,7 @@ def test_options_defaults_and_decoding() -> None:
     opts = msgspec.toml.decode(b'format = "v1.5"\nchunk_size = 65536', type=DigimeDecryptorOptions)
     assert (opts.format, opts.chunk_size) == ("v1.5", 65536)
     assert opts.max_decompressed_bytes == 4 * 1024**3
+    assert (opts.max_ratio, opts.ratio_floor) == (100, 64 * MiB)
     defaults = DigimeDecryptorOptions()
     assert (defaults.format, defaults.chunk_size, defaults.mmap) == ("auto", MiB, True)
     assert DigimeDecryptor.Options is DigimeDecryptorOptions

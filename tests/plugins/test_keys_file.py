@@ -399,6 +399,82 @@ def test_env_store_bad_values(tmp_path, pems, monkeypatch, name, build, password
             assert chunk not in text
 
 
+def _armoured(label: str, body: str, headers: str = "") -> str:
+    return f"-----BEGIN {label}-----\n{headers}{body}\n-----END {label}-----\n"
+
+
+def _hostile_env_values(pems: dict[str, bytes]) -> dict[str, bytes]:
+    """Values an operator could put in the variable by mistake, each failing differently."""
+    body = "".join(pems["pkcs8"].decode().splitlines()[1:-1])
+    junk = base64.b64encode(os.urandom(1500)).decode()
+    return {
+        "junk-der": _armoured("PRIVATE KEY", junk).encode(),
+        "cut-in-half": _armoured("PRIVATE KEY", body[: len(body) // 2]).encode(),
+        "one-char-changed": _armoured("PRIVATE KEY", body[:300] + "!" + body[301:]).encode(),
+        "unknown-cipher": _armoured(
+            "RSA PRIVATE KEY",
+            junk,
+            "Proc-Type: 4,ENCRYPTED\nDEK-Info: FOO-128-CBC,00112233445566778899AABBCCDDEEFF\n\n",
+        ).encode(),
+        "escaped-newlines-damaged": _armoured("PRIVATE KEY", body[:-40] + "Zm9v")
+        .replace("\n", "\\n")
+        .encode(),
+        "base64-of-junk-pem": base64.b64encode(_armoured("PRIVATE KEY", junk).encode()),
+        "secret-words-in-armour": _armoured(
+            "PRIVATE KEY", "TOPSECRETVALUE-hunter2-hunter2"
+        ).encode(),
+        "not-utf8": b"\xff\xfe" + _armoured("PRIVATE KEY", junk).encode(),
+        "huge": _armoured("PRIVATE KEY", junk * 800).encode(),
+        "certificate-only": _armoured("CERTIFICATE", junk).encode(),
+    }
+
+
+def _windows(value: bytes) -> list[str]:
+    """12-character windows of the value's content lines (not the generic armour)."""
+    text = value.decode("utf-8", "replace").replace("\\n", "\n")
+    lines = [ln for ln in text.splitlines() if ln and "-----" not in ln]
+    joined = "".join(lines)
+    return [joined[i : i + 12] for i in range(0, max(len(joined) - 12, 1), 5)][:2000]
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "junk-der",
+        "cut-in-half",
+        "one-char-changed",
+        "unknown-cipher",
+        "escaped-newlines-damaged",
+        "base64-of-junk-pem",
+        "secret-words-in-armour",
+        "not-utf8",
+        "huge",
+        "certificate-only",
+    ],
+)
+@pytest.mark.parametrize("password", [None, "pw"])
+def test_env_key_errors_never_echo_the_variable(
+    tmp_path, pems, monkeypatch, caplog, case, password
+) -> None:
+    value = _hostile_env_values(pems)[case]
+    monkeypatch.setitem(os.environb, os.fsencode(VAR), value)
+    caplog.set_level(logging.DEBUG)
+    store = env_store(tmp_path, Secret.literal(password) if password else None)
+    with pytest.raises(KeyStoreError) as info:
+        store.privateshare_key_handle()
+    message = str(info.value)
+    assert f"environment variable {VAR}" in message
+    # Everything a log or a debugger could show, suppressed contexts included.
+    seen = [error_text(info.value), repr(store), caplog.text]
+    exc: BaseException | None = info.value
+    while exc is not None:
+        seen += [str(exc), repr(exc), repr(exc.args)]
+        exc = exc.__cause__ or exc.__context__
+    text = "\n".join(seen)
+    leaked = [w for w in _windows(value) if w in text]
+    assert not leaked, (case, leaked[:3], message)
+
+
 def test_key_pasted_into_variable_option_is_not_echoed(tmp_path, pems) -> None:
     with pytest.raises(KeyStoreError) as info:
         EnvKeyStore(EnvKeyStore.Options(variable=pems["pkcs8"].decode()), ctx(tmp_path))

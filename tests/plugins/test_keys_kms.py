@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from click.testing import CliRunner
 
+from privateshare.config import decode_options
 from privateshare.errors import ConfigError, KeyStoreError
 from privateshare.flow import Flow
 from privateshare.framework import load
@@ -258,12 +259,17 @@ def test_wrap_errors(aws_env: MotoServer, tmp_path: Path, privateshare_test_key:
 
 
 def test_options_need_exactly_one_blob_source(aws_env: MotoServer, tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="exactly one of path, variable or s3_uri"):
-        make_store(aws_env, tmp_path)
-    with pytest.raises(ConfigError, match="exactly one of path, variable or s3_uri"):
-        make_store(aws_env, tmp_path, path="a", variable="B")
-    with pytest.raises(ConfigError, match="s3_uri must look like"):
-        make_store(aws_env, tmp_path, s3_uri="bucket/key")
+    def decode(**options: Any) -> None:
+        decode_options(options, KmsKeyStore.Options, "[keys]", tmp_path)
+
+    with pytest.raises(ConfigError, match=r"exactly one of path, variable or s3_uri.*found none"):
+        decode()
+    with pytest.raises(ConfigError, match="found path and variable"):
+        decode(path="a", variable="B")
+    with pytest.raises(ConfigError, match=r"s3_uri: expected a string matching \^s3://"):
+        decode(s3_uri="bucket/key")
+    with pytest.raises(ValueError, match="exactly one of path, variable or s3_uri"):
+        make_store(aws_env, tmp_path)  # in code too
 
 
 # --- the whole flow ---------------------------------------------------------------------------

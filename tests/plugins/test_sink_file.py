@@ -179,6 +179,7 @@ def deliver_one(sink: FileSink, user: str, name: str, data: bytes) -> None:
         ("", "empty"),
         ("a//b", "empty path segment"),
         ("x" * 300, "300 bytes long"),
+        ("/".join(["d" * 250] * 4) + "/" + "f" * 30, "1034 bytes long; names are limited to 1024"),
         (TEMP_PREFIX + "1-2", "reserves for temp files"),
         ("f.json" + METADATA_SUFFIX, "metadata files"),
     ],
@@ -220,6 +221,36 @@ def test_hostile_user_id_is_refused_at_open_run(tmp_path: Path) -> None:
     with pytest.raises(UnsafeFileNameError, match="user id"):
         make_sink(tmp_path).privateshare_sink_open_run(run=make_run("../evil"))
     assert everything_under(tmp_path) == set()
+
+
+def test_names_are_bounded_in_total_not_only_per_segment(tmp_path: Path) -> None:
+    longest = "/".join(["d" * 254] * 4) + "/" + "f" * 4  # 1024 bytes exactly
+    assert len(check_name(longest)) == 5
+    with pytest.raises(UnsafeFileNameError, match="1025 bytes long; names are limited to 1024"):
+        check_name(longest + "f")
+    # Bytes, not characters: 'é' is two bytes of UTF-8.
+    with pytest.raises(UnsafeFileNameError, match=r"\(517 characters\) is unsafe: it is 1029 "):
+        check_name("/".join(["é" * 100] * 5) + "/" + "é" * 12)
+
+
+def test_a_path_over_the_os_limit_fails_that_file_with_the_reason(tmp_path: Path) -> None:
+    # A root deep enough that a legal 1024-byte name no longer fits PATH_MAX (4096 on Linux).
+    limit = os.pathconf(tmp_path, "PC_PATH_MAX") - 1
+    root = tmp_path.joinpath(*["r" * 250] * ((limit - len(str(tmp_path)) - 700) // 251))
+    sink = make_sink(tmp_path, root=str(root))
+    name = "/".join(["n" * 250] * 3 + ["n" * 240])
+    with pytest.raises(UnsafeFileNameError) as caught:
+        deliver_one(sink, "alice", name, b"x")
+    message = str(caught.value)
+    assert f"over this system's limit of {limit} (PATH_MAX)" in message
+    assert "nothing was written" in message and "shorter root" in message
+    assert not (root / "alice" / ("n" * 250)).exists()  # no directory was made
+    deliver_one(sink, "alice", "short.json", b"fits")  # the sink carries on with other files
+    assert (root / "alice" / "short.json").read_bytes() == b"fits"
+    assert sorted(p.name for p in (root / "alice").iterdir()) == [
+        "short.json",
+        "short.json" + METADATA_SUFFIX,
+    ]
 
 
 def test_a_very_long_hostile_name_is_shortened_in_the_message(tmp_path: Path) -> None:

@@ -377,16 +377,21 @@ def test_unreachable_endpoint_is_a_clear_error(aws_env: MotoServer, bucket: str)
 
 
 def test_bad_options_are_config_errors(aws_env: MotoServer, privateshare_factory: Any) -> None:
-    with pytest.raises(ConfigError, match=r"part_size .* at least"):
-        make_sink(aws_env, "b", part_size=MiB)
-    with pytest.raises(ConfigError, match="bucket must be a bucket name"):
-        make_sink(aws_env, "s3://b/prefix")
-    with pytest.raises(ConfigError, match="only one of access_key_id and secret_access_key"):
-        make_sink(aws_env, "b", access_key_id=Secret(env="X"))
-    with pytest.raises(ConfigError, match="sse_kms_key_id needs"):
-        make_sink(aws_env, "b", sse_kms_key_id="k")
-    with pytest.raises(ConfigError, match="prefix is not usable"):
-        make_sink(aws_env, "b", prefix="a/../b")
+    def load(options: str) -> None:
+        privateshare_factory(f'[sinks.archive]\ntype = "s3"\n{options}\n')
+
+    with pytest.raises(ConfigError, match=r"part_size: expected an integer >= 5242880"):
+        load('bucket = "b"\npart_size = 1048576')
+    with pytest.raises(ConfigError, match="a bucket name, without '/' or 's3://'"):
+        load('bucket = "s3://b/prefix"')
+    with pytest.raises(ConfigError, match="access_key_id and secret_access_key: only one"):
+        load('bucket = "b"\naccess_key_id = { env = "X" }')
+    with pytest.raises(ValueError, match="access_key_id and secret_access_key: only one"):
+        make_sink(aws_env, "b", access_key_id=Secret(env="X"))  # in code too
+    with pytest.raises(ConfigError, match="sse_kms_key_id: it needs server_side_encryption"):
+        load('bucket = "b"\nsse_kms_key_id = "k"')
+    with pytest.raises(ConfigError, match=r"prefix: expected a key prefix, found 'a/\.\./b'"):
+        load('bucket = "b"\nprefix = "a/../b"')
     with pytest.raises(ConfigError, match=r"unknown key 'buckett'"):
         privateshare_factory('[sinks.archive]\ntype = "s3"\nbuckett = "b"\n')
     with pytest.raises(ConfigError, match="secret must not be written in the config"):

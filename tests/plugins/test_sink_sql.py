@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import signal
 import subprocess
 import sys
 import textwrap
 import threading
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,8 @@ import sqlalchemy as sa
 from privateshare import ConfigError, SinkError
 from privateshare.flow import Flow
 from privateshare.plugin import PluginContext
-from privateshare.plugins.sink_sql import CHUNK_SIZE, SqlSink, file_key, object_rows
+from privateshare.plugins.sink_sql import CHUNK_SIZE, SqlSink, file_key, object_rows, sink_tables
+from privateshare.plugins.sqlcommon import LongText, schema_version_table
 from privateshare.secrets import Secret
 from privateshare.testing.conformance import SinkConformance
 from privateshare.testing.helpers import deliver, make_file, make_run
@@ -160,7 +163,7 @@ def test_raw_invalid_and_oversized_files_are_stored_without_objects(
         "broken.json": ("mapped", "application/json", None),
         "big.json": ("mapped", "application/json", None),
     }
-    assert "'broken.json' of user 'alice' is not valid JSON" in caplog.text
+    assert "'broken.json' of user 'alice' cannot be read as JSON" in caplog.text
     assert "over objects_max_bytes (100)" in caplog.text
     assert sink.read_content("alice", "broken.json") == b'[{"id": 1},'
 
@@ -221,7 +224,7 @@ def test_schema_version_is_recorded_and_a_newer_one_refused(sql_db: SqlDb) -> No
     )
     with sink.db.engine.begin() as conn:
         assert conn.execute(sa.select(versions.c.component, versions.c.version)).all() == [
-            ("sink", 1)
+            ("sink", 2)
         ]
         conn.execute(versions.update().values(version=99))
     newer = make_sink(sql_db)
@@ -231,11 +234,229 @@ def test_schema_version_is_recorded_and_a_newer_one_refused(sql_db: SqlDb) -> No
     newer.close()
 
 
+# --- what one database refuses and another accepts -------------------------------------------
+
+DEEP = 40  # levels of nesting; MariaDB's JSON_VALID accepts 31
+# The file's text, as a service could send it: escapes, exact numbers, deep nesting.
+AWKWARD = (
+    b'[{"id": "nul", "text": "a\\u0000b", "k\\u0000": 1},\n'
+    b' {"id": "lone", "text": "cut \\ud83d", "low": "\\udc00!", "pair": "\\ud83d\\ude00"},\n'
+    b' {"id": "utf8", "text": "\xf0\x9f\x98\x80 caf\xc3\xa9", "\xe2\x82\xac": "\\u20ac"},\n'
+    b' {"id": "exact", "pi": 3.14159265358979323846, "big": 123456789012345678901234567890,'
+    b' "e": 1E2, "huge": 1e400, "tiny": -2.5e-300, "cents": 0.10},\n'
+    b' {"id": "beyond-numeric", "up": 1e200000, "down": 1.5e-16383, "ok": 1e-16383},\n'
+    b' {"id": "escaped-backslash", "text": "\\\\u0000 and \\\\ud800 are text"},\n'
+    b' {"id": "deep", "v": ' + b"[" * DEEP + b"1" + b"]" * DEEP + b"},\n"
+    b' {"id": "long-key", "' + b"k" * 100_000 + b'": true}]'
+)
+
+
+def _decimal_json(text: str) -> Any:
+    return json.loads(text, parse_float=Decimal, parse_int=Decimal)
+
+
+def _expected_objects(kind: str) -> dict[str, Any]:
+    """The awkward objects as each database keeps them (what docs/sql.md promises)."""
+    nul = "\ufffd" if kind == "postgresql" else "\x00"
+    deep: Any = 1
+    for level in range(DEEP + 1, 1, -1):  # the object is level 1, "v" opens level 2
+        deep = [deep]
+        if kind == "mariadb" and level == 32:
+            deep = json.dumps(deep, separators=(",", ":"))  # deeper than 31: kept as text
+    beyond = (
+        {"up": "1e200000", "down": "1.5e-16383"}
+        if kind == "postgresql"
+        else {"up": Decimal("1e200000"), "down": Decimal("1.5e-16383")}
+    )
+    objects = [
+        {"id": "nul", "text": f"a{nul}b", f"k{nul}": Decimal(1)},
+        {"id": "lone", "text": "cut \ufffd", "low": "\ufffd!", "pair": "\U0001f600"},
+        {"id": "utf8", "text": "\U0001f600 café", "€": "€"},
+        {"id": "exact", "pi": Decimal("3.14159265358979323846"),
+         "big": Decimal(123456789012345678901234567890), "e": Decimal("1E2"),
+         "huge": Decimal("1e400"), "tiny": Decimal("-2.5e-300"), "cents": Decimal("0.10")},
+        {"id": "beyond-numeric", **beyond, "ok": Decimal("1e-16383")},
+        {"id": "escaped-backslash", "text": "\\u0000 and \\ud800 are text"},
+        {"id": "deep", "v": deep},
+        {"id": "long-key", "k" * 100_000: True},
+    ]  # fmt: skip
+    return {o["id"]: o for o in objects}
+
+
+def stored_objects(sink: SqlSink, user: str, name: str) -> dict[str, Any]:
+    """Each object row as the database holds it, numbers compared as decimals."""
+    text = sa.cast(sink.objects.c.object, sa.Text if sink.db.dialect != "mysql" else LongText)
+    with sink.db.engine.connect() as conn:
+        found = conn.execute(
+            sa.select(sink.objects.c.object_key, text).where(
+                sink.objects.c.file_key == file_key(user, name)
+            )
+        ).all()
+    return {key: _decimal_json(value) for key, value in found}
+
+
+def test_json_one_database_refuses_is_kept_on_every_database(
+    sql_db: SqlDb, caplog: pytest.LogCaptureFixture
+) -> None:
+    sink = make_sink(sql_db)
+    metadata = {"objectType": "post", "note": "x\x00y", "deep": [[[[1]]]]}
+    put(sink, "alice", "awkward.json", AWKWARD, metadata=metadata)
+    # The file row is byte-exact on every database...
+    assert sink.read_content("alice", "awkward.json") == AWKWARD
+    (row,) = rows(sink, sink.files)
+    assert (row.size, row.sha256) == (len(AWKWARD), hashlib.sha256(AWKWARD).hexdigest())
+    assert row.object_count == 8
+    nul = "\ufffd" if sql_db.kind == "postgresql" else "\x00"
+    assert row.metadata == {"objectType": "post", "note": f"x{nul}y", "deep": [[[[1]]]]}
+    # ...and every object has its row, as close to the text as the type allows.
+    assert stored_objects(sink, "alice", "awkward.json") == _expected_objects(sql_db.kind)
+    # The objects can be queried with the database's JSON functions.
+    path = {"postgresql": "object->>'id'", "mariadb": "JSON_VALUE(object, '$.id')"}.get(
+        sql_db.kind, "json_extract(object, '$.id')"
+    )
+    with sink.db.engine.connect() as conn:
+        ids = conn.execute(sa.text(f"SELECT {path} FROM {sink.objects.name}")).scalars().all()
+    assert sorted(ids) == sorted(_expected_objects(sql_db.kind))
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+    sink.close()
+
+
+def test_text_columns_hold_the_same_prefix_everywhere(sql_db: SqlDb) -> None:
+    sink = make_sink(sql_db)
+    mimetype = "image/x-" + "z" * 300 + "\x00"
+    put(
+        sink,
+        "alice",
+        "photo.bin",
+        b"\x00\x01raw",
+        metadata={"mimetype": mimetype},
+        last_modified="Tue, 14 Nov 2023 22:13:20 GMT" + " (and a very long comment)" * 5,
+    )
+    (row,) = rows(sink, sink.files)
+    assert row.mimetype == mimetype[:255]  # the column's length; the whole value in metadata
+    nul = "\ufffd" if sql_db.kind == "postgresql" else "\x00"
+    assert row.metadata["mimetype"] == mimetype.replace("\x00", nul)
+    assert (
+        row.last_modified
+        == ("Tue, 14 Nov 2023 22:13:20 GMT" + " (and a very long comment)" * 5)[:64]
+    )
+    assert sink.read_content("alice", "photo.bin") == b"\x00\x01raw"
+    sink.close()
+
+
+def test_an_updated_date_beyond_bigint_is_a_clear_error_everywhere(sql_db: SqlDb) -> None:
+    sink = make_sink(sql_db)
+    with pytest.raises(SinkError, match=r"updatedDate 9223372036854775808, which no SQL BIGINT"):
+        put(sink, "alice", "f.json", b"[]", updated_date=1 << 63)
+    put(sink, "alice", "g.json", b"[]", updated_date=(1 << 63) - 1)
+    assert [r.name for r in rows(sink, sink.files)] == ["g.json"]
+    sink.close()
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b"[" * 5000 + b"]" * 5000, "nests JSON too deeply to decode"),
+        (b'[{"n": NaN}]', "cannot be read as JSON"),
+        (b"[" + b"9" * 5000 + b"]", "cannot be read as JSON (Integer value out of range"),
+    ],
+)
+def test_json_no_database_can_split_is_stored_whole_everywhere(
+    sql_db: SqlDb, caplog: pytest.LogCaptureFixture, body: bytes, reason: str
+) -> None:
+    sink = make_sink(sql_db)
+    put(sink, "alice", "odd.json", body)
+    (row,) = rows(sink, sink.files)
+    assert row.object_count is None and rows(sink, sink.objects) == []
+    assert sink.read_content("alice", "odd.json") == body
+    assert f"'odd.json' of user 'alice' {reason}" in caplog.text
+    sink.close()
+
+
+@pytest.mark.parametrize("sql_db", ["sqlite", "mariadb"], indirect=True)
+def test_an_object_over_max_allowed_packet_leaves_the_file_whole_on_mariadb(
+    sql_db: SqlDb, caplog: pytest.LogCaptureFixture
+) -> None:
+    kind = sql_db.kind
+    sink = make_sink(sql_db)
+    limit = 16 << 20 if kind == "sqlite" else sink.db.packet_limit()
+    assert limit == 16 << 20  # the server's default; the object below exceeds it
+    body = json.dumps([{"id": "small"}, {"id": "big", "text": "x" * limit}]).encode()
+    put(sink, "alice", "big.json", body)
+    (row,) = rows(sink, sink.files)
+    assert sink.read_content("alice", "big.json") == body
+    if kind == "mariadb":
+        assert row.object_count is None and rows(sink, sink.objects) == []
+        assert f"more than the server's max_allowed_packet ({limit})" in caplog.text
+    else:
+        assert row.object_count == 2
+    sink.close()
+
+
+def test_a_latin1_mariadb_database_stores_any_character(
+    mariadb_database: str, tmp_path: Path
+) -> None:
+    """A v1 sink's tables in a latin1 database are converted (schema v2) and take emoji."""
+    admin = sa.create_engine(mariadb_database, isolation_level="AUTOCOMMIT")
+    name = f"ps_latin1_{os.urandom(4).hex()}"
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE {name} CHARACTER SET latin1")
+    try:
+        url = sa.engine.make_url(mariadb_database).set(database=name)
+        db = _server_db("mariadb", url.render_as_string(hide_password=False))
+        old = sa.create_engine(db.url)
+        # What a v1 sink left behind: the same tables, in the database's latin1.
+        metadata, *_ = sink_tables(db.prefix)
+        for table in metadata.tables.values():
+            table.kwargs.pop("mysql_charset", None)
+            table.kwargs.pop("mysql_collate", None)
+            table.dialect_kwargs.pop("mysql_charset", None)
+            table.dialect_kwargs.pop("mysql_collate", None)
+        versions = schema_version_table(metadata, db.prefix)
+        with old.begin() as conn:
+            metadata.create_all(conn)
+            conn.execute(versions.insert().values(component="sink", version=1))
+            collation = conn.exec_driver_sql(
+                f"SELECT TABLE_COLLATION FROM information_schema.TABLES WHERE "
+                f"TABLE_SCHEMA = '{name}' AND TABLE_NAME = '{db.prefix}objects'"
+            ).scalar()
+        assert collation.startswith("latin1")
+        old.dispose()
+        sink = make_sink(db)
+        body = json.dumps([{"id": "e", "text": "😀 café"}], ensure_ascii=False).encode()
+        put(sink, "😀 user", "😀.json", body, metadata={"serviceName": "📷"})
+        (row,) = rows(sink, sink.files)
+        assert (row.user_id, row.name, row.metadata) == (
+            "😀 user",
+            "😀.json",
+            {"serviceName": "📷"},
+        )
+        assert objects_of(sink, "😀 user", "😀.json") == {"e": {"id": "e", "text": "😀 café"}}
+        assert sink.read_content("😀 user", "😀.json") == body
+        sink.close()
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}")
+        admin.dispose()
+
+
 def test_hostile_user_id_is_refused_before_connecting(tmp_path: Path) -> None:
     sink = make_sink(_sqlite(tmp_path))
     with pytest.raises(SinkError, match=r"user id '\.\./x' is unsafe"):
         sink.privateshare_sink_open_run(run=make_run("../x"))
     assert not (tmp_path / "privateshare.db").exists()
+
+
+def _server_db(kind: str, url: str) -> Any:
+    class Db:
+        prefix = "privateshare_"
+
+        def options(self, **extra: Any) -> dict[str, Any]:
+            return {"url": self.url, **extra}
+
+    db = Db()
+    db.kind, db.url = kind, url  # type: ignore[attr-defined]
+    return db
 
 
 def _sqlite(path: Path) -> Any:
@@ -430,10 +651,10 @@ def test_unknown_option_is_a_config_error(privateshare_factory) -> None:
 @pytest.mark.parametrize(
     ("url", "expected"),
     [
-        ("not a url", r"\[sinks.db\] url: 'not a url' is not a database URL; write it as"),
+        ("not a url", r"\[sinks.db\] url: 'not a url': it is not a database URL; write it as"),
         (
             f"postgres ql://u:{PASSWORD}@h/db",
-            r"'postgres ql://u:\*\*\*@h/db' is not a database URL",
+            r"'postgres ql://u:\*\*\*@h/db': it is not a database URL",
         ),
         (
             "oracle://scott@db/orcl",

@@ -624,8 +624,7 @@ def test_lock_timeout_is_a_clear_error_and_per_user(tmp_path, handle, key_file, 
         started = time.monotonic()
         with pytest.raises(TokenStoreError) as info, store.privateshare_token_lock("shared user/ü"):
             pytest.fail("the lock was taken twice")
-        waited = time.monotonic() - started
-        assert 0.25 <= waited < 5
+        assert time.monotonic() - started >= 0.25  # it waited for lock_timeout first
         message = str(info.value)
         assert "timed out after 0.3 s" in message
         assert "'shared user/ü'" in message and "lock_timeout" in message
@@ -649,9 +648,9 @@ def test_lock_is_released_when_the_holder_dies(tmp_path, handle, key_file, scrip
     holder.kill()
     holder.wait(timeout=30)
     holder.stdin.close()
-    started = time.monotonic()
+    # Still held, this would fail with "timed out after 10 s".
     with store.privateshare_token_lock("shared user/ü"):
-        assert time.monotonic() - started < 5
+        pass
 
 
 # --- plugin plumbing -------------------------------------------------------------------

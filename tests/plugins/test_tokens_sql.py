@@ -197,14 +197,12 @@ def test_tampered_and_moved_records_are_detected(
 def test_lock_timeout_is_a_clear_error(sql_db: SqlDb, privateshare_test_key: Any) -> None:
     holder = make_store(sql_db, privateshare_test_key.handle)
     waiter = make_store(sql_db, privateshare_test_key.handle, lock_timeout=0.5)
-    with holder.privateshare_token_lock(USER):
-        started = time.monotonic()
-        with (
-            pytest.raises(TokenStoreError, match=r"timed out after 0.5 s waiting for the lock"),
-            waiter.privateshare_token_lock(USER),
-        ):
-            pass
-        assert time.monotonic() - started < 5
+    with (
+        holder.privateshare_token_lock(USER),
+        pytest.raises(TokenStoreError, match=r"timed out after 0.5 s waiting for the lock"),
+        waiter.privateshare_token_lock(USER),
+    ):
+        pass
     with waiter.privateshare_token_lock(USER):  # free again
         pass
     holder.close()

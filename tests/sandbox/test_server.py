@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import socket
 import subprocess
 import sys
-import time
 import tomllib
 from pathlib import Path
 
@@ -86,11 +86,13 @@ def test_port_zero_start_stop_and_reuse_of_state(tmp_path: Path, key_cache: Path
         assert sb.onboard_url == f"http://127.0.0.1:{port}/apps/saas/"
         conn = socket.create_connection(("127.0.0.1", port))  # an idle keep-alive client
         app_id = sb.application_id
-    start = time.monotonic()
-    with pytest.raises(OSError):
-        socket.create_connection(("127.0.0.1", port), timeout=1)
+    # Stopping closed the idle connection (rather than waiting for it) and the port.
+    conn.settimeout(30)  # a hang guard only
+    with contextlib.suppress(ConnectionResetError):
+        assert conn.recv(1) == b""
     conn.close()
-    assert time.monotonic() - start < 2
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=30)
     with Sandbox(SandboxSettings.instant(), state_dir=state_dir) as again:
         assert again.application_id == app_id  # loaded, not regenerated
 
@@ -161,12 +163,14 @@ def test_consent_page_share_and_cancel(make_sandbox) -> None:
     assert "success=true" in r.headers["Location"] and "code=" in r.headers["Location"]
 
 
-def test_cli_starts_fast_and_prints_urls(tmp_path: Path, key_cache: Path) -> None:
-    # Reuse the session's keys so this measures a normal (cached) start.
+def test_cli_reuses_cached_keys_and_prints_urls(tmp_path: Path, key_cache: Path) -> None:
+    # A start with keys in --dir uses them (how fast: benchmarks/sandbox.py --startup).
+    keys = {}
     for f in key_cache.glob("*.pem"):
         (tmp_path / f.name).write_bytes(f.read_bytes())
         os.chmod(tmp_path / f.name, 0o600)
-    start = time.monotonic()
+        keys[f.name] = f.read_bytes()
+    assert keys
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -191,12 +195,11 @@ def test_cli_starts_fast_and_prints_urls(tmp_path: Path, key_cache: Path) -> Non
             lines.append(line)
             if line.startswith("Press Ctrl+C"):
                 break
-        elapsed = time.monotonic() - start
         output = "".join(lines)
         base = next(x.split()[-1] for x in lines if "base URL" in x)
-        assert requests.get(base + "jwks/oauth", timeout=5).status_code == 200
+        assert requests.get(base + "jwks/oauth", timeout=30).status_code == 200
         assert str(tmp_path / "privateshare.toml") in output
-        assert elapsed < 2.0, elapsed
+        assert {p.name: p.read_bytes() for p in tmp_path.glob("*.pem")} == keys
     finally:
         proc.terminate()
         proc.wait(timeout=10)

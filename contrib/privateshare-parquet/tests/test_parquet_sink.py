@@ -13,7 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 from privateshare_parquet import ParquetSink, parquet_file_name, read_raw, read_table
 
-from privateshare import PluginContext, SinkError, UnsafeFileNameError
+from privateshare import ConfigError, PluginContext, SinkError, UnsafeFileNameError
+from privateshare.config import decode_options
 from privateshare.models import DataFile, FileMetadata
 from privateshare.testing.conformance import HOSTILE_FILE_NAMES, SinkConformance
 from privateshare.testing.helpers import deliver, make_file, make_run
@@ -210,6 +211,25 @@ def test_a_mapped_file_over_the_limit_is_refused(tmp_path: Path) -> None:
     with pytest.raises(SinkError, match="max_mapped_bytes"):
         put(sink, NAME, posts(100))
     assert parquet_files(tmp_path / "lake") == []
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"row_group_size": 0}, "[sinks.lake] row_group_size: expected an integer >= 1, found 0; "
+         "change it, or remove the key for the default 65536"),
+        ({"max_mapped_bytes": -1}, "[sinks.lake] max_mapped_bytes: expected an integer >= 1, "
+         "found -1;"),
+        ({"root": ""}, "[sinks.lake] root: expected a non-empty string, found ''"),
+        ({"compression": "zip"}, "[sinks.lake] compression: expected one of 'zstd'"),
+    ],
+)  # fmt: skip
+def test_options_out_of_range_are_config_errors(
+    tmp_path: Path, options: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        decode_options({"root": "lake", **options}, ParquetSink.Options, "[sinks.lake]", tmp_path)
+    assert str(caught.value).startswith(message), str(caught.value)
 
 
 def test_a_key_named_like_a_source_column_is_explained(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ from privateshare_webhook import (
 )
 
 from privateshare import ConfigError, PluginContext, Secret, SinkError
+from privateshare.config import decode_options
 from privateshare.testing.conformance import SinkConformance
 from privateshare.testing.helpers import deliver, make_file, make_run
 
@@ -247,17 +248,33 @@ def test_a_missing_secret_fails_the_run_before_any_file(tmp_path: Path, receiver
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"url": "http://example.com/hook"}, "plain http"),
-        ({"url": "ftp://example.com/hook"}, "an http"),
-        ({"headers": {"Privateshare-Signature": "x"}}, "set by the sink"),
-        ({"attempts": 0}, "attempts"),
-        ({"location": "s3://b/{bucket}"}, "location"),
+        ({"url": "http://example.com/hook"}, "[sinks.hook] url: plain http to example.com would "
+         "send personal data unencrypted; use https (or set allow_http = true"),
+        ({"url": "ftp://example.com/hook"}, "[sinks.hook] url: expected an http:// or https:// "
+         "URL with a host and no #fragment, found 'ftp://example.com/hook' (its scheme is 'ftp')"),
+        ({"headers": {"Privateshare-Signature": "x"}}, "[sinks.hook] headers: "
+         "['Privateshare-Signature'] are set by the sink itself; remove them"),
+        ({"headers": {"X-Team": "a\r\nX-Evil: 1"}}, "[sinks.hook] headers: the value of "
+         "'X-Team' contains a line break or NUL; a header value is one line"),
+        ({"headers": {"X Team": "a"}}, "[sinks.hook] headers: 'X Team' is not a valid header"),
+        ({"attempts": 0}, "[sinks.hook] attempts: expected an integer >= 1, found 0; change it, "
+         "or remove the key for the default 5"),
+        ({"timeout": 0}, "[sinks.hook] timeout: expected a number > 0, found 0;"),
+        ({"timeout": -30.0}, "[sinks.hook] timeout: expected a number > 0, found -30.0;"),
+        ({"backoff": -1}, "[sinks.hook] backoff: expected a number >= 0, found -1;"),
+        ({"max_backoff": -1}, "[sinks.hook] max_backoff: expected a number >= 0, found -1;"),
+        ({"backoff": 10, "max_backoff": 5}, "[sinks.hook] max_backoff: expected at least "
+         "backoff (10), found 5; raise max_backoff or lower backoff"),
+        ({"location": "s3://b/{bucket}"}, "[sinks.hook] location: expected a location template, "
+         "found 's3://b/{bucket}' (only {user} and {name} may be used (KeyError: 'bucket'))"),
+        ({"dead_letter_dir": ""}, "[sinks.hook] dead_letter_dir: expected a non-empty string"),
     ],
-)
+)  # fmt: skip
 def test_bad_options_are_explained(tmp_path: Path, options: dict[str, Any], message: str) -> None:
-    options = {"url": "https://example.com/hook", **options}
-    with pytest.raises(ConfigError, match=message):
-        make_sink(base=tmp_path, **options)
+    table = {"url": "https://example.com/hook", "secret": {"env": "HOOK_SECRET"}, **options}
+    with pytest.raises(ConfigError) as caught:
+        decode_options(table, WebhookSink.Options, "[sinks.hook]", tmp_path)
+    assert str(caught.value).startswith(message), str(caught.value)
 
 
 # --- the whole flow -------------------------------------------------------------------------
