@@ -459,6 +459,7 @@ class Run:
         skipped = self._duplicates
         scheduled = False
         checkpoint = self._checkpoint
+        late: DigimeError | None = None
         for name, updated in listing.items():
             taken = self._taken.get(name)
             if taken == updated:
@@ -469,7 +470,8 @@ class Run:
             self._taken[name] = updated
             scheduled = True
             if not self._submit(pool, name, updated):
-                self._failed(name, self._too_late("not attempted"), timed_out=True)
+                late = late or self._too_late("not attempted")  # one error for them all
+                self._failed(name, late, timed_out=True)
         with self._lock:
             self.summary.files_skipped = skipped
         return scheduled
@@ -585,7 +587,14 @@ class Run:
             if timed_out or (isinstance(error, TransportError) and past_deadline()):
                 self._timed_out += 1  # not attempted, or cut short by the deadline
             self.summary.add_failure(FileFailure(name, str(error), check))
-        log.warning("file %s of user %s failed: %s", name, self.user_id, error)
+        # Files the deadline kept from starting are summed up in the run's error instead.
+        log.log(
+            logging.DEBUG if timed_out else logging.WARNING,
+            "file %s of user %s failed: %s",
+            name,
+            self.user_id,
+            error,
+        )
         self.hooks.file_failed(
             self.user_id, name, error if isinstance(error, Exception) else RuntimeError(error)
         )

@@ -290,6 +290,23 @@ def test_a_5xx_on_trigger_is_retried(
     assert sum(sandbox.stats()["faults"].values()) == 2
 
 
+def test_a_cut_accounts_answer_is_retried(
+    start_sandbox: Callable[..., Sandbox], tmp_path: Path, api: str
+) -> None:
+    # With this fault seed the first accounts answer (v1.5: accounts.json) is cut short
+    # and the second is whole.
+    sandbox = start_sandbox(
+        files=2,
+        fault_endpoints=frozenset({"accounts", "file"}),
+        truncate_rate=0.5,
+        fault_seed=5,
+    )
+    flow = Flow(framework_for(sandbox, tmp_path, api=api))
+    consent(flow, "pia")
+    assert {a.id for a in flow.accounts("pia")} == {str(a["id"]) for a in sandbox.library.accounts}
+    assert sandbox.stats()["faults"] == {"truncate": 1}
+
+
 def test_a_cut_file_list_is_polled_again_not_the_end_of_the_run(
     tmp_path: Path, start_sandbox: Callable[..., Sandbox]
 ) -> None:
