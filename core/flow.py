@@ -352,7 +352,6 @@ class Run:
         self._inflight: dict[str, Future[None]] = {}
         self._workers = max(1, self.limits.concurrency)
         self._slots = threading.Semaphore(2 * self._workers)
-        self._duplicates = 0  # in the latest list
         self._duplicates_logged = False
         #: files cut short or not attempted because the deadline passed.
         self._timed_out = 0
@@ -380,19 +379,21 @@ class Run:
     # polling (§A6, with the limits of the iOS SDK)
     def _poll_and_download(self) -> None:
         with ThreadPoolExecutor(self._workers) as pool:
-            self._poll(pool)
-        # Downloads in flight at the deadline were ended by it (every request carries it).
-        if self._timed_out:
+            stopped_by_deadline = not self._poll(pool)
+        # Downloads in flight at the deadline were ended by it (every request carries it),
+        # and queued ones did not start: all are counted now.
+        if stopped_by_deadline or self._timed_out:
             raise self._timeout()
 
-    def _poll(self, pool: ThreadPoolExecutor) -> None:
+    def _poll(self, pool: ThreadPoolExecutor) -> bool:
+        """Poll and schedule until the library is final (True) or the deadline passed."""
         limits = self.limits
         state = "pending"
         started = last_change = time.monotonic()
         while True:
             if past_deadline():
-                raise self._timeout()
-            status, listing = self._list()
+                return False
+            status, listing, duplicates = self._list()
             now = time.monotonic()
             if status.state != state:
                 state = status.state
@@ -405,15 +406,12 @@ class Run:
                         f"{limits.max_pending:.0f}s; the user may not have finished consenting"
                     )
             else:
-                if self._schedule(pool, listing):
+                if self._schedule(pool, listing, duplicates):
                     last_change = time.monotonic()
                 del listing
                 if state in FINAL_STATES:
                     self._finish_status(status)
-                if self._timed_out:
-                    raise self._timeout()
-                if state in FINAL_STATES:
-                    return
+                    return True  # files the deadline kept out are counted in _timed_out
                 if now - last_change > limits.max_unchanged:
                     raise DigimeError(
                         f"the file list of user {self.user_id!r} did not change for "
@@ -421,8 +419,9 @@ class Run:
                     )
             time.sleep(max(0.0, min(limits.poll_interval, self.deadline - time.monotonic())))
 
-    def _list(self) -> tuple[LibraryStatus, dict[str, int]]:
-        """One poll: the status, and the list as name -> updatedDate (the decoded rows go).
+    def _list(self) -> tuple[LibraryStatus, dict[str, int], int]:
+        """One poll: the status, the list as name -> updatedDate (the decoded rows go), and
+        how many rows repeated a name.
 
         A name listed more than once is one file, taken at its latest date; the extra
         rows count as skipped (and are logged once per run).
@@ -447,16 +446,15 @@ class Run:
                 self.user_id,
                 duplicates,
             )
-        self._duplicates = duplicates
-        return files.status, listing
+        return files.status, listing, duplicates
 
-    def _schedule(self, pool: ThreadPoolExecutor, listing: dict[str, int]) -> bool:
+    def _schedule(self, pool: ThreadPoolExecutor, listing: dict[str, int], duplicates: int) -> bool:
         """Feed the pool every listed file this run has not taken yet; True if any.
 
         A file is unchanged only when its date is the one last delivered (checkpoint):
         any other date, earlier ones and 0 included, is a version to deliver.
         """
-        skipped = self._duplicates
+        skipped = duplicates
         scheduled = False
         checkpoint = self._checkpoint
         late: DigimeError | None = None
