@@ -449,10 +449,12 @@ class Run:
         return files.status, listing, duplicates
 
     def _schedule(self, pool: ThreadPoolExecutor, listing: dict[str, int], duplicates: int) -> bool:
-        """Feed the pool every listed file this run has not taken yet; True if any.
+        """Feed the pool every listed file newer than what the run and the checkpoint hold.
 
-        A file is unchanged only when its date is the one last delivered (checkpoint):
-        any other date, earlier ones and 0 included, is a version to deliver.
+        Returns True if any was new. A name with no checkpoint entry is new whatever its
+        date (0 and negative ones included); one listed at or before its checkpointed date
+        is unchanged: running lists may show a file at an earlier version than the one
+        already delivered, and delivering that would put older data over newer.
         """
         skipped = duplicates
         scheduled = False
@@ -460,9 +462,10 @@ class Run:
         late: DigimeError | None = None
         for name, updated in listing.items():
             taken = self._taken.get(name)
-            if taken == updated:
-                continue  # delivered, failed or on its way in this run
-            if taken is None and checkpoint.get(name) == updated:
+            if taken is not None and updated <= taken:
+                continue  # this version or a later one was delivered, failed or is on its way
+            done = checkpoint.get(name)
+            if taken is None and done is not None and updated <= done:
                 skipped += 1
                 continue
             self._taken[name] = updated
@@ -572,8 +575,8 @@ class Run:
         with self._lock:
             self.summary.files_delivered += 1
             self.summary.bytes_delivered += size
-            # Versions of one name are delivered in the order taken: the last one wins.
-            if self._checkpoint.get(name) != updated:
+            done = self._checkpoint.get(name)
+            if done is None or done < updated:
                 self._checkpoint[name] = updated
                 self._checkpoint_dirty = True
         self.progress("file", (name, size))

@@ -446,7 +446,7 @@ def test_a_name_listed_twice_is_one_file_and_every_entry_is_accounted_for(
         assert again.files_delivered == 0 and again.files_skipped == 7
 
 
-def test_a_date_that_goes_back_is_a_new_version(
+def test_a_date_that_goes_back_is_unchanged_not_older_data_over_newer(
     start_sandbox: Callable[..., Sandbox], tmp_path: Path
 ) -> None:
     sandbox = start_sandbox(files=4)
@@ -459,10 +459,10 @@ def test_a_date_that_goes_back_is_a_new_version(
 
     with list_proxy(sandbox.origin, back) as proxy:
         flow = Flow(framework_for(sandbox, tmp_path, digime={"base_url": proxy.origin + "/v1.7/"}))
-        restored = flow.pull("ned")  # the server says the file is now at an older version
-        assert restored.files_delivered == 1 and restored.files_skipped == 3
-        assert flow.pull("ned").files_delivered == 0  # that version is now the checkpoint
-    assert direct.pull("ned").files_delivered == 1  # and forward again is a change again
+        older = flow.pull("ned")  # the list shows one file at an earlier version
+        assert older.ok and older.files_delivered == 0 and older.files_skipped == 4
+    assert delivered(tmp_path, "ned") == sandbox.ground_truth()  # the newer data stayed
+    assert direct.pull("ned").files_delivered == 0  # and the checkpoint did not go back
 
 
 def test_failures_are_all_counted_and_the_first_thousand_listed(
