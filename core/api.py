@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import binascii
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -19,7 +20,15 @@ import msgspec
 
 from . import __version__
 from .config import DigimeConfig
-from .errors import DigimeError, ResponseTooLarge, SDKInvalidError, ServerError, ValidationError
+from .errors import (
+    DigimeError,
+    MalformedAnswer,
+    ResponseTooLarge,
+    SDKInvalidError,
+    ServerError,
+    TransportError,
+    ValidationError,
+)
 from .facade import Hooks
 from .jws import (
     InvalidServerToken,
@@ -31,6 +40,8 @@ from .jws import (
 )
 from .keys import KeyHandle
 from .models import Account, FileList, FileMetadata, Session, Token, UserAccessToken
+from .retry import Retry, current_deadline
+from .sinks import check_name
 from .transport import HttpRequest, HttpResponse
 
 JSON = {"accept": "application/json"}
@@ -98,15 +109,29 @@ class FileDownload:
 
 
 class DigimeClient:
-    """Signs, sends and decodes the pull-flow calls of API v1.7."""
+    """Signs, sends and decodes the pull-flow calls of API v1.7.
+
+    Calls that may be repeated (the file list, ``trigger``, accounts, JWKS, sample data
+    sets, file metadata) are retried on transient faults with ``retry``; the
+    single-use ``oauth/token`` calls and the consent calls are not. Every request
+    carries the deadline of the :func:`~privateshare.retry.deadline_scope` it is made in.
+    """
 
     #: The protocol profile this client speaks (``[digime] api``).
     api = "v1.7"
 
-    def __init__(self, config: DigimeConfig, hooks: Hooks, key: Callable[[], KeyHandle]) -> None:
+    def __init__(
+        self,
+        config: DigimeConfig,
+        hooks: Hooks,
+        key: Callable[[], KeyHandle],
+        *,
+        retry: Retry | None = None,
+    ) -> None:
         self.config = config
         self.hooks = hooks
         self._key = key
+        self.retry = retry or Retry()
         self.base_url = config.base_url if config.base_url.endswith("/") else config.base_url + "/"
         self.onboard_url = (
             config.onboard_url if config.onboard_url.endswith("/") else config.onboard_url + "/"
@@ -145,7 +170,10 @@ class DigimeClient:
         json: Any = None,
         headers: Mapping[str, str] = JSON,
         stream: bool = False,
+        secret: str | None = None,
     ) -> HttpResponse:
+        """Send one request; an error answer becomes a ServerError with ``secret`` (the
+        session key in the path) redacted from whatever the server echoed."""
         request = HttpRequest(
             method=method,
             url=self.base_url + path,
@@ -153,11 +181,15 @@ class DigimeClient:
             json=json,
             authorize=self._authorizer(claims) if claims is not None else None,
             stream=stream,
+            deadline=current_deadline(),
         )
-        response = self.hooks.send(request)
+        with redacting(secret):
+            response = self.hooks.send(request)
         if response.status_code >= 400:
             body = error_body(response)
-            raise server_error(response.status_code, response.reason, response.headers, body)
+            raise server_error(
+                response.status_code, response.reason, response.headers, body, secrets=(secret,)
+            )
         return response
 
     def _json(self, method: str, path: str, claims: Mapping[str, Any] | None, **kw: Any) -> Any:
@@ -171,12 +203,17 @@ class DigimeClient:
         try:
             return msgspec.json.decode(body)
         except msgspec.DecodeError:
-            raise ValidationError(
+            raise MalformedAnswer(
                 f"{method} {path.split('/')[0]}: the server's answer is not JSON"
             ) from None
 
     def _get_json_unsigned(self, url: str) -> Any:
-        response = self.hooks.send(HttpRequest("GET", url, headers=JSON))
+        """An unsigned GET of a JSON document (the JWKS), retried on transient faults."""
+        return self.retry.call(lambda: self._get_json_unsigned_once(url), f"GET {url}")
+
+    def _get_json_unsigned_once(self, url: str) -> Any:
+        request = HttpRequest("GET", url, headers=JSON, deadline=current_deadline())
+        response = self.hooks.send(request)
         if response.status_code >= 400:
             body = error_body(response)
             raise server_error(response.status_code, response.reason, response.headers, body)
@@ -187,7 +224,7 @@ class DigimeClient:
         try:
             return msgspec.json.decode(body)
         except msgspec.DecodeError:
-            raise ValidationError(f"{url} did not return JSON") from None
+            raise MalformedAnswer(f"{url} did not return JSON") from None
 
     def _answer(self, response: HttpResponse, what: str) -> bytes:
         """The whole answer, at most ``[digime] max_answer_bytes`` of it once decoded."""
@@ -367,42 +404,52 @@ class DigimeClient:
     def trigger(
         self, token: UserAccessToken, session_options: Mapping[str, Any] | None = None
     ) -> Session:
-        """``POST permission-access/trigger``: a new data session for a saved token (§A3.7)."""
+        """``POST permission-access/trigger``: a new data session for a saved token (§A3.7).
+
+        Retried on transient faults: a repeated trigger only starts another session.
+        """
         body = {**dict(session_options or {}), "agent": self.agent}
-        answer = self._json(
-            "POST",
+        answer = self.retry.call(
+            lambda: self._json(
+                "POST",
+                "permission-access/trigger",
+                {"access_token": token.access_token.value},
+                json=body,
+            ),
             "permission-access/trigger",
-            {"access_token": token.access_token.value},
-            json=body,
         )
         if not isinstance(answer, dict) or "session" not in answer:
             raise ValidationError("permission-access/trigger: the answer has no session")
         return decode_session(answer["session"], strict=True)
 
     def file_list(self, session_key: str, token: UserAccessToken | None) -> FileList:
-        """``GET permission-access/query/{sessionKey}`` (§A3.8)."""
+        """``GET permission-access/query/{sessionKey}`` (§A3.8), retried on transient faults."""
+        claims = self._token_claims(token)
+        return self.retry.call(lambda: self._file_list_once(session_key, claims), "the file list")
+
+    def _file_list_once(self, session_key: str, claims: dict[str, Any] | None) -> FileList:
         response = self._send(
-            "GET", f"permission-access/query/{segment(session_key)}", self._token_claims(token)
+            "GET", f"permission-access/query/{segment(session_key)}", claims, secret=session_key
         )
         try:
-            body = self._answer(response, "the file list")
+            with redacting(session_key):
+                body = self._answer(response, "the file list")
         finally:
             response.close()
-        try:
-            return msgspec.json.decode(body, type=FileList)
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            raise ValidationError(
-                f"the file list does not have the expected shape: {exc}"
-            ) from None
+        return decode_file_list(body)
 
     def open_file(self, session_key: str, name: str, token: UserAccessToken | None) -> FileDownload:
-        """``GET .../{fileName}``: headers checked, body left to stream (§A3.9)."""
+        """``GET .../{fileName}``: headers checked, body left to stream (§A3.9).
+
+        Not retried here: the flow retries a file's whole delivery, body included.
+        """
         response = self._send(
             "GET",
-            f"permission-access/query/{segment(session_key)}/{segment(name)}",
+            file_path(session_key, name),
             self._token_claims(token),
             headers={"accept": "application/octet-stream"},
             stream=True,
+            secret=session_key,
         )
         try:
             metadata = decode_x_metadata(response.headers.get("x-metadata"), name)
@@ -413,17 +460,22 @@ class DigimeClient:
 
     def file_metadata(self, session_key: str, name: str, token: UserAccessToken) -> FileMetadata:
         """``HEAD .../{fileName}``: the metadata only (§A3.10)."""
-        response = self._send(
-            "HEAD",
-            f"permission-access/query/{segment(session_key)}/{segment(name)}",
-            self._token_claims(token),
-        )
-        response.close()
-        return decode_x_metadata(response.headers.get("x-metadata"), name)
+
+        def head() -> FileMetadata:
+            response = self._send(
+                "HEAD", file_path(session_key, name), self._token_claims(token), secret=session_key
+            )
+            response.close()
+            return decode_x_metadata(response.headers.get("x-metadata"), name)
+
+        return self.retry.call(head, f"the metadata of {name!r}")
 
     def accounts(self, token: UserAccessToken) -> list[Account]:
         """``GET permission-access/accounts`` (§A3.11)."""
-        answer = self._json("GET", "permission-access/accounts", self._token_claims(token))
+        answer = self.retry.call(
+            lambda: self._json("GET", "permission-access/accounts", self._token_claims(token)),
+            "permission-access/accounts",
+        )
         try:
             return msgspec.convert(answer, list[Account])
         except msgspec.ValidationError as exc:
@@ -437,7 +489,10 @@ class DigimeClient:
 
     def sample_datasets(self, source_id: int) -> dict[str, Any]:
         """``GET permission-access/sample/datasets/{sourceId}`` (§A3.14)."""
-        answer = self._json("GET", f"permission-access/sample/datasets/{source_id}", {})
+        answer = self.retry.call(
+            lambda: self._json("GET", f"permission-access/sample/datasets/{source_id}", {}),
+            "permission-access/sample/datasets",
+        )
         if not isinstance(answer, dict):
             raise ValidationError("the sample data sets answer is not a JSON object")
         return answer
@@ -459,6 +514,50 @@ def segment(value: str) -> str:
     another file. ``/`` is kept, as the API's own names may nest.
     """
     return quote(value, safe="/")
+
+
+def file_path(session_key: str, name: str) -> str:
+    """The path of a file of a session; the name is checked before it reaches a URL.
+
+    Quoting alone is not enough: an HTTP library normalises ``a/../../x`` into another
+    resource, and empty or ``.`` segments name something else too. Such names (and
+    control characters) raise :class:`~privateshare.errors.UnsafeFileNameError`.
+    """
+    check_name(name)
+    return f"permission-access/query/{segment(session_key)}/{segment(name)}"
+
+
+def decode_file_list(body: bytes) -> FileList:
+    """A file-list answer: a body that does not parse is malformed (maybe cut short) and
+    worth another poll; a parsed one of the wrong shape is not."""
+    try:
+        return msgspec.json.decode(body, type=FileList)
+    except msgspec.ValidationError as exc:
+        raise ValidationError(f"the file list does not have the expected shape: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise MalformedAnswer(f"the file list is not valid JSON (cut short?): {exc}") from None
+
+
+def redact(text: str, secrets: Iterable[str | None]) -> str:
+    """``text`` without any of ``secrets``, raw or percent-encoded as in a request path."""
+    for secret in secrets:
+        if secret:
+            for form in (secret, quote(secret, safe="/"), quote(secret, safe="")):
+                text = text.replace(form, "<redacted>")
+    return text
+
+
+@contextmanager
+def redacting(secret: str | None) -> Iterator[None]:
+    """A transport error that quotes the request path is re-raised without ``secret``."""
+    try:
+        yield
+    except TransportError as exc:
+        text = str(exc)
+        clean = redact(text, (secret,))
+        if clean == text:
+            raise
+        raise TransportError(clean) from None
 
 
 def decode_session(value: Any, *, strict: bool = False) -> Session:
@@ -493,13 +592,13 @@ def decode_token(payload: Mapping[str, Any]) -> UserAccessToken:
 def decode_x_metadata(header: str | None, name: str) -> FileMetadata:
     """The base64url JSON ``x-metadata`` header (§A4.4)."""
     if not header:
-        raise ValidationError(f"{name}: the x-metadata header is missing")
+        raise MalformedAnswer(f"{name}: the x-metadata header is missing")
     try:
         data = msgspec.json.decode(b64url_decode(header.strip()))
     except (binascii.Error, ValueError, msgspec.DecodeError):
-        raise ValidationError(f"{name}: the x-metadata header is not base64url JSON") from None
+        raise MalformedAnswer(f"{name}: the x-metadata header is not base64url JSON") from None
     if not isinstance(data, dict) or not isinstance(data.get("metadata", {}), dict):
-        raise ValidationError(f"{name}: the x-metadata header has no metadata object")
+        raise MalformedAnswer(f"{name}: the x-metadata header has no metadata object")
     compression = data.get("compression")
     return FileMetadata(
         metadata=data.get("metadata", {}),
@@ -507,8 +606,20 @@ def decode_x_metadata(header: str | None, name: str) -> FileMetadata:
     )
 
 
-def server_error(status: int, reason: str, headers: Mapping[str, str], body: bytes) -> ServerError:
-    """Map an error response to ServerError / SDKInvalidError (§A4.6)."""
+def server_error(
+    status: int,
+    reason: str,
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    secrets: Iterable[str | None] = (),
+) -> ServerError:
+    """Map an error response to ServerError / SDKInvalidError (§A4.6).
+
+    Servers echo the request path (``There is no endpoint at …/query/<key>/…``):
+    ``secrets`` are redacted from everything taken from the answer.
+    """
+    secrets = tuple(secrets)
     code = message = reference = None
     try:
         data = msgspec.json.decode(body) if body else None
@@ -529,11 +640,11 @@ def server_error(status: int, reason: str, headers: Mapping[str, str], body: byt
     reference = reference or headers.get("x-error-reference")
     cls = SDKInvalidError if code in ("SDKInvalid", "SDKVersionInvalid") else ServerError
     return cls(
-        str(message or f"HTTP {status} {reason}".strip()),
-        code=str(code or "DigiMeServerError"),
-        reference=str(reference or "Unknown reference"),
+        redact(str(message or f"HTTP {status} {reason}".strip()), secrets),
+        code=redact(str(code or "DigiMeServerError"), secrets),
+        reference=redact(str(reference or "Unknown reference"), secrets),
         status_code=status,
-        status_message=reason,
+        status_message=redact(reason, secrets),
     )
 
 

@@ -36,7 +36,10 @@ from .api import (
     DigimeClient,
     FileDownload,
     check_state,
+    decode_file_list,
     decode_x_metadata,
+    file_path,
+    redacting,
     segment,
 )
 from .config import DigimeConfig
@@ -45,6 +48,7 @@ from .facade import Hooks
 from .jws import JwksCache, pkce_pair, random_alphanumeric
 from .keys import KeyHandle
 from .models import Account, FileList, FileMetadata, Session, Token, UserAccessToken
+from .retry import Retry
 from .transport import HttpRequest, HttpResponse
 
 #: Status headers go to the same logger as the v1.7 client's messages.
@@ -111,8 +115,15 @@ class DigimeClientV15(DigimeClient):
 
     api = "v1.5"
 
-    def __init__(self, config: DigimeConfig, hooks: Hooks, key: Callable[[], KeyHandle]) -> None:
-        super().__init__(config, hooks, key)
+    def __init__(
+        self,
+        config: DigimeConfig,
+        hooks: Hooks,
+        key: Callable[[], KeyHandle],
+        *,
+        retry: Retry | None = None,
+    ) -> None:
+        super().__init__(config, hooks, key, retry=retry)
         self._hooks = hooks
         self.hooks = _StatusWatch(hooks, config.agent_name)  # type: ignore[assignment]
         base = config.base_url
@@ -352,25 +363,31 @@ class DigimeClientV15(DigimeClient):
     ) -> Session:
         """A data session for a saved token: establish one, then prepare it with the token.
 
-        The flow's token keeper refreshes on a 401 and calls this again once (§B7).
+        The flow's token keeper refreshes on a 401 and calls this again once (§B7). Both
+        steps are retried together on transient faults: a repeat only makes another session.
         """
-        established = self._session_for(session_options)
-        self.prepare_session(established.session.key, token)
-        return established.session
+
+        def attempt() -> Session:
+            established = self._session_for(session_options)
+            self.prepare_session(established.session.key, token)
+            return established.session
+
+        return self.retry.call(attempt, "permission-access/session and trigger")
 
     def file_list(self, session_key: str, token: UserAccessToken | None = None) -> FileList:
         """``GET permission-access/query/{sessionKey}``, with the session key only (§B8)."""
-        response = self._send("GET", f"permission-access/query/{segment(session_key)}", None)
+        return self.retry.call(lambda: self._file_list_once(session_key, None), "the file list")
+
+    def _file_list_once(self, session_key: str, claims: dict[str, Any] | None) -> FileList:
+        response = self._send(
+            "GET", f"permission-access/query/{segment(session_key)}", None, secret=session_key
+        )
         try:
-            body = self._answer(response, "the file list")
+            with redacting(session_key):
+                body = self._answer(response, "the file list")
         finally:
             response.close()
-        try:
-            return msgspec.json.decode(body, type=FileList)
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            raise ValidationError(
-                f"the file list does not have the expected shape: {exc}"
-            ) from None
+        return decode_file_list(body)
 
     def open_file(
         self, session_key: str, name: str, token: UserAccessToken | None = None
@@ -378,10 +395,11 @@ class DigimeClientV15(DigimeClient):
         """``GET .../{fileName}`` with the session key only; the body is left to stream (§B8)."""
         response = self._send(
             "GET",
-            f"permission-access/query/{segment(session_key)}/{segment(name)}",
+            file_path(session_key, name),
             None,
             headers={"accept": "application/octet-stream"},
             stream=True,
+            secret=session_key,
         )
         try:
             metadata = decode_x_metadata(response.headers.get("x-metadata"), name)
@@ -427,8 +445,9 @@ class DigimeClientV15(DigimeClient):
             raise ValidationError(f"{ACCOUNTS_FILE} is malformed: {exc}") from None
 
     def accounts(self, token: UserAccessToken) -> list[Account]:
-        """A session prepared with the token, then its ``accounts.json``."""
-        return self.session_accounts(self.trigger(token).key)
+        """A session prepared with the token, then its ``accounts.json`` (both retried)."""
+        key = self.trigger(token).key
+        return self.retry.call(lambda: self.session_accounts(key), ACCOUNTS_FILE)
 
     def delete_user(self, token: UserAccessToken) -> None:
         self._v17_only(

@@ -128,8 +128,11 @@ class PullConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_unchanged: Seconds = 300.0
     #: Give up on the whole pull after this long (seconds).
     timeout: Seconds = 1800.0
-    #: Attempts per file within one run before it is reported failed.
+    #: Attempts per file within one run before it is reported failed; also the attempts of
+    #: every retried call of a pull (file-list polls, trigger, accounts, JWKS).
     file_attempts: Attempts = 3
+    #: Seconds before the second attempt of a file or call; doubles for each further one.
+    retry_backoff: Annotated[float, msgspec.Meta(ge=0, le=300)] = 1.0
 
 
 class PluginsConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

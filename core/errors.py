@@ -68,6 +68,11 @@ class ValidationError(DigimeError):
     """A request argument or a server response does not have the expected shape."""
 
 
+class MalformedAnswer(ValidationError):
+    """An answer that does not parse (not JSON, a garbled header): often one cut or mangled on
+    the way, so the calls that may be repeated are retried (:mod:`privateshare.retry`)."""
+
+
 class ServerError(DigimeError):
     """The digi.me API answered with an error (PROTOCOL.md §A4.6)."""
 

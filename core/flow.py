@@ -3,8 +3,11 @@
 Read top to bottom: :meth:`Flow.start_consent` and :meth:`Flow.finish_consent`
 get the user's consent (one-off or ongoing); :meth:`Flow.pull` reads a session
 to the end. Polling follows §A6 with limits the Node SDK lacks; downloads run
-concurrently in a bounded pool; a file is checkpointed only after every sink
-committed it; a 401 refreshes the token once per user, saved before use.
+concurrently in a bounded pool fed a few files at a time, so a pull holds about
+``concurrency`` files plus one name and date per listed file, however long the
+list; a file is checkpointed only after every sink committed it; a 401 refreshes
+the token once per user, saved before use. ``[pull] timeout`` is one deadline for
+the whole pull, carried by every request it makes (:mod:`privateshare.retry`).
 
 The flow is the same for both protocol profiles (``[digime] api``): the client
 (:class:`~privateshare.api.DigimeClient` for v1.7,
@@ -20,6 +23,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, NoReturn, TypeVar
 
 import msgspec
@@ -39,7 +43,6 @@ from .models import (
     FINAL_STATES,
     Account,
     DataFile,
-    FileEntry,
     FileFailure,
     FileList,
     LibraryStatus,
@@ -49,6 +52,7 @@ from .models import (
     Token,
     UserAccessToken,
 )
+from .retry import Retry, deadline_scope, past_deadline
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -59,11 +63,17 @@ __all__ = ["Consent", "ConsentDenied", "Flow", "Run", "TokenKeeper", "client_for
 def client_for(fw: PrivateShare) -> DigimeClient:
     """The client of the configured protocol profile (``[digime] api``)."""
     digime = fw.config.digime
+    retry = retry_policy(fw.config.pull)
     if digime.api == "v1.5":
         from .api15 import DigimeClientV15
 
-        return DigimeClientV15(digime, fw.hooks, fw.key_handle)
-    return DigimeClient(digime, fw.hooks, fw.key_handle)
+        return DigimeClientV15(digime, fw.hooks, fw.key_handle, retry=retry)
+    return DigimeClient(digime, fw.hooks, fw.key_handle, retry=retry)
+
+
+def retry_policy(pull: Any) -> Retry:
+    """The one retry policy of a pull, from ``[pull] file_attempts`` and ``retry_backoff``."""
+    return Retry(attempts=pull.file_attempts, backoff=pull.retry_backoff)
 
 
 @dataclass(frozen=True)
@@ -361,8 +371,25 @@ class Flow:
 
         With no ``session``, a new one is triggered with the user's saved token.
         A ``session`` with no token and ``save_token=False`` is read with the session
-        key alone (API v1.5 one-off consent).
+        key alone (API v1.5 one-off consent). ``[pull] timeout`` bounds all of it,
+        the trigger and the downloads in flight included.
         """
+        deadline = time.monotonic() + self.config.pull.timeout
+        with deadline_scope(deadline):
+            return self._pull(
+                user_id, token, session, save_token, session_options, progress, deadline
+            )
+
+    def _pull(
+        self,
+        user_id: str,
+        token: UserAccessToken | None,
+        session: Session | None,
+        save_token: bool,
+        session_options: Mapping[str, Any] | None,
+        progress: Callable[[str, Any], None] | None,
+        deadline: float,
+    ) -> RunSummary:
         session_only = token is None and not save_token and session is not None and session.key
         if token is None and not session_only:
             keeper = self._keeper(user_id)
@@ -371,7 +398,7 @@ class Flow:
         if session is None or not session.key:
             session = keeper.call(lambda t: self.client.trigger(t, session_options))
         self.fw.hooks.session_established(user_id, session)
-        return Run(self, user_id, session, keeper, progress).execute()
+        return Run(self, user_id, session, keeper, progress, deadline=deadline).execute()
 
     def pull_all(self, *, progress: Callable[[str, Any], None] | None = None) -> list[RunSummary]:
         """Pull every user with a saved token, a bounded number at once."""
@@ -394,6 +421,7 @@ class Flow:
                             user_id=user_id,
                             final_state="failed",
                             files_failed=[FileFailure("*", str(exc))],
+                            files_failed_total=1,
                         )
                     )
         return results
@@ -425,9 +453,16 @@ class Flow:
 
 
 class Run:
-    """One pull of one session: poll, download, deliver, checkpoint, summarise."""
+    """One pull of one session: poll, download, deliver, checkpoint, summarise.
 
-    CHECKPOINT_EVERY = 1.0  # seconds; a lagging checkpoint only means re-delivery, never loss
+    Memory is bounded by the concurrency, not by the list: the pool is fed at most
+    ``2 * concurrency`` files at a time, a list is kept only as one name and date per
+    file, and what the run remembers per file is the date it took (``_taken``).
+    """
+
+    #: Least seconds between checkpoint saves; a lagging checkpoint only means
+    #: re-delivery, never loss. Saves of a large checkpoint are spaced further apart.
+    CHECKPOINT_EVERY = 1.0
 
     def __init__(
         self,
@@ -436,11 +471,15 @@ class Run:
         session: Session,
         keeper: TokenKeeper,
         progress: Callable[[str, Any], None] | None,
+        *,
+        deadline: float | None = None,
     ) -> None:
         self.flow = flow
         self.hooks = flow.fw.hooks
         self.client = flow.client
         self.limits = flow.config.pull
+        self.retry = retry_policy(self.limits)
+        self.deadline = time.monotonic() + self.limits.timeout if deadline is None else deadline
         self.user_id = user_id
         self.session = session
         self.keeper = keeper
@@ -451,14 +490,24 @@ class Run:
         self._checkpoint: dict[str, int] = {}
         self._checkpoint_dirty = False
         self._checkpoint_saved_at = 0.0
-        self._skipped: set[str] = set()
+        self._checkpoint_every = self.CHECKPOINT_EVERY
+        #: name -> the updatedDate this run delivered, failed, or has on its way.
+        self._taken: dict[str, int] = {}
+        #: name -> its download in the pool (queued or running); at most 2 * concurrency.
+        self._inflight: dict[str, Future[None]] = {}
+        self._workers = max(1, self.limits.concurrency)
+        self._slots = threading.Semaphore(2 * self._workers)
+        self._duplicates_logged = False
+        #: files cut short or not attempted because the deadline passed.
+        self._timed_out = 0
 
     def execute(self) -> RunSummary:
         started = time.monotonic()
         self._checkpoint = self.hooks.checkpoint_load(self.user_id)
         self.hooks.sinks_open_run(self.info)
         try:
-            self._poll_and_download()
+            with deadline_scope(self.deadline):
+                self._poll_and_download()
         except AuthorizationRequired:
             raise
         except DigimeError as exc:
@@ -474,74 +523,144 @@ class Run:
 
     # polling (§A6, with the limits of the iOS SDK)
     def _poll_and_download(self) -> None:
+        with ThreadPoolExecutor(self._workers) as pool:
+            stopped_by_deadline = not self._poll(pool)
+        # Downloads in flight at the deadline were ended by it (every request carries it),
+        # and queued ones did not start: all are counted now.
+        if stopped_by_deadline or self._timed_out:
+            raise self._timeout()
+
+    def _poll(self, pool: ThreadPoolExecutor) -> bool:
+        """Poll and schedule until the library is final (True) or the deadline passed."""
         limits = self.limits
         state = "pending"
-        scheduled: dict[str, int] = {}
-        inflight: dict[str, Future[None]] = {}
         started = last_change = time.monotonic()
-        last_list: list[tuple[str, int]] | None = None
-        with ThreadPoolExecutor(max(1, limits.concurrency)) as pool:
-            while True:
-                files = self.keeper.call(lambda t: self.client.file_list(self.session.key, t))
-                now = time.monotonic()
-                if files.status.state != state:
-                    state = files.status.state
-                    self.hooks.status_changed(self.user_id, files.status)
-                    self.progress("status", files.status)
-                if state == "pending":
-                    if now - started > limits.max_pending:
-                        raise DigimeError(
-                            f"the library of user {self.user_id!r} stayed pending for "
-                            f"{limits.max_pending:.0f}s; the user may not have finished consenting"
-                        )
-                else:
-                    listing = [(f.name, f.updated_date) for f in files.file_list or []]
-                    if listing != last_list:
-                        last_list, last_change = listing, now
-                    for entry in files.file_list or []:
-                        self._schedule(pool, entry, scheduled, inflight)
-                    if state in FINAL_STATES:
-                        self._finish_status(files)
-                        break
-                    if now - last_change > limits.max_unchanged:
-                        raise DigimeError(
-                            f"the file list of user {self.user_id!r} did not change for "
-                            f"{limits.max_unchanged:.0f}s while running; giving up this run"
-                        )
-                if now - started > limits.timeout:
+        while True:
+            if past_deadline():
+                return False
+            status, listing, duplicates = self._list()
+            now = time.monotonic()
+            if status.state != state:
+                state = status.state
+                self.hooks.status_changed(self.user_id, status)
+                self.progress("status", status)
+            if state == "pending":
+                if now - started > limits.max_pending:
                     raise DigimeError(
-                        f"the pull of user {self.user_id!r} took longer than "
-                        f"{limits.timeout:.0f}s ([pull] timeout); the next run resumes"
+                        f"the library of user {self.user_id!r} stayed pending for "
+                        f"{limits.max_pending:.0f}s; the user may not have finished consenting"
                     )
-                time.sleep(limits.poll_interval)
-            for future in list(inflight.values()):
-                future.result()
+            else:
+                if self._schedule(pool, listing, duplicates):
+                    last_change = time.monotonic()
+                del listing
+                if state in FINAL_STATES:
+                    self._finish_status(status)
+                    return True  # files the deadline kept out are counted in _timed_out
+                if now - last_change > limits.max_unchanged:
+                    raise DigimeError(
+                        f"the file list of user {self.user_id!r} did not change for "
+                        f"{limits.max_unchanged:.0f}s while running; giving up this run"
+                    )
+            time.sleep(max(0.0, min(limits.poll_interval, self.deadline - time.monotonic())))
 
-    def _schedule(
-        self,
-        pool: ThreadPoolExecutor,
-        entry: FileEntry,
-        scheduled: dict[str, int],
-        inflight: dict[str, Future[None]],
-    ) -> None:
-        name, updated = entry.name, entry.updated_date
-        if scheduled.get(name, 0) >= updated:
-            return
-        if self._checkpoint.get(name, 0) >= updated:
-            if name not in self._skipped:
-                self._skipped.add(name)
-                with self._lock:
-                    self.summary.files_skipped += 1
-            scheduled[name] = updated
-            return
-        scheduled[name] = updated
-        previous = inflight.get(name)
-        inflight[name] = pool.submit(self._deliver, entry, previous)
+    def _list(self) -> tuple[LibraryStatus, dict[str, int], int]:
+        """One poll: the status, the list as name -> updatedDate (the decoded rows go), and
+        how many rows repeated a name.
 
-    def _finish_status(self, files: FileList) -> None:
-        self.summary.final_state = files.status.state
-        self.summary.accounts = dict(files.status.details)
-        for account_id, detail in files.status.details.items():
+        A name listed more than once is one file, taken at its latest date; the extra
+        rows count as skipped (and are logged once per run).
+        """
+        files: FileList = self.keeper.call(lambda t: self.client.file_list(self.session.key, t))
+        listing: dict[str, int] = {}
+        duplicates = 0
+        for entry in files.file_list or ():
+            name, updated = entry.name, entry.updated_date
+            seen = listing.get(name)
+            if seen is None:
+                listing[name] = updated
+                continue
+            duplicates += 1
+            if updated > seen:
+                listing[name] = updated
+        if duplicates and not self._duplicates_logged:
+            self._duplicates_logged = True
+            log.warning(
+                "the file list of user %s names %d file(s) more than once; each is taken "
+                "once, at its latest updatedDate",
+                self.user_id,
+                duplicates,
+            )
+        return files.status, listing, duplicates
+
+    def _schedule(self, pool: ThreadPoolExecutor, listing: dict[str, int], duplicates: int) -> bool:
+        """Feed the pool every listed file newer than what the run and the checkpoint hold.
+
+        Returns True if any was new. A name with no checkpoint entry is new whatever its
+        date (0 and negative ones included); one listed at or before its checkpointed date
+        is unchanged: running lists may show a file at an earlier version than the one
+        already delivered, and delivering that would put older data over newer.
+        """
+        skipped = duplicates
+        scheduled = False
+        checkpoint = self._checkpoint
+        late: DigimeError | None = None
+        for name, updated in listing.items():
+            taken = self._taken.get(name)
+            if taken is not None and updated <= taken:
+                continue  # this version or a later one was delivered, failed or is on its way
+            done = checkpoint.get(name)
+            if taken is None and done is not None and updated <= done:
+                skipped += 1
+                continue
+            self._taken[name] = updated
+            scheduled = True
+            if not self._submit(pool, name, updated):
+                late = late or self._too_late("not attempted")  # one error for them all
+                self._failed(name, late, timed_out=True)
+        with self._lock:
+            self.summary.files_skipped = skipped
+        return scheduled
+
+    def _submit(self, pool: ThreadPoolExecutor, name: str, updated: int) -> bool:
+        """Queue one delivery once a slot is free; False when the deadline came first."""
+        if not self._slots.acquire(timeout=max(0.0, self.deadline - time.monotonic())):
+            return False
+        if past_deadline():
+            self._slots.release()
+            return False
+        with self._lock:
+            previous = self._inflight.get(name)
+            future = pool.submit(self._deliver, name, updated, previous)
+            self._inflight[name] = future
+        future.add_done_callback(partial(self._done, name))
+        return True
+
+    def _done(self, name: str, future: Future[None]) -> None:
+        with self._lock:
+            if self._inflight.get(name) is future:
+                del self._inflight[name]
+        self._slots.release()
+
+    def _too_late(self, what: str) -> DigimeError:
+        return DigimeError(
+            f"{what}: the pull reached its [pull] timeout ({self.limits.timeout:g}s) first; "
+            "the next run delivers it"
+        )
+
+    def _timeout(self) -> DigimeError:
+        cut = ""
+        if self._timed_out:
+            cut = f"; {self._timed_out} file(s) cut short or not attempted are reported failed"
+        return DigimeError(
+            f"the pull of user {self.user_id!r} reached its [pull] timeout of "
+            f"{self.limits.timeout:g}s{cut}; the next run resumes"
+        )
+
+    def _finish_status(self, status: LibraryStatus) -> None:
+        self.summary.final_state = status.state
+        self.summary.accounts = dict(status.details)
+        for account_id, detail in status.details.items():
             if detail.error is not None and detail.error.code == "ServiceAuthorizationError":
                 self.summary.reauthorize_urls[account_id] = self._reauthorize_url(account_id)
 
@@ -555,37 +674,32 @@ class Run:
         return start.url
 
     # delivering one file
-    def _deliver(self, entry: FileEntry, previous: Future[None] | None) -> None:
-        if previous is not None:  # an older version of this file is still on its way
-            previous.exception()
-        attempts = max(1, self.limits.file_attempts)
-        for attempt in range(1, attempts + 1):
-            try:
-                size = self._download_once(entry)
-            except TransportError as exc:
-                if attempt < attempts:
-                    log.info("retrying %s after: %s", entry.name, exc)
-                    continue
-                self._failed(entry.name, exc)
+    def _deliver(self, name: str, updated: int, previous: Future[None] | None) -> None:
+        with deadline_scope(self.deadline):  # a worker thread starts without one
+            if previous is not None:  # an older version of this file is still on its way
+                previous.exception()
+            if past_deadline():
+                self._failed(name, self._too_late("not started"), timed_out=True)
                 return
+            try:
+                size = self.retry.call(lambda: self._download_once(name, updated), name)
             except (PrivateShareError, OSError) as exc:
-                self._failed(entry.name, exc)
+                self._failed(name, exc)
                 return
             except Exception as exc:  # a plugin bug must not stop the run
-                log.exception("unexpected error delivering %s", entry.name)
-                self._failed(entry.name, exc)
+                log.exception("unexpected error delivering %s", name)
+                self._failed(name, exc)
                 return
-            self._delivered(entry, size)
-            return
+            self._delivered(name, updated, size)
 
-    def _download_once(self, entry: FileEntry) -> int:
+    def _download_once(self, name: str, updated: int) -> int:
         download: FileDownload = self.keeper.call(
-            lambda t: self.client.open_file(self.session.key, entry.name, t)
+            lambda t: self.client.open_file(self.session.key, name, t)
         )
         file = DataFile(
             user_id=self.user_id,
-            name=entry.name,
-            updated_date=entry.updated_date,
+            name=name,
+            updated_date=updated,
             metadata=download.metadata,
             last_modified=download.last_modified,
         )
@@ -594,7 +708,7 @@ class Run:
                 download.response.stream(),
                 download.metadata,
                 self.flow.fw.key_handle(),
-                entry.name,
+                name,
             )
             size, sinks = self.hooks.deliver(self.info, file, chunks)
         finally:
@@ -602,21 +716,31 @@ class Run:
         self.hooks.file_written(self.user_id, file, size, sinks)
         return size
 
-    def _delivered(self, entry: FileEntry, size: int) -> None:
+    def _delivered(self, name: str, updated: int, size: int) -> None:
         with self._lock:
             self.summary.files_delivered += 1
             self.summary.bytes_delivered += size
-            if self._checkpoint.get(entry.name, 0) < entry.updated_date:
-                self._checkpoint[entry.name] = entry.updated_date
+            done = self._checkpoint.get(name)
+            if done is None or done < updated:
+                self._checkpoint[name] = updated
                 self._checkpoint_dirty = True
-        self.progress("file", (entry.name, size))
+        self.progress("file", (name, size))
         self._save_checkpoint()
 
-    def _failed(self, name: str, error: BaseException) -> None:
+    def _failed(self, name: str, error: BaseException, *, timed_out: bool = False) -> None:
         check = error.check if isinstance(error, FileDecryptionError) else None
         with self._lock:
-            self.summary.files_failed.append(FileFailure(name, str(error), check))
-        log.warning("file %s of user %s failed: %s", name, self.user_id, error)
+            if timed_out or (isinstance(error, TransportError) and past_deadline()):
+                self._timed_out += 1  # not attempted, or cut short by the deadline
+            self.summary.add_failure(FileFailure(name, str(error), check))
+        # Files the deadline kept from starting are summed up in the run's error instead.
+        log.log(
+            logging.DEBUG if timed_out else logging.WARNING,
+            "file %s of user %s failed: %s",
+            name,
+            self.user_id,
+            error,
+        )
         self.hooks.file_failed(
             self.user_id, name, error if isinstance(error, Exception) else RuntimeError(error)
         )
@@ -624,14 +748,17 @@ class Run:
 
     def _save_checkpoint(self, *, force: bool = False) -> None:
         with self._lock:
-            due = time.monotonic() - self._checkpoint_saved_at >= self.CHECKPOINT_EVERY
+            due = time.monotonic() - self._checkpoint_saved_at >= self._checkpoint_every
             if not self._checkpoint_dirty or not (force or due):
                 return
             snapshot = dict(self._checkpoint)
             self._checkpoint_dirty = False
-            self._checkpoint_saved_at = time.monotonic()
+            began = time.monotonic()
             # Saved under the lock so two snapshots can never land out of order.
             self.hooks.checkpoint_save(self.user_id, snapshot)
+            self._checkpoint_saved_at = now = time.monotonic()
+            # A save of millions of names takes a while: keep saving to ~10% of the time.
+            self._checkpoint_every = max(self.CHECKPOINT_EVERY, 10 * (now - began))
 
 
 def _with_staged(previous: UserAccessToken | None, answer: str) -> UserAccessToken:

@@ -91,16 +91,16 @@ class LibraryStatus(msgspec.Struct, frozen=True):
     details: dict[str, AccountState] = {}
 
 
-class FileEntry(msgspec.Struct, frozen=True, rename="camel"):
-    """One row of the file list."""
+class FileEntry(msgspec.Struct, frozen=True, rename="camel", gc=False):
+    """One row of the file list: what the flow uses of it, and nothing else.
+
+    A list may have millions of rows, so the rest of each row (``schema``,
+    ``serviceName``…; the same metadata comes with the file itself) is not decoded,
+    and rows are not tracked by the garbage collector (they hold no containers).
+    """
 
     name: str
     updated_date: int
-    schema: dict[str, Any] | None = None
-    service_group: str | None = None
-    service_name: str | None = None
-    object_type: str | None = None
-    object_count: int | None = None
 
 
 class FileList(msgspec.Struct, frozen=True, rename="camel"):
@@ -171,8 +171,17 @@ class FileFailure(msgspec.Struct, frozen=True):
     check: str | None = None
 
 
+#: Failures a run lists with their reasons; past this only ``files_failed_total`` counts.
+MAX_FAILURES_LISTED = 1000
+
+
 class RunSummary(msgspec.Struct):
-    """What a run did; returned by the flow and given to ``privateshare_run_finished``."""
+    """What a run did; returned by the flow and given to ``privateshare_run_finished``.
+
+    Each entry of the file list ends delivered (``files_delivered``), unchanged since it
+    was delivered (``files_skipped``), or failed with a reason: ``files_failed`` lists
+    the first :data:`MAX_FAILURES_LISTED` of them, ``files_failed_total`` counts them all.
+    """
 
     run_id: str
     user_id: str
@@ -180,6 +189,7 @@ class RunSummary(msgspec.Struct):
     bytes_delivered: int = 0
     files_skipped: int = 0
     files_failed: list[FileFailure] = []
+    files_failed_total: int = 0
     accounts: dict[str, AccountState] = {}
     final_state: str = "pending"
     reauthorize_urls: dict[str, str] = {}
@@ -189,4 +199,15 @@ class RunSummary(msgspec.Struct):
 
     @property
     def ok(self) -> bool:
-        return not self.files_failed and not self.error and self.final_state == "completed"
+        return (
+            not self.files_failed_total
+            and not self.files_failed
+            and not self.error
+            and self.final_state == "completed"
+        )
+
+    def add_failure(self, failure: FileFailure) -> None:
+        """Count a failure; keep its reason while fewer than the limit are listed."""
+        self.files_failed_total += 1
+        if len(self.files_failed) < MAX_FAILURES_LISTED:
+            self.files_failed.append(failure)

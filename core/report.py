@@ -95,11 +95,14 @@ class Reporter:
             line = (
                 f"user {s.user_id}: {s.files_delivered} delivered "
                 f"({s.bytes_delivered} bytes), {s.files_skipped} skipped, "
-                f"{len(s.files_failed)} failed; library {s.final_state}; {s.duration_s:.1f}s"
+                f"{s.files_failed_total} failed; library {s.final_state}; {s.duration_s:.1f}s"
             )
             click.echo(line)
             for failure in s.files_failed:
                 click.echo(f"  failed {failure.name}: {failure.reason}")
+            if s.files_failed_total > len(s.files_failed):
+                unlisted = s.files_failed_total - len(s.files_failed)
+                click.echo(f"  … and {unlisted} more failed (see the log)")
             for account, url in s.reauthorize_urls.items():
                 click.echo(f"  account {account} needs the user to reauthorize: {url}")
             if s.error:

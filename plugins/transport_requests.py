@@ -378,13 +378,25 @@ class Pace:
         self._bytes = 0
 
     def install(self, raw: Any) -> None:
-        """Put a paced file under http.client's response, below every read path of urllib3."""
+        """Put a paced file under http.client's response, below every read path of urllib3.
+
+        The socket is the connection's, or (when the response ends the connection, as
+        an HTTP/1.0 or ``Connection: close`` answer does, and http.client has already
+        let go of it there) the one under the response's socket file. Without either,
+        the body could not be paced: that is a bug here, not a server's doing.
+        """
         response = getattr(raw, "_fp", None)  # http.client.HTTPResponse
-        connection = getattr(raw, "connection", None)
         fp = getattr(response, "fp", None)
-        sock = getattr(connection, "sock", None)
-        if fp is not None and sock is not None:
-            response.fp = _PacedFile(fp, sock, self)  # type: ignore[union-attr]
+        if response is None or fp is None:
+            return  # no body to read (HEAD, 204, or already closed)
+        sock = getattr(getattr(raw, "connection", None), "sock", None)
+        sock = sock or getattr(getattr(fp, "raw", None), "_sock", None)
+        if sock is None:
+            raise TransportError(
+                f"{self.what}: cannot pace the body's reads (no socket found under urllib3 "
+                f"{urllib3.__version__}); report this to privateshare"
+            )
+        response.fp = _PacedFile(fp, sock, self)
 
     def wait(self, sock: Any, read: Callable[[int], T], size: int) -> tuple[T, float]:
         """``read(size)`` with the socket's timeout set to what is left; and how long it took."""

@@ -915,10 +915,15 @@ class TransportConformance:
             self.fetch(HttpRequest("GET", server.url + "/v1/loop", authorize=Signer()))
         assert 1 < len(server.requests) <= 50
 
+    @pytest.mark.parametrize("closing", [False, True], ids=["keep-alive", "connection-close"])
     @pytest.mark.parametrize("how", READ_PATHS)
-    def test_the_deadline_ends_a_trickling_body(self, how: str) -> None:
+    def test_the_deadline_ends_a_trickling_body(self, how: str, closing: bool) -> None:
+        # ``Connection: close`` answers end the connection with the response (as HTTP/1.0
+        # ones do): a transport must pace those bodies too.
         rate = 20  # bytes per second, for slow_seconds
-        server = self.serve({"/v1/slow": trickle(int(self.slow_seconds * rate), every=1 / rate)})
+        headers = {"Connection": "close"} if closing else None
+        body = trickle(int(self.slow_seconds * rate), every=1 / rate, headers=headers)
+        server = self.serve({"/v1/slow": body})
         request = HttpRequest(
             "GET", server.url + "/v1/slow", deadline=self.deadline(), stream=how == "stream"
         )

@@ -60,7 +60,7 @@ def sandbox_config(
     raw = tomllib.loads(path.read_text(encoding="utf-8"))
     raw["tokens"] = {"type": "file", "path": str(root / "tokens")}
     raw["sinks"] = {"local": {"type": "file", "root": str(root / "data")}}
-    raw["pull"] = {"poll_interval": 0.05}
+    raw["pull"] = {"poll_interval": 0.05, "retry_backoff": 0.01}
     raw["transport"] = {"type": "requests", "backoff": 0.01}
     for name, value in tables.items():
         if name != "sinks" and isinstance(value, dict) and isinstance(raw.get(name), dict):

@@ -263,7 +263,11 @@ def test_an_answer_that_cannot_be_verified_yet_stays_staged(
     kept = fw.hooks.token_load("bea")
     assert kept is not None and kept.staged is not None
 
-    impatient = {**raw, "transport": {**raw["transport"], "read_timeout": 1.0, "retries": 0}}
+    impatient = {
+        **raw,
+        "transport": {**raw["transport"], "read_timeout": 1.0, "retries": 0},
+        "pull": {**raw.get("pull", {}), "file_attempts": 1},  # the JWKS fetch is not retried
+    }
     other = load(impatient, base_dir=base)
     with pytest.raises(DigimeError) as info:
         Flow(other).pull("bea")
