@@ -94,6 +94,8 @@ def _project(item: dict[str, Any], include: list[str]) -> dict[str, Any]:
             if tail in value:
                 out.setdefault(head, {})[tail] = copy.deepcopy(value[tail])
             continue
+        if not all(isinstance(element, dict) for element in value):
+            continue  # "alias.x": a list of strings has no sub-fields
         kept = out.setdefault(head, [{} for _ in value])
         for target, element in zip(kept, value, strict=True):
             if isinstance(element, dict) and tail in element:

@@ -150,6 +150,8 @@ def test_include_projects_fields(client: RawClient) -> None:
     for source in data:
         assert set(source) == {"id", "name", "category", "service"}
         assert set(source["category"][0]) == {"name"} and set(source["service"]) == {"id"}
+    odd = {"query": {"include": ["alias.x", "json.nope"], "filter": {"id": [2]}}}
+    assert sources(client, odd).json()["data"] == [{"id": 2}]
     whole = sources(client, {"limit": 100, "query": {"include": ["country"]}}).json()["data"]
     assert any(s["country"] and set(s["country"][0]) == {"id", "code", "name"} for s in whole)
 
