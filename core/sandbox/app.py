@@ -12,14 +12,15 @@ import dataclasses
 import itertools
 import json
 import re
+import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.utils import formatdate
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
-from . import errors, filelist, pages
+from . import contracts, discovery, errors, filelist, pages
 from .app15 import ApiV15
 from .errors import ApiError
 from .faults import FaultPlan, Faults
@@ -77,6 +78,17 @@ def _account_filter(options: Any) -> frozenset[str] | None:
     return None
 
 
+@dataclass
+class _View:
+    """The library as now served, with what is derived from it (swapped whole on a change)."""
+
+    library: Library
+    visible: dict[tuple[int | None, frozenset[str] | None], dict[str, Any]] = field(
+        default_factory=dict
+    )
+    truth: dict[str, str] | None = None
+
+
 def _garble_metadata(response: Response, how: str) -> None:
     """Drop the ``x-metadata`` header, or replace it with something that does not decode."""
     headers = [(k, v) for k, v in response.headers if k.lower() != "x-metadata"]
@@ -109,7 +121,9 @@ class App:
     ) -> None:
         self.settings = settings
         self.registry = registry
-        self.library = library
+        self._view = _View(library)
+        self._view_lock = threading.Lock()
+        self._certificates: dict[str, dict[str, Any]] = {}
         self.store = Store(settings)
         self.faults = FaultPlan(settings)
         self.origin = origin.rstrip("/")
@@ -120,22 +134,35 @@ class App:
         )
         self.v15 = ApiV15(self)
         self.routes = self._routes()
-        self._ground_truth: dict[str, str] | None = None
         self._jwks_served = itertools.count(1)  # for ``hold_jwks``; next() is atomic
-        self._visible_cache: dict[tuple[int | None, frozenset[str] | None], dict[str, Any]] = {}
+
+    @property
+    def library(self) -> Library:
+        """The library as now served (accounts the user deleted are gone from it)."""
+        return self._view.library
 
     def _visible(self, stage: int | None, account_filter: frozenset[str] | None) -> dict[str, Any]:
         """The files a stage shows, memoised: a download must not cost O(library size)."""
+        view = self._view
         key = (stage, account_filter)
-        shown = self._visible_cache.get(key)
+        shown = view.visible.get(key)
         if shown is None:
             s = self.settings
             shown = filelist.visible(
-                self.library, stage, s.pending_polls, s.running_polls, account_filter
+                view.library, stage, s.pending_polls, s.running_polls, account_filter
             )
-            if len(self._visible_cache) < 1024:
-                self._visible_cache[key] = shown
+            if len(view.visible) < 1024:
+                view.visible[key] = shown
         return shown
+
+    def remove_account(self, account_id: str) -> bool:
+        """Take an account and its files out of the served library; False if it is not there."""
+        with self._view_lock:
+            library = self._view.library
+            if not any(a["id"] == account_id for a in library.accounts):
+                return False
+            self._view = _View(library.without_account(account_id))
+            return True
 
     # -- routing ----------------------------------------------------------------
     def _routes(self) -> list[Route]:
@@ -182,6 +209,38 @@ class App:
                 self.sample_datasets,
             ),
             r("GET", api + "jwks/oauth", "jwks", "jwks", self.jwks),
+            *[
+                r("POST", api + f"discovery/{kind}", f"discovery/{kind}", "discovery", handler)
+                for kind, handler in (
+                    ("sources", self.discovery_sources),
+                    ("countries", self.discovery_list),
+                    ("platforms", self.discovery_list),
+                    ("categories", self.discovery_list),
+                )
+            ],
+            r("GET", api + "discovery/services", "discovery/services", "discovery", self.services),
+            r(
+                "DELETE",
+                api + "permission-access/service/h:accountId",
+                "service",
+                "service",
+                self.delete_account,
+            ),
+            r(
+                "GET",
+                api + "permission-access/revoke/h:accountId",
+                "revoke",
+                "revoke",
+                self.revoke_url,
+            ),
+            r("GET", api + "permission-access/contract", "contract", "contract", self.contract),
+            r(
+                "GET",
+                api + "permission-access/contract/" + seg % "contract" + "/" + seg % "app",
+                "contract",
+                "contract",
+                self.contract_by_ids,
+            ),
             r(
                 "GET",
                 onboard + "(?P<page>authorize|onboard|user-reauth|reauthorize)",
@@ -189,6 +248,7 @@ class App:
                 "page",
                 self.page,
             ),
+            r("GET", onboard + "revoke", "revoke-page", "page", self.revoke_page),
             r("POST", onboard + "consent", "consent", "page", self.consent),
             r(
                 "GET",
@@ -491,13 +551,18 @@ class App:
         stage = min(index, filelist.final_stage(s.pending_polls, s.running_polls))
         self.store.set_stage(session, stage)
         user = self.store.users.get(session.user_id) if session.user_id else None
+        library = self.library
+        needs_reauth = set(self.store.revoked_accounts())
+        partial = library.partial_account_id
+        if partial is not None and (user is None or partial not in user.reauthorized):
+            needs_reauth.add(partial)
         return filelist.status_body(
-            self.library,
+            library,
             stage,
             s.pending_polls,
             s.running_polls,
             account_filter=session.account_filter,
-            reauthorized=frozenset(user.reauthorized) if user else frozenset(),
+            needs_reauth=frozenset(needs_reauth),
         )
 
     def file(self, request: Request, params: dict[str, str]) -> Response:
@@ -530,7 +595,15 @@ class App:
         contract, claims = self.auth(request)
         if contract.ongoing or claims.get("access_token") is not None:
             self.user_for(contract, claims)
-        return json_response(200, list(self.library.accounts))
+        return json_response(200, self.account_list())
+
+    def account_list(self) -> list[dict[str, Any]]:
+        """The library's accounts; one whose permission was withdrawn is not authorized."""
+        revoked = self.store.revoked_accounts()
+        return [
+            {**a, "accessTokenStatus": {"authorized": False}} if a["id"] in revoked else a
+            for a in self.library.accounts
+        ]
 
     def delete_user(self, request: Request, params: dict[str, str]) -> Response:
         """``DELETE user`` (§A3.12): the user and all their tokens and sessions go."""
@@ -560,6 +633,109 @@ class App:
         response = json_response(200, self.signer.jwks())
         response.hold = next(self._jwks_served) == self.settings.hold_jwks
         return response
+
+    # -- discovery, account management, contract (§A3.16) --------------------------------
+    def discovery_sources(self, request: Request, params: dict[str, str]) -> Response:
+        """``POST discovery/sources``: application JWT, no user token; paged."""
+        self.auth(request)
+        return json_response(200, discovery.query_sources(_json_body(request)))
+
+    def discovery_list(self, request: Request, params: dict[str, str]) -> Response:
+        """``POST discovery/{countries,platforms,categories}``: application JWT."""
+        self.auth(request)
+        kind = request.path.rsplit("/", 1)[-1]
+        return json_response(200, discovery.simple_query(kind, _json_body(request)))
+
+    def services(self, request: Request, params: dict[str, str]) -> Response:
+        """``GET discovery/services`` (the older discovery call): no Authorization.
+
+        An optional ``contractId`` header must name a registered contract.
+        """
+        contract_id = request.header("contractid")
+        if contract_id is not None and not any(
+            c.contract_id == contract_id for c in self.registry.contracts.values()
+        ):
+            raise errors.not_found("InvalidContractId", f"The contract ({contract_id}) is invalid")
+        flag = (request.param("includeSampleDataOnlySources") or "false").lower()
+        if flag not in ("true", "false"):
+            raise errors.validation("includeSampleDataOnlySources must be true or false")
+        return json_response(200, discovery.services_v1(include_sample=flag == "true"))
+
+    def _account_header(self, request: Request) -> str:
+        """The ``accountId`` header (the SDK's ``h:accountId`` path means "from a header")."""
+        account_id = (request.header("accountid") or "").strip()
+        if not account_id:
+            raise errors.validation("the accountId header is required (the account's id)")
+        if not any(a["id"] == account_id for a in self.library.accounts):
+            raise errors.not_found(
+                "AccountNotFound", f"The account ({account_id}) was not found in this library"
+            )
+        return account_id
+
+    def delete_account(self, request: Request, params: dict[str, str]) -> Response:
+        """``DELETE permission-access/service/h:accountId``: **204**; the account and its files go.
+
+        The sandbox has one library for every user, so the account leaves every later
+        list, the accounts answer and the ground truth.
+        """
+        contract, claims = self.auth(request)
+        self.user_for(contract, claims)
+        account_id = self._account_header(request)
+        if not self.remove_account(account_id):  # deleted meanwhile by another request
+            raise errors.not_found(
+                "AccountNotFound", f"The account ({account_id}) was not found in this library"
+            )
+        self.store.count("counters", "accounts_deleted")
+        return Response(204)
+
+    def revoke_url(self, request: Request, params: dict[str, str]) -> Response:
+        """``GET permission-access/revoke/h:accountId``: **201** ``{location}``.
+
+        ``location`` is ``{onboardUrl}revoke?code=…``: a page where the user withdraws
+        the account's permission, then is sent to ``redirectUri`` (a header, on the
+        contract's allow-list) with ``result=success`` or ``result=failed``.
+        """
+        contract, claims = self.auth(request)
+        user = self.user_for(contract, claims)
+        account_id = self._account_header(request)
+        redirect_uri = (request.header("redirecturi") or "").strip()
+        if not redirect_uri:
+            raise errors.validation("the redirectUri header is required")
+        if redirect_uri not in contract.redirect_uris:
+            raise errors.invalid_redirect_uri(redirect_uri)
+        grant = self.store.create_grant(
+            "revoke",
+            self.registry.client_id(contract),
+            redirect_uri,
+            None,
+            None,
+            "",
+            user.user_id,
+            _now_ms(),
+            account_id=account_id,
+        )
+        return json_response(201, {"location": f"{self.onboard_url}revoke?code={grant.code}"})
+
+    def _contract_details(self, contract: Contract) -> Response:
+        cached = self._certificates.get(contract.contract_id)
+        if cached is None:
+            cached = self._certificates[contract.contract_id] = contracts.details(
+                self.registry, contract
+            )
+        return json_response(200, cached)
+
+    def contract(self, request: Request, params: dict[str, str]) -> Response:
+        """``GET permission-access/contract``: the JWT's contract (application JWT)."""
+        contract, _claims = self.auth(request)
+        return self._contract_details(contract)
+
+    def contract_by_ids(self, request: Request, params: dict[str, str]) -> Response:
+        """``GET permission-access/contract/{contractId}/{appId}`` (the iOS SDK's form): no auth."""
+        client_id = f"{params['app']}_{params['contract']}"
+        contract = self.registry.contracts.get(client_id)
+        if contract is None:
+            raise errors.invalid_client(client_id)
+        return self._contract_details(contract)
 
     # -- web pages ----------------------------------------------------------------------
     def page(self, request: Request, params: dict[str, str]) -> Response:
@@ -599,6 +775,44 @@ class App:
         )
         return self._html(200, html)
 
+    def revoke_page(self, request: Request, params: dict[str, str]) -> Response:
+        """``GET {onboardUrl}revoke?code=…``: withdraw an account's permission, or not."""
+        code = request.param("code") or ""
+        try:
+            grant = self.store.grant(code, _now_ms())
+        except ApiError:
+            grant = None
+        if grant is None or grant.kind != "revoke" or grant.account_id is None:
+            return self._html(
+                404, pages.message_page("Invalid link", "This code is unknown, used or expired.")
+            )
+        if self.settings.auto_consent:
+            return self._decide_revoke(code, "share")
+        account = next((a for a in self.library.accounts if a["id"] == grant.account_id), None)
+        html = pages.revoke_page(
+            code=code, action=ONBOARD_PREFIX + "consent", account=account or {"id": ""}
+        )
+        return self._html(200, html)
+
+    def _decide_revoke(self, code: str, decision: str) -> Response:
+        """Withdraw (``share``) or keep (``cancel``) the permission; back to the redirectUri."""
+        try:
+            grant = self.store.spend(code, _now_ms())
+        except ApiError:
+            return self._html(
+                404, pages.message_page("Invalid link", "This code is unknown, used or expired.")
+            )
+        params: dict[str, str | None] = {"result": "success"}
+        if decision == "cancel":
+            params = {"result": "failed", "error_message": "USER_CANCEL"}
+        elif grant.account_id is not None and any(
+            a["id"] == grant.account_id for a in self.library.accounts
+        ):
+            self.store.revoke_account(grant.account_id)
+        else:  # the account was deleted since the link was made
+            params = {"result": "failed", "error_message": "ACCOUNT_NOT_FOUND"}
+        return self._redirect(pages.callback_url(grant.redirect_uri, params))
+
     def consent(self, request: Request, params: dict[str, str]) -> Response:
         """``POST {onboardUrl}consent``: the Share or Cancel button."""
         form = parse_qs(request.body.decode("utf-8", "replace"))
@@ -607,6 +821,16 @@ class App:
         decision = (form.get("decision") or [""])[0]
         if decision not in ("share", "cancel") or not code:
             return self._html(400, pages.message_page("Bad form", "Choose Share or Cancel."))
+        try:
+            kind: str | None = self.store.grant(code, _now_ms()).kind
+        except ApiError:
+            kind = None  # _decide and _decide_revoke answer the "invalid link" page
+        if kind is not None and (page == "revoke") != (kind == "revoke"):
+            return self._html(
+                400, pages.message_page("Wrong page", f"This code is not for the {page} page.")
+            )
+        if page == "revoke":
+            return self._decide_revoke(code, decision)
         return self._decide(page, code, decision, (form.get("accountRef") or [None])[0])
 
     def _decide(self, page: str, code: str, decision: str, account_ref: str | None) -> Response:
@@ -650,10 +874,11 @@ class App:
 
     # -- sandbox-only ---------------------------------------------------------------------
     def ground_truth(self) -> dict[str, str]:
-        """File name -> SHA-256 of the final plaintext (computed once)."""
-        if self._ground_truth is None:
-            self._ground_truth = self.library.ground_truth()
-        return dict(self._ground_truth)
+        """File name -> SHA-256 of the final plaintext of the library as now served."""
+        view = self._view
+        if view.truth is None:
+            view.truth = view.library.ground_truth()
+        return dict(view.truth)
 
     def truth(self, request: Request, params: dict[str, str]) -> Response:
         """``GET /_sandbox/ground-truth``."""

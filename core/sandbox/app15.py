@@ -33,6 +33,7 @@ from .state import Grant, Session
 
 if TYPE_CHECKING:
     from .app import App, Route
+    from .library import Library
 
 V15_PREFIX = "/v1.5/"
 GUEST_PAGE = "/apps/quark/v1/direct-onboarding"
@@ -72,11 +73,15 @@ class ApiV15:
         self.settings = app.settings
         self.registry = app.registry
         self.store = app.store
-        self.library = app.library
         self.base_url = app.origin + V15_PREFIX
         self.signer = ServerSigner(
             app.registry.server_key, app.registry.server_kid, self.base_url + "jwks/oauth"
         )
+
+    @property
+    def library(self) -> Library:
+        """The library as now served (the :class:`App`'s)."""
+        return self.app.library
 
     def routes(self, r: Callable[[str, str, str, str, Handler], Route]) -> list[Route]:
         """The routes, built with the app's route factory ``r(methods, path, name, kind, f)``."""
@@ -104,6 +109,13 @@ class ApiV15:
                 self.file,
             ),
             r("GET", api + "jwks/oauth", "v1.5/jwks", "jwks", self.jwks),
+            r(
+                "GET",
+                api + "discovery/services",
+                "v1.5/discovery/services",
+                "discovery",
+                self.app.services,
+            ),
             r("GET", re.escape(GUEST_PAGE), "v1.5/guest", "page", self.guest_page),
             r("POST", re.escape(GUEST_FORM), "v1.5/guest-consent", "page", self.consent_form),
             r("GET", re.escape(APP_PREFIX) + "consent-access", "v1.5/app", "page", self.app_page),
@@ -283,7 +295,7 @@ class ApiV15:
             raise errors.not_found(
                 "FileNotFound", f"The file ({ACCOUNTS_FILE}) was not found in this session"
             )
-        accounts = list(self.library.accounts)
+        accounts = self.app.account_list()
         data = json.dumps(accounts, separators=(",", ":")).encode()
         x_metadata = {
             "metadata": {

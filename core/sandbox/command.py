@@ -255,28 +255,29 @@ def sandbox_command(state_dir: Path, verbose: bool, **options: Any) -> None:
         sandbox = Sandbox(settings, state_dir=state_dir, verbose=verbose).start()
     except (ValueError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
-    click.echo(f"digi.me sandbox listening on {sandbox.origin}")
-    click.echo(f"  base URL:       {sandbox.base_url}")
-    click.echo(f"  onboard URL:    {sandbox.onboard_url}")
-    click.echo(f"  v1.5 base URL:  {sandbox.base_url_v15}")
-    click.echo(f"  application id: {sandbox.application_id}")
-    for name in ("ongoing", "oneoff"):
-        contract = sandbox.contract(name)
-        click.echo(f"  {name:<8} contract {contract.contract_id}")
-        click.echo(f"           config   {sandbox.config_path(name).resolve()}")
-        click.echo(f"           v1.5     {sandbox.config_path(name, 'v1.5').resolve()}")
-        click.echo(f"           key      {sandbox.key_path(name).resolve()}")
-    click.echo(f"  ground truth:   {sandbox.origin}/_sandbox/ground-truth")
-    click.echo(f"  stats:          {sandbox.origin}/_sandbox/stats")
-    click.echo(f"  fault log:      {sandbox.origin}/_sandbox/fault-log")
-    click.echo("Press Ctrl+C to stop.")
-    sys.stdout.flush()
 
     def _terminate(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
+    # Before anything is printed: a supervisor may stop us as soon as it reads the URLs.
     signal.signal(signal.SIGTERM, _terminate)
     try:
+        click.echo(f"digi.me sandbox listening on {sandbox.origin}")
+        click.echo(f"  base URL:       {sandbox.base_url}")
+        click.echo(f"  onboard URL:    {sandbox.onboard_url}")
+        click.echo(f"  v1.5 base URL:  {sandbox.base_url_v15}")
+        click.echo(f"  application id: {sandbox.application_id}")
+        for name in ("ongoing", "oneoff"):
+            contract = sandbox.contract(name)
+            click.echo(f"  {name:<8} contract {contract.contract_id}")
+            click.echo(f"           config   {sandbox.config_path(name).resolve()}")
+            click.echo(f"           v1.5     {sandbox.config_path(name, 'v1.5').resolve()}")
+            click.echo(f"           key      {sandbox.key_path(name).resolve()}")
+        click.echo(f"  ground truth:   {sandbox.origin}/_sandbox/ground-truth")
+        click.echo(f"  stats:          {sandbox.origin}/_sandbox/stats")
+        click.echo(f"  fault log:      {sandbox.origin}/_sandbox/fault-log")
+        click.echo("Press Ctrl+C to stop.")
+        sys.stdout.flush()
         sandbox.wait()
     except KeyboardInterrupt:
         pass

@@ -83,9 +83,12 @@ def status_body(
     running_polls: int,
     *,
     account_filter: frozenset[str] | None = None,
-    reauthorized: frozenset[str] = frozenset(),
+    needs_reauth: frozenset[str] = frozenset(),
 ) -> dict[str, Any]:
-    """The whole ``GET permission-access/query/{sessionKey}`` body for a stage."""
+    """The whole ``GET permission-access/query/{sessionKey}`` body for a stage.
+
+    Accounts in ``needs_reauth`` end ``partial`` with ``ServiceAuthorizationError``.
+    """
     if stage < pending_polls:
         return {"status": {"state": "pending"}}
     accounts = [
@@ -99,7 +102,7 @@ def status_body(
     for account_id in accounts:
         if not final:
             details[account_id] = {"state": "running"}
-        elif account_id == library.partial_account_id and account_id not in reauthorized:
+        elif account_id in needs_reauth:
             details[account_id] = {"state": "partial", "error": partial_error()}
             state = "partial"
         else:

@@ -30,6 +30,7 @@ import brotli
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from .catalogue import CATEGORY_BY_ID, SOURCE_BY_REFERENCE
 from .encrypt import encrypted_size as _encrypted_size
 from .encrypt import iter_encrypt
 
@@ -54,58 +55,24 @@ _FILL = "@@FILL@@"
 # --------------------------------------------------------------------------- services
 
 # One row per synthetic account: what the accounts endpoint says and what files it makes.
-_SERVICES: tuple[dict[str, Any], ...] = (
-    {
-        "key": "facebook",
-        "group": "social",
-        "groupId": 1,
-        "typeId": 1,
-        "typeName": "Facebook",
-        "sourceId": 1,
-        "type": "USER",
-        "kinds": ("post",),
-        "username": "alex.morgan",
-    },
-    {
-        "key": "instagram",
-        "group": "social",
-        "groupId": 1,
-        "typeId": 4,
-        "typeName": "Instagram",
-        "sourceId": 4,
-        "type": "USER",
-        "kinds": ("media",),
-        "username": "alexmorgan_shots",
-    },
+# Ids, names and service groups come from the discovery catalogue (the source's row).
+_ACCOUNTS: tuple[dict[str, Any], ...] = (
+    {"key": "facebook", "type": "USER", "kinds": ("post",), "username": "alex.morgan"},
+    {"key": "instagram", "type": "USER", "kinds": ("media",), "username": "alexmorgan_shots"},
     {
         "key": "spotify",
-        "group": "music",
-        "groupId": 5,
-        "typeId": 19,
-        "typeName": "Spotify",
-        "sourceId": 19,
         "type": "USER",
         "kinds": ("playlist", "playhistory"),
         "username": "alexm",
     },
     {
         "key": "fitbit",
-        "group": "fitness",
-        "groupId": 4,
-        "typeId": 7,
-        "typeName": "Fitbit",
-        "sourceId": 7,
         "type": "USER",
         "kinds": ("activity",),
         "username": "alex.morgan@example.com",
     },
     {
         "key": "nhs",
-        "group": "health",
-        "groupId": 2,
-        "typeId": 301,
-        "typeName": "NHS App",
-        "sourceId": 301,
         "type": "USER",
         "kinds": ("observation",),
         "username": "9434765919",
@@ -113,11 +80,6 @@ _SERVICES: tuple[dict[str, Any], ...] = (
     },
     {
         "key": "monzo",
-        "group": "finance",
-        "groupId": 3,
-        "typeId": 6001,
-        "typeName": "Monzo",
-        "sourceId": 6001,
         "type": "BANK",
         "kinds": ("transaction",),
         "username": "Current Account ...4821",
@@ -125,17 +87,30 @@ _SERVICES: tuple[dict[str, Any], ...] = (
     },
     {
         "key": "amex",
-        "group": "finance",
-        "groupId": 3,
-        "typeId": 6002,
-        "typeName": "American Express",
-        "sourceId": 6002,
         "type": "CREDIT_CARD",
         "kinds": ("transaction",),
         "username": "Platinum Card ...1009",
         "provider": (12171, "American Express", "amex"),
     },
 )
+
+
+def _service(row: dict[str, Any]) -> dict[str, Any]:
+    """An account row completed from its catalogue source: group, type and source ids."""
+    source = SOURCE_BY_REFERENCE[row["key"]]
+    group = CATEGORY_BY_ID[source.category]
+    return {
+        **row,
+        "group": group.reference,
+        "groupId": group.id,
+        "groupName": group.name,
+        "typeId": source.service_id,
+        "typeName": source.service_name or source.name,
+        "sourceId": source.id,
+    }
+
+
+_SERVICES: tuple[dict[str, Any], ...] = tuple(_service(row) for row in _ACCOUNTS)
 
 # kind -> (objectType, schema standard, objectTypeId for the file name)
 _KINDS: dict[str, tuple[str, str, int]] = {
@@ -782,6 +757,15 @@ class Library:
         """Files synced from one account (for per-account sync states)."""
         return tuple(f for f in self.files if f.account_id == account_id)
 
+    def without_account(self, account_id: str) -> Library:
+        """This library after the user deleted one account: its files go with it."""
+        return Library(
+            self.seed,
+            tuple(a for a in self.accounts if a["id"] != account_id),
+            tuple(f for f in self.files if f.account_id != account_id),
+            None if self.partial_account_id == account_id else self.partial_account_id,
+        )
+
     def warm(self) -> None:
         """Build and compress the small files now, so first downloads are not slowed by it."""
         for f in self.files:
@@ -819,7 +803,7 @@ def _accounts(rng: random.Random, now: int) -> tuple[dict, ...]:
             "type": svc["type"],
             "createdDate": created,
             "serviceGroupId": svc["groupId"],
-            "serviceGroupName": svc["group"].capitalize(),
+            "serviceGroupName": svc["groupName"],
             "serviceTypeId": svc["typeId"],
             "serviceTypeName": svc["typeName"],
             "serviceTypeReference": svc["key"],

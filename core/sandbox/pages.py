@@ -18,6 +18,7 @@ PAGE_TITLES = {
     "reauthorize": "Reconnect an account",
     "direct-onboarding": "Share your data as a guest",
     "consent-access": "digi.me app: share your data",
+    "revoke": "Withdraw permission",
 }
 
 
@@ -76,6 +77,29 @@ button{{font-size:1.1em;margin-right:1em;padding:.4em 1.4em}}</style></head>
 </ul>
 <form method="post" action="{e(action)}">{hidden}
 <button type="submit" name="decision" value="share" id="share">Share</button>
+<button type="submit" name="decision" value="cancel" id="cancel">Cancel</button>
+</form>
+</body></html>
+"""
+
+
+def revoke_page(*, code: str, action: str, account: Mapping[str, object]) -> str:
+    """The form that withdraws one account's permission (Withdraw) or keeps it (Cancel)."""
+    e = html.escape
+    name = account.get("serviceTypeName", "this account")
+    user = account.get("username", "")
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{e(PAGE_TITLES["revoke"])}
+ - digi.me sandbox</title></head>
+<body>
+<h1>{e(PAGE_TITLES["revoke"])}</h1>
+<p>This is the <b>privateshare sandbox</b>, not digi.me.</p>
+<p>Withdraw the permission to read <b>{e(str(name))}</b> {e(str(user))}
+<small>({e(str(account.get("id", "")))})</small>? Its data stays in your library; it is
+not updated again until you reconnect the account.</p>
+<form method="post" action="{e(action)}">
+<input type="hidden" name="code" value="{e(code)}"><input type="hidden" name="page" value="revoke">
+<button type="submit" name="decision" value="share" id="share">Withdraw</button>
 <button type="submit" name="decision" value="cancel" id="cancel">Cancel</button>
 </form>
 </body></html>

@@ -9,6 +9,7 @@ on the bytes as they leave.
 from __future__ import annotations
 
 import contextlib
+import re
 import select
 import shutil
 import socket
@@ -32,6 +33,19 @@ from .registry import Contract, Registry, config_key, load_or_create, write_clie
 from .settings import SandboxSettings
 
 MAX_REQUEST_BODY = 1 << 20
+MAX_CHUNK_LINE = 4096  # a chunk-size line (with extensions) or a trailer field
+MAX_TRAILERS = 32
+_HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
+
+
+def _too_large() -> ApiError:
+    return ApiError(
+        413, "PayloadTooLarge", f"Request bodies are limited to {MAX_REQUEST_BODY} bytes"
+    )
+
+
+def _bad_chunk(detail: str) -> ApiError:
+    return ApiError(400, "ValidationErrors", f"Malformed chunked request body: {detail}")
 
 
 class _Server(ThreadingHTTPServer):
@@ -89,18 +103,66 @@ class _Handler(BaseHTTPRequestHandler):
         if self.server.verbose:
             sys.stderr.write(f"sandbox: {self.address_string()} {format % args}\n")
 
-    def _read_request(self) -> Request:
-        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
-            raise ApiError(411, "LengthRequired", "Send the request body with a Content-Length")
+    def _read_body(self) -> bytes:
+        """The request body: ``Content-Length`` bytes, or ``Transfer-Encoding: chunked``.
+
+        Chunked wins over a Content-Length sent with it (RFC 9112 §6.3), and then the
+        connection is closed after the answer, as a server must.
+        """
+        encoding = (self.headers.get("Transfer-Encoding") or "").strip().lower()
+        if encoding:
+            if encoding != "chunked":
+                raise ApiError(
+                    501,
+                    "NotImplemented",
+                    f"Transfer-Encoding {encoding!r} is not supported; send chunked "
+                    "or a Content-Length",
+                )
+            if self.headers.get("Content-Length") is not None:
+                self.close_connection = True
+            return self._read_chunked()
         try:
             length = int(self.headers.get("Content-Length") or 0)
         except ValueError as exc:
             raise ApiError(400, "ValidationErrors", "Content-Length is not a number") from exc
-        if length < 0 or length > MAX_REQUEST_BODY:
-            raise ApiError(
-                413, "PayloadTooLarge", f"Request bodies are limited to {MAX_REQUEST_BODY} bytes"
-            )
+        if length < 0:
+            raise ApiError(400, "ValidationErrors", "Content-Length is negative")
+        if length > MAX_REQUEST_BODY:
+            raise _too_large()
         body = self.rfile.read(length) if length else b""
+        if len(body) < length:
+            raise ApiError(400, "ValidationErrors", "The request body ended before Content-Length")
+        return body
+
+    def _read_chunked(self) -> bytes:
+        """Decode a chunked body (RFC 9112 §7.1), at most :data:`MAX_REQUEST_BODY` bytes."""
+        body = bytearray()
+        while True:
+            line = self.rfile.readline(MAX_CHUNK_LINE + 1)
+            size_text = line.split(b";", 1)[0].strip()
+            if len(line) > MAX_CHUNK_LINE or not line.endswith(b"\n"):
+                raise _bad_chunk("a chunk-size line is missing, cut short or too long")
+            if not _HEX.fullmatch(size_text):
+                raise _bad_chunk(f"chunk size {size_text[:20]!r} is not hexadecimal")
+            size = int(size_text, 16)
+            if size == 0:
+                break
+            if len(body) + size > MAX_REQUEST_BODY:
+                raise _too_large()
+            chunk = self.rfile.read(size)
+            if len(chunk) < size or self.rfile.read(2) != b"\r\n":
+                raise _bad_chunk("a chunk is shorter than its size or not followed by CRLF")
+            body += chunk
+        for _ in range(MAX_TRAILERS + 1):  # trailer fields, then the empty line
+            line = self.rfile.readline(MAX_CHUNK_LINE + 1)
+            if line in (b"\r\n", b"\n"):
+                return bytes(body)
+            if not line or len(line) > MAX_CHUNK_LINE:
+                break
+        raise _bad_chunk("the trailer section is cut short or too long")
+
+    def _read_request(self) -> Request:
+        body = self._read_body()
         parts = urlsplit(self.path)
         return Request(
             method=self.command,
@@ -407,7 +469,9 @@ class Sandbox:
 
     @property
     def library(self) -> Library:
-        """The synthetic user library being served."""
+        """The synthetic user library being served (without accounts the user deleted)."""
+        if self._app is not None:
+            return self._app.library
         if self._library is None:
             raise RuntimeError("the library is made at start()")
         return self._library

@@ -29,6 +29,10 @@ FAULT_ENDPOINTS: frozenset[str] = frozenset(
         "user",
         "sample",
         "jwks",
+        "discovery",
+        "service",
+        "revoke",
+        "contract",
     }
 )
 

@@ -72,6 +72,7 @@ class Grant:
     user_id: str | None
     expires_ms: int
     used: bool = False
+    account_id: str | None = None  # the account a ``revoke`` code is for
 
 
 @dataclass
@@ -125,6 +126,7 @@ class Store:
         self.access: dict[str, Token] = {}
         self.refresh: dict[str, Token] = {}
         self.references: dict[str, tuple[str, str]] = {}  # id -> (type, value)
+        self.revoked: set[str] = set()  # account ids whose permission the user withdrew
         self.counters: Counter[str] = Counter()
         self.endpoint_counts: Counter[str] = Counter()
         self.error_counts: Counter[str] = Counter()
@@ -346,6 +348,8 @@ class Store:
         session_key: str,
         user_id: str | None,
         now_ms: int,
+        *,
+        account_id: str | None = None,
     ) -> Grant:
         """A code for a web page; the page turns it into consent or a cancel."""
         with self._lock:
@@ -359,6 +363,7 @@ class Store:
                 session_key=session_key,
                 user_id=user_id,
                 expires_ms=now_ms + self.settings.code_lifetime * 1000,
+                account_id=account_id,
             )
             self.grants[grant.code] = grant
             return grant
@@ -402,6 +407,10 @@ class Store:
 
     def cancel(self, code: str, now_ms: int) -> Grant:
         """The user cancelled: the grant is spent, the session stays pending."""
+        return self.spend(code, now_ms)
+
+    def spend(self, code: str, now_ms: int) -> Grant:
+        """Use a grant up (a page acted on it); 404 InvalidCode if it cannot be used."""
         with self._lock:
             grant = self.grants.get(code)
             if grant is None or grant.used or grant.expires_ms < now_ms:
@@ -419,9 +428,20 @@ class Store:
     def reauthorize_account(self, user_id: str, account_id: str) -> None:
         """The user fixed an account's authorization: it is no longer ``partial``."""
         with self._lock:
+            self.revoked.discard(account_id)
             user = self.users.get(user_id)
             if user is not None:
                 user.reauthorized.add(account_id)
+
+    def revoke_account(self, account_id: str) -> None:
+        """The user withdrew an account's permission: it needs reauthorizing to sync again."""
+        with self._lock:
+            self.revoked.add(account_id)
+
+    def revoked_accounts(self) -> frozenset[str]:
+        """Accounts whose permission was withdrawn (and not reauthorized since)."""
+        with self._lock:
+            return frozenset(self.revoked)
 
     # -- tokens -------------------------------------------------------------------
     def _issue(

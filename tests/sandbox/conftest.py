@@ -233,6 +233,12 @@ def sandbox(key_cache: Path) -> Iterator[Sandbox]:
         yield sb
 
 
+@pytest.fixture(scope="session")
+def other_key() -> rsa.RSAPrivateKey:
+    """A key no contract has: what a forged request JWT is signed with."""
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
 @pytest.fixture
 def client(sandbox: Sandbox) -> RawClient:
     return RawClient(sandbox)

@@ -190,6 +190,10 @@ def probe(c: RawClient, kind: str) -> requests.Response:
         return c.http.get(sb.jwks_url, timeout=30)
     if kind == "sample":
         return c.call("GET", "permission-access/sample/datasets/1", {})
+    if kind == "discovery":
+        return c.call("POST", "discovery/sources", {}, json_body={"limit": 5})
+    if kind == "contract":
+        return c.call("GET", "permission-access/contract", {})
     if kind == "token":
         auth = c.authorize()
         return c.exchange(c.consent(auth["code"])["code"], auth["verifier"])
@@ -209,13 +213,24 @@ def probe(c: RawClient, kind: str) -> requests.Response:
         return c.call("GET", "permission-access/accounts", access)
     if kind == "user":
         return c.call("DELETE", "user", access)
+    account = sb.library.accounts[0]["id"]
+    if kind == "service":
+        return c.call(
+            "DELETE",
+            "permission-access/service/h:accountId",
+            access,
+            headers={"accountId": account},
+        )
+    if kind == "revoke":
+        headers = {"accountId": account, "redirectUri": REDIRECT}
+        return c.call("GET", "permission-access/revoke/h:accountId", access, headers=headers)
     raise AssertionError(f"no probe for {kind}")
 
 
 def test_every_fault_endpoint_has_a_probe_that_works_unfaulted(make_sandbox) -> None:
     sb = make_sandbox(files=10)
     expected = {"session": 201, "authorize": 201, "token": 201, "reference": 201}
-    expected |= {"trigger": 202, "user": 204}
+    expected |= {"trigger": 202, "user": 204, "service": 204, "revoke": 201}
     for kind in sorted(FAULT_ENDPOINTS):
         assert probe(RawClient(sb), kind).status_code == expected.get(kind, 200), kind
     assert sb.fault_log() == []
@@ -240,7 +255,7 @@ def test_reset_on_every_endpoint(make_sandbox, kind: str) -> None:
     assert entry["kind"] == kind and entry["faults"] == ["reset"]
 
 
-@pytest.mark.parametrize("kind", sorted(FAULT_ENDPOINTS - {"user"}))
+@pytest.mark.parametrize("kind", sorted(FAULT_ENDPOINTS - {"user", "service"}))  # 204s
 def test_body_cut_short_on_every_endpoint(make_sandbox, kind: str) -> None:
     sb = make_sandbox(files=10, truncate_rate=1.0, fault_endpoints=frozenset({kind}))
     with pytest.raises(requests.exceptions.ChunkedEncodingError):

@@ -6,7 +6,6 @@ import time
 
 import jwt
 import pytest
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from .conftest import REDIRECT, RawClient, nonce, pkce
 
@@ -23,11 +22,6 @@ def assert_error(r, status: int, code: str, message: str | None = None) -> dict:
     assert r.headers["X-Error-Message"] == error["message"]
     assert r.headers["X-Error-Reference"] == error["reference"]
     return error
-
-
-@pytest.fixture(scope="module")
-def other_key() -> rsa.RSAPrivateKey:
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
 
 def test_authorize_returns_verifiable_token_and_session(client: RawClient) -> None:

@@ -214,3 +214,99 @@ def test_sandbox_command_is_a_click_command() -> None:
     assert isinstance(sandbox_command, click.Command)
     names = {p.name for p in sandbox_command.params}
     assert {"port", "host", "state_dir", "seed", "files", "auto_consent", "error_rate"} <= names
+
+
+# -- request bodies: chunked, and the size cap -------------------------------------------
+
+
+def raw_exchange(sb: Sandbox, head: str, body: bytes = b"", *, then: bytes = b"") -> bytes:
+    """Send one request's bytes (plus ``then``) on a fresh socket; all the server sends back."""
+    with socket.create_connection(("127.0.0.1", sb.port), timeout=30) as conn:
+        conn.sendall(head.encode("latin-1") + body + then)
+        conn.shutdown(socket.SHUT_WR)
+        received = b""
+        while chunk := conn.recv(65536):
+            received += chunk
+    return received
+
+
+def discovery_head(client: RawClient, extra: str) -> str:
+    bearer = client.sign({})
+    return (
+        f"POST /v1.7/discovery/sources HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Authorization: Bearer {bearer}\r\nContent-Type: application/json\r\n{extra}\r\n"
+    )
+
+
+def test_chunked_request_body_is_read(client: RawClient) -> None:
+    # requests sends a generator body chunked, with no Content-Length.
+    chunks = iter([b'{"li', b'mit": 3, "of', b'fset": 1}'])
+    r = client.call("POST", "discovery/sources", {}, data=chunks)
+    assert r.status_code == 200, r.text
+    assert r.request.headers["Transfer-Encoding"] == "chunked"
+    assert (r.json()["limit"], r.json()["offset"], len(r.json()["data"])) == (3, 1, 3)
+    # Chunk extensions and trailer fields are allowed; the connection stays usable.
+    body = b'7;note=x\r\n{"limit\r\nA\r\n": 2}     \r\n0\r\nX-Checksum: 1\r\n\r\n'
+    second = discovery_head(client, "Content-Length: 0\r\n")
+    answer = raw_exchange(
+        client.sandbox,
+        discovery_head(client, "Transfer-Encoding: chunked\r\n"),
+        body,
+        then=second.encode(),
+    )
+    first, _, rest = answer.partition(b"\r\n\r\n")
+    assert first.startswith(b"HTTP/1.1 200") and b'"limit":2' in rest
+    assert rest.count(b"HTTP/1.1 200") == 1  # the second request was answered too
+
+
+def test_chunked_and_content_length_together_chunked_wins(client: RawClient) -> None:
+    body = b'c\r\n{"limit": 4}\r\n0\r\n\r\n'
+    head = discovery_head(client, "Transfer-Encoding: chunked\r\nContent-Length: 3\r\n")
+    answer = raw_exchange(client.sandbox, head, body)
+    assert answer.startswith(b"HTTP/1.1 200") and b'"limit":4' in answer
+    assert b"Connection: close" in answer.partition(b"\r\n\r\n")[0]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"zz\r\n{}\r\n0\r\n\r\n",  # not hexadecimal
+        b"-2\r\n{}\r\n0\r\n\r\n",  # signed
+        b"1_0\r\n{}\r\n0\r\n\r\n",  # Python would read this as 16
+        b"5\r\n{}\r\n0\r\n\r\n",  # shorter than announced
+        b"2\r\n{}XX0\r\n\r\n",  # no CRLF after the data
+        b"2\r\n{}\r\n",  # no last chunk
+        b"2\r\n{}\r\n0\r\nX-Trailer: 1\r\n",  # trailer section never ends
+    ],
+)
+def test_malformed_chunked_body_is_a_400(client: RawClient, body: bytes) -> None:
+    head = discovery_head(client, "Transfer-Encoding: chunked\r\n")
+    answer = raw_exchange(client.sandbox, head, body)
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
+    assert b"Malformed chunked request body" in answer
+    assert b"Connection: close" in answer
+
+
+def test_other_transfer_codings_are_refused(client: RawClient) -> None:
+    head = discovery_head(client, "Transfer-Encoding: gzip, chunked\r\n")
+    answer = raw_exchange(client.sandbox, head, b"0\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 501") and b"NotImplemented" in answer
+
+
+def test_request_bodies_are_capped(client: RawClient) -> None:
+    from privateshare.sandbox.server import MAX_REQUEST_BODY
+
+    sb = client.sandbox
+    # Announced too large: refused before the body is read.
+    head = discovery_head(client, f"Content-Length: {MAX_REQUEST_BODY + 1}\r\n")
+    answer = raw_exchange(sb, head, b"{}")
+    assert answer.startswith(b"HTTP/1.1 413") and b"PayloadTooLarge" in answer
+    # Chunked past the cap: refused as soon as the total passes it, connection closed.
+    piece = b"x" * (256 << 10)
+    chunk = b"%x\r\n" % len(piece) + piece + b"\r\n"
+    head = discovery_head(client, "Transfer-Encoding: chunked\r\n")
+    answer = raw_exchange(sb, head, chunk * 5 + b"0\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 413") and b"Connection: close" in answer
+    # Exactly at the cap is fine (the JSON is then wrong, which is a 400, not a 413).
+    r = client.call("POST", "discovery/sources", {}, data=iter([b" " * MAX_REQUEST_BODY]))
+    assert r.status_code == 200, r.text  # an all-blank body is an empty one
