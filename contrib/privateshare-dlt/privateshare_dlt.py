@@ -182,14 +182,17 @@ class DltSink(Plugin):
             )
         if not options.dataset_name.strip():
             raise ConfigError(f"{where} dataset_name is empty; name the dataset the tables go to")
-        fields = {f for _, f, _, _ in string.Formatter().parse(options.table_name) if f}
+        try:
+            fields = {f for _, f, _, _ in string.Formatter().parse(options.table_name) if f}
+        except ValueError:
+            fields = {"(unbalanced braces)"}
         if fields - set(TABLE_FIELDS) or not options.table_name.strip():
             raise ConfigError(
                 f"{where} table_name {options.table_name!r} may use only the placeholders "
                 + ", ".join("{" + f + "}" for f in TABLE_FIELDS)
             )
         self.pipelines_dir = context.resolve(options.pipelines_dir)
-        self.destination = _check_destination(options, where)
+        _check_destination(options, where)
         self._naming = _naming()
         self.database: Path | None = None
         if options.destination == "duckdb":
@@ -225,7 +228,7 @@ class DltSink(Plugin):
                 try:
                     self._load(pipeline)
                 except SinkError as exc:  # the data is safe locally; close_run tries again
-                    log.warning("%s; the run goes on and loads it at the end", exc)
+                    log.warning("%s. The run goes on; its end tries again.", exc)
         except BaseException:
             self._pipeline.release()
             raise
@@ -370,7 +373,9 @@ class DltSink(Plugin):
         except Exception as exc:
             raise self._error(
                 f"load the pending packages into {self.options.destination} (they stay in "
-                f"{self.working_dir} and are loaded by the next run)",
+                f"{self.working_dir} and are loaded by the next run; `dlt pipeline "
+                f"--pipelines-dir {self.pipelines_dir} {self.pipeline_name} failed-jobs` "
+                "shows a job the destination refused)",
                 exc,
             ) from None
         for package in info.load_packages:
@@ -412,8 +417,8 @@ def _naming() -> Any:
     return dlt.Schema("privateshare").naming
 
 
-def _check_destination(options: DltSink.Options, where: str) -> str:
-    """The destination name, once dlt knows it and it can merge; a ConfigError otherwise."""
+def _check_destination(options: DltSink.Options, where: str) -> None:
+    """A ConfigError unless dlt knows the destination, it can merge, and the options fit it."""
     from dlt.common.destination import Destination
     from dlt.common.exceptions import DltException
 
@@ -442,7 +447,11 @@ def _check_destination(options: DltSink.Options, where: str) -> str:
             f"{where} the duckdb destination takes a database file, not credentials; "
             "set database instead"
         )
-    return options.destination
+
+
+#: Working directories held by a sink of this process, and by which sink.
+_HELD: dict[Path, str] = {}
+_HELD_LOCK = threading.Lock()
 
 
 class _PipelineOwner:
@@ -479,6 +488,8 @@ class _PipelineOwner:
             if self._holders == 0:
                 self._pipeline = None
                 self._file_lock.release()
+                with _HELD_LOCK:
+                    _HELD.pop(self._sink.working_dir, None)
 
     def release_all(self) -> None:
         with self._lock:
@@ -519,6 +530,23 @@ class _PipelineOwner:
                     shutil.rmtree(extracted / load_id, ignore_errors=True)
 
     def _take(self) -> None:
+        sink = self._sink
+        with _HELD_LOCK:  # waiting for a sink of this very process could wait forever
+            other = _HELD.get(sink.working_dir)
+            if other is not None:
+                raise SinkError(
+                    f"sink {sink.context.name}: the dlt pipeline {sink.working_dir} is in use by "
+                    f"sink {other} of this process; give each sink its own pipeline_name"
+                )
+            _HELD[sink.working_dir] = sink.context.name
+        try:
+            self._lock_and_attach()
+        except BaseException:
+            with _HELD_LOCK:
+                _HELD.pop(sink.working_dir, None)
+            raise
+
+    def _lock_and_attach(self) -> None:
         sink = self._sink
         sink.pipelines_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         try:

@@ -619,3 +619,24 @@ def test_credentials_from_dlt_environment_variables(
     monkeypatch.setenv("DESTINATION__POSTGRES__CREDENTIALS", pg.url)
     put(sink, ("a.json", posts(2)))
     assert len(wh.rows("facebook_post")) == 2
+
+
+def test_two_sinks_of_one_process_cannot_share_a_pipeline(
+    privateshare_factory: Any, duck: Warehouse
+) -> None:
+    fw = privateshare_factory(
+        """
+        [sinks.a]
+        type = "dlt"
+        pipeline_name = "shared"
+
+        [sinks.b]
+        type = "dlt"
+        pipeline_name = "shared"
+        """
+    )
+    with pytest.raises(SinkError, match=r"in use by sink sinks\.a of this process") as refused:
+        fw.hooks.sinks_open_run(make_run("alice"))
+    assert "own pipeline_name" in str(refused.value)
+    fw.plugins["sinks.a"].close()
+    fw.plugins["sinks.b"].privateshare_sink_open_run(run=make_run("alice"))  # free again
