@@ -603,7 +603,7 @@ def test_credentials_from_a_secret_reference_never_show(
     assert secret not in str(failed.value) and secret not in caplog.text and secret not in repr(bad)
 
 
-def test_credentials_from_dlt_environment_variables(
+def test_credentials_from_dlt_environment_variables_or_secrets_toml(
     pg: Warehouse, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """No credentials option: dlt finds them as for any pipeline (env vars, secrets.toml)."""
@@ -619,6 +619,45 @@ def test_credentials_from_dlt_environment_variables(
     monkeypatch.setenv("DESTINATION__POSTGRES__CREDENTIALS", pg.url)
     put(sink, ("a.json", posts(2)))
     assert len(wh.rows("facebook_post")) == 2
+    # The same from .dlt/secrets.toml in the directory privateshare runs in (a new
+    # process there: dlt reads its TOML files once per process).
+    monkeypatch.delenv("DESTINATION__POSTGRES__CREDENTIALS")
+    project = tmp_path / "project"
+    (project / ".dlt").mkdir(parents=True)
+    (project / ".dlt" / "secrets.toml").write_text(
+        f'[destination.postgres]\ncredentials = "{pg.url}"\n'
+    )
+    script = textwrap.dedent(
+        """
+        import json, sys
+        from pathlib import Path
+        from privateshare import PluginContext
+        from privateshare.testing.helpers import make_file, make_run
+        from privateshare_dlt import DltSink
+
+        options = DltSink.Options(destination="postgres", dataset_name=sys.argv[1])
+        sink = DltSink(options, PluginContext("sinks.warehouse", Path(sys.argv[2])))
+        run = make_run("alice")
+        sink.privateshare_sink_open_run(run=run)
+        meta = {"objectType": "post", "serviceName": "facebook"}
+        file = make_file("alice", "b.json", metadata=meta)
+        writer = sink.privateshare_sink_open_file(run=run, file=file)
+        writer.write(json.dumps([{"id": n} for n in range(3)]).encode())
+        writer.commit()
+        sink.privateshare_sink_close_run(run=run, summary=None)
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DESTINATION__")}
+    done = subprocess.run(
+        [sys.executable, "-c", script, wh.dataset, str(tmp_path)],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert len(wh.rows("facebook_post")) == 5
 
 
 def test_two_sinks_of_one_process_cannot_share_a_pipeline(
