@@ -308,11 +308,11 @@ class DltSink(Plugin):
 
     def _check_destination_config(self, pipeline: dlt.Pipeline) -> None:
         """Resolve the destination's configuration (credentials) now, not after delivering."""
-        from dlt.common.configuration.exceptions import ConfigurationException
+        from dlt.common.exceptions import DltException
 
         try:
             pipeline.destination_client()
-        except ConfigurationException as exc:
+        except (DltException, ImportError) as exc:
             raise SinkError(
                 f"sink {self.context.name}: the {self.options.destination} destination is not "
                 f"configured: {self._scrub(str(exc))}\nSet credentials in [{self.context.name}] "
