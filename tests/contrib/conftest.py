@@ -46,9 +46,13 @@ def pip_install_target(sources: list[Path], target: Path, workdir: Path) -> Path
 
 @pytest.fixture(scope="session")
 def sinks_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """privateshare-parquet and privateshare-webhook, installed into one directory."""
+    """privateshare-parquet, -webhook and -dlt, installed into one directory."""
     work = tmp_path_factory.mktemp("contrib-src")
-    sources = [CONTRIB / "privateshare-parquet", CONTRIB / "privateshare-webhook"]
+    sources = [
+        CONTRIB / "privateshare-parquet",
+        CONTRIB / "privateshare-webhook",
+        CONTRIB / "privateshare-dlt",
+    ]
     return pip_install_target(sources, tmp_path_factory.mktemp("contrib-site"), work)
 
 
