@@ -130,7 +130,7 @@ class PullConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     timeout: Seconds = 1800.0
     #: Attempts per file within one run before it is reported failed; also the attempts of
     #: every retried call of a pull (file-list polls, trigger, accounts, JWKS).
-    file_attempts: Attempts = 3
+    file_attempts: Attempts = 5
     #: Seconds before the second attempt of a file or call; doubles for each further one.
     retry_backoff: Annotated[float, msgspec.Meta(ge=0, le=300)] = 1.0
 

@@ -551,7 +551,7 @@ class Run:
                         f"{limits.max_pending:.0f}s; the user may not have finished consenting"
                     )
             else:
-                if self._schedule(pool, listing, duplicates):
+                if self._schedule(pool, listing, duplicates, final=state in FINAL_STATES):
                     last_change = time.monotonic()
                 del listing
                 if state in FINAL_STATES:
@@ -593,26 +593,35 @@ class Run:
             )
         return files.status, listing, duplicates
 
-    def _schedule(self, pool: ThreadPoolExecutor, listing: dict[str, int], duplicates: int) -> bool:
+    def _schedule(
+        self, pool: ThreadPoolExecutor, listing: dict[str, int], duplicates: int, *, final: bool
+    ) -> bool:
         """Feed the pool every listed file newer than what the run and the checkpoint hold.
 
-        Returns True if any was new. A name with no checkpoint entry is new whatever its
-        date (0 and negative ones included); one listed at or before its checkpointed date
-        is unchanged: running lists may show a file at an earlier version than the one
-        already delivered, and delivering that would put older data over newer.
+        Returns True if any was new. A name with no checkpoint entry is new; one listed at
+        or before its checkpointed date is unchanged: running lists may show a file at an
+        earlier version than the one already delivered, and delivering that would put older
+        data over newer. An ``updatedDate`` of 0 or less tells no versions apart, so such a
+        file is taken from the final list only, and on every pull (never skipped).
         """
         skipped = duplicates
         scheduled = False
         checkpoint = self._checkpoint
         late: DigimeError | None = None
+        undated = 0
         for name, updated in listing.items():
             taken = self._taken.get(name)
-            if taken is not None and updated <= taken:
+            if updated <= 0:
+                undated += 1
+                if not final or taken is not None:
+                    continue
+            elif taken is not None and updated <= taken:
                 continue  # this version or a later one was delivered, failed or is on its way
-            done = checkpoint.get(name)
-            if taken is None and done is not None and updated <= done:
-                skipped += 1
-                continue
+            else:
+                done = checkpoint.get(name)
+                if taken is None and done is not None and updated <= done:
+                    skipped += 1
+                    continue
             self._taken[name] = updated
             scheduled = True
             if not self._submit(pool, name, updated):
@@ -620,6 +629,13 @@ class Run:
                 self._failed(name, late, timed_out=True)
         with self._lock:
             self.summary.files_skipped = skipped
+        if final and undated:
+            log.warning(
+                "the file list of user %s dates %d file(s) 0 or earlier: such a date tells no "
+                "versions apart, so they are delivered on every pull",
+                self.user_id,
+                undated,
+            )
         return scheduled
 
     def _submit(self, pool: ThreadPoolExecutor, name: str, updated: int) -> bool:

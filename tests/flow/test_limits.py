@@ -354,9 +354,10 @@ def test_a_cut_file_list_is_polled_again_not_the_end_of_the_run(
 # --- item 6: nothing skipped silently -------------------------------------------------------
 
 
-def test_files_dated_zero_or_negative_are_delivered_then_skipped_as_unchanged(
+def test_files_dated_zero_or_negative_are_delivered_on_every_pull(
     library_sandbox: Callable[..., Sandbox], tmp_path: Path, api: str
 ) -> None:
+    # A date of 0 or less tells no versions apart: such files are never skipped.
     library = library_of(5, a=("zero.json", 0), b=("negative.json", -1000))
     sandbox = library_sandbox(library)
     flow = Flow(framework_for(sandbox, tmp_path, api=api))
@@ -365,7 +366,23 @@ def test_files_dated_zero_or_negative_are_delivered_then_skipped_as_unchanged(
     assert first.ok and first.files_delivered == 5, first
     assert delivered(tmp_path, "jo") == sandbox.ground_truth()
     second = flow.pull("jo")
-    assert second.files_delivered == 0 and second.files_skipped == 5
+    assert second.files_delivered == 2 and second.files_skipped == 3
+    assert delivered(tmp_path, "jo") == sandbox.ground_truth()
+
+
+def test_an_undated_file_is_taken_from_the_final_list_only(
+    start_sandbox: Callable[..., Sandbox], tmp_path: Path
+) -> None:
+    # Both versions of an updated file dated 0: the running list's version must not be the
+    # one that stays delivered, so nothing undated is taken before the list is final.
+    sandbox = start_sandbox(
+        files=30, updated_fraction=1.0, nonpositive_dates=30, pending_polls=0, running_polls=2
+    )
+    flow = Flow(framework_for(sandbox, tmp_path))
+    consent(flow, "kim")
+    summary = flow.pull("kim")
+    assert summary.ok, summary
+    assert delivered(tmp_path, "kim") == sandbox.ground_truth()
 
 
 UNSAFE = {
