@@ -23,11 +23,14 @@ Measured on the 2-core development machine (entries of ~220 bytes of JSON each):
                                          (a 2M checkpoint saved every second under the lock)
     after (bounded feeding)          200k: 201 MiB checkpointed, 130 MiB fresh (ended at 20 s)
                                      2M: 1.2 GiB checkpointed, 0.9 GiB fresh
+    after (answers read once)        200k: 248 MiB checkpointed (1,066 B/entry), 120 MiB fresh
+                                     2M: 1.2 GiB checkpointed (612 B/entry), 795 MiB fresh
 
-What is left at 2M is the answer itself, not the pull: ``requests`` reads a body whole by
-joining chunks (about twice the 430 MiB body at once), plus the loaded checkpoint (a dict of
-2M names, ~300 MiB, as the token-store hook returns it). The decoded rows and the run's
-state stay inside that peak.
+What is left at 2M is proportional to the list, at a few hundred bytes an entry: the answer
+itself (one JSON document of ~220 bytes an entry, read whole: the API sends it so), the rows
+decoded from it and the name -> date map of the poll, and the loaded checkpoint (a dict of 2M
+names, ~300 MiB, as the token-store hook returns it). Bounded by the concurrency are the
+downloads, their futures and their buffers.
 
     python benchmarks/filelist_memory.py [--sizes 2000,200000,2000000] [--download 2000]
 """

@@ -110,7 +110,7 @@ class DigimeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     #: The SDK name sent in ``agent.sdk.name``.
     agent_name: Annotated[str, msgspec.Meta(min_length=1)] = "privateshare"
     #: The largest JSON answer read (file lists, tokens, JWKS), in bytes once decoded.
-    max_answer_bytes: Annotated[int, msgspec.Meta(gt=0)] = 256 << 20
+    max_answer_bytes: Annotated[int, msgspec.Meta(gt=0)] = 1 << 30
 
 
 class PullConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):

@@ -282,13 +282,14 @@ class RequestsResponse:
             if declared is not None and declared > limit:
                 self.close()
                 raise self._too_large(limit, encoding)
-        body = bytearray()
+        # BytesIO hands its buffer over on getvalue(): a large answer is held once, not twice.
+        body = io.BytesIO()
         for chunk in self._chunks(CHUNK, decode=True):
-            body += chunk
-            if limit is not None and len(body) > limit:
+            body.write(chunk)
+            if limit is not None and body.tell() > limit:
                 self.close()
                 raise self._too_large(limit, encoding)
-        return bytes(body)
+        return body.getvalue()
 
     def iter_bytes(self, chunk_size: int = 1 << 20) -> Iterator[bytes]:
         return self._chunks(chunk_size, decode=True)
