@@ -14,7 +14,10 @@ are the child's CPU (and wall) per call, one thread, layers alternating in block
 1 s switch interval (fairness: ~0 when the work holds the GIL, so one thread starves; ~1 when
 it releases it, whatever the load). A pure-Python loop is the control.
 
-    python benchmarks/micro.py [--http] [--gil] [--calls 10000] [--blocks 5]
+``--decrypt``: CPU per 20 KiB file through the decryption hook with the default 1 MiB
+``chunk_size`` (one zero-filled buffer per file) and with 32 KiB, in 1 and 8 threads.
+
+    python benchmarks/micro.py [--http] [--decrypt] [--gil] [--calls 10000] [--blocks 5]
 """
 
 from __future__ import annotations
@@ -145,6 +148,65 @@ def run_http(args: argparse.Namespace) -> None:
             f"{name:<42} {show(values):>22} {show(result['wall_ms'][name]):>22} "
             f"{statistics.median(values) / base:18.2f}x"
         )
+
+
+# --- the decryptor's buffer (child) -----------------------------------------------------------
+
+
+def child_decrypt(spec: dict[str, Any]) -> dict[str, Any]:
+    """CPU per 20 KiB file through the ``privateshare_decrypt`` hook, by ``chunk_size``."""
+    import io
+    from concurrent.futures import ThreadPoolExecutor
+
+    import privateshare
+    from privateshare.models import FileMetadata
+    from privateshare.sandbox.encrypt import iter_encrypt
+
+    frameworks = {}
+    for chunk in spec["chunks"]:
+        config = {**spec["config"], "decryption": {"type": "digime", "chunk_size": chunk}}
+        frameworks[chunk] = privateshare.load(config, base_dir=Path(spec["base_dir"]))
+    key = next(iter(frameworks.values())).key_handle()
+    blob = b"".join(iter_encrypt([os.urandom(20 << 10)], key.public_key()))
+    metadata = FileMetadata()
+
+    def one(fw: Any) -> None:
+        for _ in fw.hooks.decrypt(io.BytesIO(blob), metadata, key, "bench.json"):
+            pass
+
+    files = spec["files"]
+    cpu: dict[str, list[float]] = {}
+    for _ in range(spec["blocks"]):
+        for chunk, fw in frameworks.items():
+            for threads in (1, 8):
+                c = time.process_time()
+                with ThreadPoolExecutor(threads) as pool:
+                    list(pool.map(lambda _i, fw=fw: one(fw), range(files)))
+                label = f"chunk_size {chunk >> 10} KiB, {threads} thread(s)"
+                cpu.setdefault(label, []).append((time.process_time() - c) * 1000 / files)
+    return {"cpu_ms": cpu, "wire": len(blob)}
+
+
+def run_decrypt(args: argparse.Namespace) -> None:
+    from privateshare.sandbox import Sandbox, SandboxSettings
+    from privateshare.testing.sandboxed import sandbox_config
+
+    with tempfile.TemporaryDirectory() as tmp, Sandbox(SandboxSettings.instant(files=0)) as sb:
+        spec = {
+            "config": sandbox_config(sb, Path(tmp), sinks={"memory": {"type": "memory"}}),
+            "base_dir": str(sb.config_path().parent),
+            "chunks": [1 << 20, 32 << 10],
+            "files": max(50, args.calls // 5),
+            "blocks": args.blocks,
+        }
+        result = child("decrypt", spec)
+    print(
+        f"\ndecryptor buffer: one {result['wire'] / 1024:.1f} KiB file (RSA-OAEP unwrap included) "
+        f"through the privateshare_decrypt hook, {spec['files']} files per block; client CPU "
+        f"ms per file, median (min-max) of {args.blocks} blocks; load average {loadavg()}"
+    )
+    for label, values in result["cpu_ms"].items():
+        print(f"{label:<36} {show(values):>22}")
 
 
 # --- the GIL (child) ------------------------------------------------------------------------
@@ -297,7 +359,7 @@ def run_gil(args: argparse.Namespace) -> None:
 
 # --- plumbing -------------------------------------------------------------------------------
 
-CHILDREN = {"http": child_http, "gil": child_gil}
+CHILDREN = {"http": child_http, "gil": child_gil, "decrypt": child_decrypt}
 
 
 def child(kind: str, spec: dict[str, Any]) -> dict[str, Any]:
@@ -323,6 +385,7 @@ def main() -> None:
     )
     parser.add_argument("--http", action="store_true")
     parser.add_argument("--gil", action="store_true")
+    parser.add_argument("--decrypt", action="store_true", help="the decryptor's buffer size")
     parser.add_argument("--calls", type=int, default=10000, help="HTTP calls per layer")
     parser.add_argument("--blocks", type=int, default=5)
     parser.add_argument("--scale", type=float, default=1.0, help="GIL runs' length factor")
@@ -333,10 +396,12 @@ def main() -> None:
         print(json.dumps(CHILDREN[kind](json.loads(spec))))
         return
     print(f"{os.cpu_count()} CPUs; python {sys.version.split()[0]}; load average {loadavg()}")
-    both = not (args.http or args.gil)
-    if args.http or both:
+    every = not (args.http or args.gil or args.decrypt)
+    if args.http or every:
         run_http(args)
-    if args.gil or both:
+    if args.decrypt or every:
+        run_decrypt(args)
+    if args.gil or every:
         run_gil(args)
 
 

@@ -171,9 +171,9 @@ def pyspy_layers(raw: Path) -> Counter[str]:
 
 
 def run_pyspy(
-    bench: pull.Bench, sb: Any, sink: str, rate: int, gil: bool, work: Path
+    bench: pull.Bench, sb: Any, sink: str, rate: int, gil: bool, work: Path, keep: Path | None
 ) -> tuple[Counter[str], dict[str, Any]]:
-    out = work / f"pyspy-{'gil' if gil else 'active'}.txt"
+    out = (keep or work) / f"pyspy-{'gil' if gil else 'busy'}.txt"
     pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     prefix = [pyspy, "record", "--rate", str(rate), "--format"]
     prefix += ["raw", "--full-filenames", "--threads", "--output", str(out)]
@@ -228,14 +228,16 @@ def cprofile_layers(stats: pstats.Stats) -> tuple[Counter[str], Counter[str]]:
     return layers, functions
 
 
-#: Calls per file worth knowing: (label, path fragment, exact function name); "~" = builtin.
+#: Calls per file worth knowing: (label, path fragment, exact function name); "~" = builtin,
+#: "" = any Python function of that name.
 COUNTS = [
     ("os.fsync", "~", "<built-in method posix.fsync>"),
     ("os.open", "~", "<built-in method posix.open>"),
     ("os.replace", "~", "<built-in method posix.replace>"),
-    ("checkpoint saves", "privateshare", "privateshare_checkpoint_save"),
-    ("PS512 signatures", "privateshare", "sign_ps512"),
-    ("RSA-OAEP decryptions", "privateshare", "decrypt_oaep_sha1"),
+    ("checkpoint saves", "", "privateshare_checkpoint_save"),
+    ("PS512 signatures", "", "sign_ps512"),
+    ("RSA-OAEP decryptions", "", "decrypt_oaep_sha1"),
+    ("isinstance against a typing.Protocol", "typing.py", "__instancecheck__"),
     ("requests Request.prepare", "requests/models.py", "prepare"),
     ("HTTPAdapter.send", "requests/adapters.py", "send"),
     ("urllib3 urlopen", "urllib3/connectionpool.py", "urlopen"),
@@ -254,16 +256,16 @@ def counts_per_file(stats: pstats.Stats, files: int) -> list[tuple[str, float]]:
         calls = sum(
             v[1]
             for (filename, _line, func), v in table.items()
-            if func == name and (filename == "~" if where == "~" else where in filename)
+            if func == name and ((filename == "~") == (where == "~")) and where in filename
         )
         out.append((label, calls / files))
     return out
 
 
 def run_cprofile(
-    bench: pull.Bench, sb: Any, sink: str, work: Path
+    bench: pull.Bench, sb: Any, sink: str, work: Path, keep: Path | None
 ) -> tuple[pstats.Stats, dict[str, Any]]:
-    path = work / "pull.pstats"
+    path = (keep or work) / "pull.pstats"
     spec = bench.spec(sb, "cprof", {}, cprofile=str(path), cprofile_timer="thread")
     spec["config"]["sinks"] = sinks(sink, spec["root"])
     result = pull.run_child("pull", spec)
@@ -288,10 +290,15 @@ VARIANTS: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = [
         "file sink, [decryption] chunk_size = 32 KiB",
         "file",
         {},
-        {"decryption": {"chunk_size": 32768}},
+        {"decryption": {"type": "digime", "chunk_size": 32768}},
     ),
     ("memory sink", "memory", {}, {}),
-    ("memory sink, chunk_size = 32 KiB", "memory", {}, {"decryption": {"chunk_size": 32768}}),
+    (
+        "memory sink, chunk_size = 32 KiB",
+        "memory",
+        {},
+        {"decryption": {"type": "digime", "chunk_size": 32768}},
+    ),
     ("file sink, [pull] concurrency = 2", "file", {}, {"pull": {"concurrency": 2}}),
 ]
 
@@ -299,6 +306,7 @@ VARIANTS: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = [
 def variants(bench: pull.Bench, sb: Any, repeat: int) -> None:
     cpu: dict[str, list[float]] = defaultdict(list)
     rate: dict[str, list[float]] = defaultdict(list)
+    faults: dict[str, list[float]] = defaultdict(list)
     for r in range(repeat):
         for label, sink, options, tables in VARIANTS:
             spec = bench.spec(sb, f"v{r}", {}, **tables)
@@ -307,12 +315,19 @@ def variants(bench: pull.Bench, sb: Any, repeat: int) -> None:
             shutil.rmtree(spec["root"], ignore_errors=True)
             cpu[label].append(pull.per_file_ms(result))
             rate[label].append(pull.files_per_s(result))
+            faults[label].append(result["page_faults"] / max(1, result["files"]))
         pull.say(f"  round {r + 1} done; load average {pull.loadavg()}")
     base = statistics.median(cpu[VARIANTS[0][0]])
-    pull.say(f"\n{'variant':<48} {'CPU ms/file':>22} {'vs default':>10} {'files/s':>18}")
+    pull.say(
+        f"\n{'variant':<48} {'CPU ms/file':>22} {'vs default':>10} {'files/s':>18} "
+        f"{'page faults/file':>17}"
+    )
     for label, *_ in VARIANTS:
         c, f = pull.Figure(cpu[label]), pull.Figure(rate[label])
-        pull.say(f"{label:<48} {c.show():>22} {c.median - base:+10.2f} {f.show('.0f'):>18}")
+        p = statistics.median(faults[label])
+        pull.say(
+            f"{label:<48} {c.show():>22} {c.median - base:+10.2f} {f.show('.0f'):>18} {p:17.0f}"
+        )
 
 
 # --- main -----------------------------------------------------------------------------------
@@ -331,6 +346,9 @@ def main() -> None:
     parser.add_argument("--variants", action="store_true", help="config experiments instead")
     parser.add_argument("--repeat", type=int, default=3, help="rounds of --variants")
     parser.add_argument("--top", type=int, default=25, help="functions listed (cProfile)")
+    parser.add_argument(
+        "--keep", type=Path, help="write pull.pstats and py-spy's raw samples to this directory"
+    )
     args = parser.parse_args()
     args.repeat = max(1, args.repeat)
     pull.say(f"machine: {pull.machine()}")
@@ -353,7 +371,7 @@ def main() -> None:
             columns: dict[str, Counter[str]] = {}
             notes = []
             if not args.no_cprofile:
-                stats, result = run_cprofile(bench, sb, args.sink, work)
+                stats, result = run_cprofile(bench, sb, args.sink, work, args.keep)
                 layers, functions = cprofile_layers(stats)
                 columns["cProfile CPU"] = layers
                 notes.append(
@@ -362,7 +380,9 @@ def main() -> None:
                 )
             if not args.no_pyspy:
                 for gil in (False, True):
-                    samples, result = run_pyspy(bench, sb, args.sink, args.rate, gil, work)
+                    samples, result = run_pyspy(
+                        bench, sb, args.sink, args.rate, gil, work, args.keep
+                    )
                     seconds = Counter({k: v / args.rate for k, v in samples.items()})
                     columns["py-spy GIL" if gil else "py-spy busy"] = seconds
                     notes.append(

@@ -27,7 +27,8 @@ the median with min-max. Parts (all by default; pick some with their flags):
     python benchmarks/pull.py [--small] [--memory] [--checkpoint] [--sql] [--large]
                               [--compression] [--quick] [--repeat 3] [--json out.json]
 
-``--quick`` shrinks every part (for development: about a minute). ``--against CONFIG`` pulls
+``--quick`` shrinks every part (for development: 30-40 s of CPU, a minute or more of wall
+time on a loaded machine; its ratios are indicative only). ``--against CONFIG`` pulls
 once from an already running sandbox with that ``privateshare.toml`` and prints one JSON line
 (for side-by-side runs with other clients). PostgreSQL: ``--postgresql URL`` (default the
 local server, user postgres); the benchmark creates its own database and drops it.
@@ -76,6 +77,13 @@ def cpu_seconds() -> float:
 
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
+
+
+def page_faults() -> int:
+    """Minor page faults of this process so far (memory touched for the first time)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 @contextlib.contextmanager
@@ -139,7 +147,7 @@ def child_pull(spec: dict[str, Any]) -> dict[str, Any]:
         fw.key_handle()
         base_rss = vm_kib("VmRSS")
         with cprofiled(spec.get("cprofile"), spec.get("cprofile_timer")):
-            cpu, wall = cpu_seconds(), time.perf_counter()
+            faults, cpu, wall = page_faults(), cpu_seconds(), time.perf_counter()
             summary = flow.pull(
                 user,
                 token=token,
@@ -147,6 +155,7 @@ def child_pull(spec: dict[str, Any]) -> dict[str, Any]:
                 progress=progress if spec.get("timeline") else None,
             )
             wall, cpu = time.perf_counter() - wall, cpu_seconds() - cpu
+            faults = page_faults() - faults
         started = time.perf_counter() - wall
     return {
         "files": summary.files_delivered,
@@ -156,6 +165,7 @@ def child_pull(spec: dict[str, Any]) -> dict[str, Any]:
         "bytes": summary.bytes_delivered,
         "cpu_s": cpu,
         "wall_s": wall,
+        "page_faults": faults,
         "base_rss_mib": base_rss / 1024,
         "peak_rss_mib": vm_kib("VmHWM") / 1024,
         "timeline": [(t - started, name, size) for t, name, size in events],
@@ -897,16 +907,16 @@ def main() -> None:
         return
     quick = args.quick
     args.repeat = args.repeat or (1 if quick else 3)
-    args.files = args.files or (300 if quick else 2000)
-    args.floor_rounds = 100 if quick else 300
-    args.rss_files = [300, 3000] if quick else [2000, 50000]
+    args.files = args.files or (100 if quick else 2000)
+    args.floor_rounds = 50 if quick else 300
+    args.rss_files = [100, 1000] if quick else [2000, 50000]
     args.rss_file_size = 2 * KiB
     args.saves = 5 if quick else 20
-    args.large_size = 64 * MiB if quick else GiB
+    args.large_size = 32 * MiB if quick else GiB
     args.compressed_files = 10
     # The largest plaintext whose gzip payload the sandbox still caches (4 MiB): bigger files
     # would be rebuilt by the sandbox on every request, and that would be measured instead.
-    args.compressed_size = (2 if quick else 15) * MiB
+    args.compressed_size = (1 if quick else 15) * MiB
     chosen = [p for p in PARTS if getattr(args, p)] or list(PARTS)
 
     say(f"machine: {machine()}")
