@@ -1,187 +1,948 @@
-"""Benchmark: pull 2,000 files of 20 KiB and 5 files of 200 MiB from the sandbox into the file sink.
+"""Benchmark: every performance target of a pull, measured in one run against the sandbox.
 
-Prints files/s, MB/s, client CPU ms per small file next to the floor (one PS512
-signature plus one RSA-OAEP decryption per file, measured here in the same run),
-and peak RSS. The sandbox runs in its own process so its CPU is not counted.
+The sandbox runs in this process; every client (a pull, the floor, a checkpoint save) runs in
+a fresh child process, so client CPU is the child's own (``getrusage``) and peak RSS its own
+high-water mark (``VmHWM``). Both share the machine's cores: the figures say how loaded it
+was. Each part takes ``--repeat`` rounds, the variants alternating within a round, and prints
+the median with min-max. Parts (all by default; pick some with their flags):
 
-Targets: CPU per small file within 1.5x of the floor; peak RSS under 200 MiB.
+``--small``       2,000 files of 20 KiB plaintext (JSON gzip/brotli/none, JPEG, PDF) into the
+                  file sink and into the memory sink: client CPU per file and files/s, against
+                  the floor measured in the same run: one PS512 signature + one RSA-OAEP-SHA1
+                  decryption + one ``http.client`` round trip for a file of the same library.
+                  Target: CPU per file <= 2.5x the floor (file sink).
+``--memory``      peak RSS of a pull and of a re-pull (nothing new) at 2,000 and 50,000 files,
+                  each in a fresh process. Target: 50k within 1.2x of 2k.
+``--checkpoint``  time per checkpoint save with one entry changed, at 2,000 and 50,000
+                  entries (the file token store). Target: O(what changed): 50k within 1.5x of 2k.
+``--sql``         the sql sink's client CPU per small file on SQLite and PostgreSQL against the
+                  file sink's. Target: <= 1.5x.
+``--large``       one 1 GiB uncompressed file end to end (file sink, fsync included) against
+                  ``curl -o /dev/null`` of the same URL. Targets: >= 70% of curl's MB/s; RSS
+                  flat (growth over the process's baseline <= 64 MiB).
+``--compression`` gzip and brotli files of 15 MiB, one at a time: MB/s of decompressed output
+                  end to end (memory sink) against zlib/brotli decompressing the same bytes in
+                  one call. Target: >= 80%.
 
-    python benchmarks/pull.py [--small 2000] [--large 5] [--large-size 200M]
+    python benchmarks/pull.py [--small] [--memory] [--checkpoint] [--sql] [--large]
+                              [--compression] [--quick] [--repeat 3] [--json out.json]
+
+``--quick`` shrinks every part (for development: 30-40 s of CPU, a minute or more of wall
+time on a loaded machine; its ratios are indicative only). ``--against CONFIG`` pulls
+once from an already running sandbox with that ``privateshare.toml`` and prints one JSON line
+(for side-by-side runs with other clients). PostgreSQL: ``--postgresql URL`` (default the
+local server, user postgres); the benchmark creates its own database and drops it.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import itertools
 import json
 import os
-import re
+import platform
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-HERE = Path(__file__).resolve().parent
-
-
-def start_sandbox(
-    state: Path, files: int, large: int, large_size: str
-) -> tuple[subprocess.Popen[str], Path]:
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "privateshare",
-            "sandbox",
-            "--port",
-            "0",
-            "--dir",
-            str(state),
-            "--files",
-            str(files),
-            "--size-distribution",
-            "fixed:20480",
-            "--updated-fraction",
-            "0",
-            "--large-files",
-            str(large),
-            "--large-file-size",
-            large_size,
-            "--pending-polls",
-            "0",
-            "--running-polls",
-            "0",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    assert proc.stdout is not None
-    deadline = time.time() + 60
-    config = None
-    while time.time() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        match = re.search(r"config\s+(\S+privateshare\.toml)", line)
-        if match and config is None:
-            config = Path(match.group(1))
-        if "Press Ctrl+C" in line:
-            break
-    if config is None:
-        proc.kill()
-        raise SystemExit("the sandbox did not start")
-    time.sleep(0.5)
-    return proc, config
+HERE = Path(__file__).resolve()
+KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
+POSTGRESQL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+CURL = ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code} %{size_download} %{time_total}"]
 
 
-def floor_ms(rounds: int = 200) -> float:
-    """CPU ms for one PS512 signature plus one RSA-OAEP-SHA1 decryption."""
-    from cryptography.hazmat.primitives.asymmetric import rsa
+# --- what a child reports -------------------------------------------------------------------
 
-    from privateshare.keys import OAEP_SHA1_PADDING, SoftwareKeyHandle
 
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    handle = SoftwareKeyHandle(key)
-    blob = key.public_key().encrypt(os.urandom(32), OAEP_SHA1_PADDING)
-    started = time.process_time()
+def vm_kib(field_name: str) -> int:
+    """``VmHWM`` (peak) or ``VmRSS`` (now) of this process, in KiB."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def cpu_seconds() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def page_faults() -> int:
+    """Minor page faults of this process so far (memory touched for the first time)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+@contextlib.contextmanager
+def cprofiled(path: str | None, timer: str | None = None) -> Iterator[None]:
+    """cProfile every thread started inside (ThreadPoolExecutor workers too); merged to ``path``.
+
+    ``timer="thread"`` measures each thread's CPU time instead of wall time.
+    """
+    if not path:
+        yield
+        return
+    import cProfile
+    import pstats
+    import threading
+
+    profiles: list[cProfile.Profile] = []
+    run = threading.Thread.run
+    clock = {"timer": time.thread_time} if timer == "thread" else {}
+
+    def profiled_run(self: threading.Thread) -> None:
+        profile = cProfile.Profile(**clock)
+        profiles.append(profile)
+        profile.enable()
+        try:
+            run(self)
+        finally:
+            profile.disable()
+
+    main = cProfile.Profile(**clock)
+    profiles.append(main)
+    threading.Thread.run = profiled_run  # type: ignore[method-assign]
+    main.enable()
+    try:
+        yield
+    finally:
+        main.disable()
+        threading.Thread.run = run  # type: ignore[method-assign]
+        pstats.Stats(*profiles).dump_stats(path)
+
+
+def child_pull(spec: dict[str, Any]) -> dict[str, Any]:
+    """Consent (unless ``repull``), then one measured ``Flow.pull``."""
+    import privateshare
+    from privateshare.flow import Flow
+    from privateshare.testing.sandboxed import consent
+
+    user = spec["user"]
+    events: list[tuple[float, str, int]] = []
+
+    def progress(event: str, data: Any) -> None:
+        if event == "file":
+            events.append((time.perf_counter(), data[0], data[1]))
+        elif event == "status":  # the list was read: downloads start now
+            events.append((time.perf_counter(), "", 0))
+
+    with privateshare.load(spec["config"], base_dir=Path(spec["base_dir"])) as fw:
+        flow = Flow(fw)
+        token = session = None
+        if not spec.get("repull"):
+            token, session = consent(flow, user)
+        fw.key_handle()
+        base_rss = vm_kib("VmRSS")
+        with cprofiled(spec.get("cprofile"), spec.get("cprofile_timer")):
+            faults, cpu, wall = page_faults(), cpu_seconds(), time.perf_counter()
+            summary = flow.pull(
+                user,
+                token=token,
+                session=session,
+                progress=progress if spec.get("timeline") else None,
+            )
+            wall, cpu = time.perf_counter() - wall, cpu_seconds() - cpu
+            faults = page_faults() - faults
+        started = time.perf_counter() - wall
+    return {
+        "files": summary.files_delivered,
+        "skipped": summary.files_skipped,
+        "failed": summary.files_failed_total or len(summary.files_failed),
+        "error": summary.error,
+        "bytes": summary.bytes_delivered,
+        "cpu_s": cpu,
+        "wall_s": wall,
+        "page_faults": faults,
+        "base_rss_mib": base_rss / 1024,
+        "peak_rss_mib": vm_kib("VmHWM") / 1024,
+        "timeline": [(t - started, name, size) for t, name, size in events],
+    }
+
+
+def child_floor(spec: dict[str, Any]) -> dict[str, Any]:
+    """CPU ms of the unavoidable work per file: PS512 sign, RSA-OAEP-SHA1 decrypt, one
+    ``http.client`` round trip for a file of the library (each request signed beforehand)."""
+    import http.client
+    import secrets
+    from urllib.parse import quote, urlsplit
+
+    import jwt
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    import privateshare
+    from privateshare.flow import Flow
+    from privateshare.testing.sandboxed import consent
+
+    config, base = spec["config"], Path(spec["base_dir"])
+    with privateshare.load(config, base_dir=base) as fw:
+        token, session = consent(Flow(fw), spec["user"])
+    assert token is not None
+    pem = (base / config["keys"]["path"]).read_bytes()
+    key: Any = serialization.load_pem_private_key(pem, password=None)
+    rounds = spec["rounds"]
+
+    pss = padding.PSS(mgf=padding.MGF1(hashes.SHA512()), salt_length=64)
+    message = secrets.token_bytes(600)  # a request JWT's signing input is ~600 bytes
+    cpu = cpu_seconds()
     for _ in range(rounds):
-        handle.sign_ps512(b"x" * 600)
-        handle.decrypt_oaep_sha1(blob)
-    return (time.process_time() - started) * 1000 / rounds
+        key.sign(message, pss, hashes.SHA512())
+    sign_ms = (cpu_seconds() - cpu) * 1000 / rounds
+
+    oaep = padding.OAEP(mgf=padding.MGF1(hashes.SHA1()), algorithm=hashes.SHA1(), label=None)
+    wrapped = key.public_key().encrypt(secrets.token_bytes(32), oaep)
+    cpu = cpu_seconds()
+    for _ in range(rounds):
+        key.decrypt(wrapped, oaep)
+    decrypt_ms = (cpu_seconds() - cpu) * 1000 / rounds
+
+    digime = config["digime"]
+    claims = {
+        "client_id": f"{digime['application_id']}_{digime['contract_id']}",
+        "access_token": token.access_token.value,
+    }
+
+    def bearer() -> dict[str, str]:
+        payload = {**claims, "nonce": secrets.token_hex(16), "timestamp": int(time.time() * 1000)}
+        return {"Authorization": "Bearer " + jwt.encode(payload, key, algorithm="PS512")}
+
+    url = urlsplit(digime["base_url"])
+    query = f"{url.path}permission-access/query/{session.key}"
+    conn = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port)
+    conn.request("GET", query, headers=bearer())
+    names = [f["name"] for f in json.loads(conn.getresponse().read())["fileList"]]
+    paths = [f"{query}/{quote(names[i % len(names)], safe='')}" for i in range(rounds)]
+    headers = [bearer() for _ in paths]  # signed outside the measurement: counted above
+    wire = 0
+    cpu = cpu_seconds()
+    for path, header in zip(paths, headers, strict=True):
+        conn.request("GET", path, headers=header)
+        response = conn.getresponse()
+        wire += len(response.read())
+    http_ms = (cpu_seconds() - cpu) * 1000 / rounds
+    conn.close()
+    return {
+        "sign_ms": sign_ms,
+        "decrypt_ms": decrypt_ms,
+        "http_ms": http_ms,
+        "floor_ms": sign_ms + decrypt_ms + http_ms,
+        "wire_kib": wire / rounds / 1024,
+    }
 
 
-CLIENT = r"""
-import json, resource, sys, time, tomllib
-from pathlib import Path
-import privateshare
-from privateshare.flow import Flow
-from privateshare.testing.sandboxed import consent
+def child_checkpoint(spec: dict[str, Any]) -> dict[str, Any]:
+    """Milliseconds per checkpoint save (wall and CPU) with one entry changed each time."""
+    import privateshare
 
-config_path, root, sink = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
-raw = tomllib.loads(config_path.read_text())
-raw["tokens"] = {"type": "file", "path": str(root / "tokens")}
-raw["sinks"] = {"local": {"type": "file", "root": str(root / "data")}}
-if sink == "memory":
-    raw["sinks"] = {"memory": {"type": "memory"}}
-raw["pull"] = {"concurrency": 8, "poll_interval": 0.2}
-fw = privateshare.load(raw, base_dir=config_path.parent)
-flow = Flow(fw)
-token, session = consent(flow, "bench")
-fw.key_handle()
-cpu0, wall0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-summary = flow.pull("bench", token=token, session=session)
-cpu1, wall1 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
-print(json.dumps({"files": summary.files_delivered, "bytes": summary.bytes_delivered,
-                  "failed": len(summary.files_failed), "cpu_s": cpu, "wall_s": wall1 - wall0,
-                  "peak_rss_mib": cpu1.ru_maxrss / 1024}))
-"""
+    entries, saves = spec["entries"], spec["saves"]
+    checkpoint = {
+        f"18_1_3_0_0_D_202501010000_{i:07d}.json": 1_735_689_600_000 for i in range(entries)
+    }
+    names = list(checkpoint)
+    with privateshare.load(spec["config"], base_dir=Path(spec["base_dir"])) as fw:
+        fw.hooks.checkpoint_save("bench", checkpoint)
+        walls, cpus = [], []
+        for i in range(saves):
+            checkpoint[names[i % entries]] += 1
+            cpu, wall = cpu_seconds(), time.perf_counter()
+            fw.hooks.checkpoint_save("bench", checkpoint)
+            walls.append(time.perf_counter() - wall)
+            cpus.append(cpu_seconds() - cpu)
+        wall = time.perf_counter()
+        loaded = fw.hooks.checkpoint_load("bench")
+        load_ms = (time.perf_counter() - wall) * 1000
+    assert loaded == checkpoint, "the checkpoint did not round-trip"
+    return {
+        "save_ms": statistics.median(walls) * 1000,
+        "save_cpu_ms": statistics.median(cpus) * 1000,
+        "load_ms": load_ms,
+    }
 
 
-def pull(config: Path, root: Path, sink: str = "file") -> dict[str, float]:
+CHILDREN: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "pull": child_pull,
+    "floor": child_floor,
+    "checkpoint": child_checkpoint,
+}
+
+
+def run_child(
+    kind: str, spec: dict[str, Any], *, prefix: list[str] | None = None
+) -> dict[str, Any]:
+    """Run one child process (optionally under ``prefix``, e.g. a profiler) and read its JSON."""
+    cmd = [*(prefix or []), sys.executable, str(HERE), "--child", kind, json.dumps(spec)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    lines = [line for line in out.stdout.splitlines() if line.startswith("{")]  # a profiler
+    if out.returncode or not lines:  # may print after the child
+        raise SystemExit(f"the {kind} child failed ({out.returncode}):\n{out.stderr[-3000:]}")
+    return json.loads(lines[-1])
+
+
+# --- figures --------------------------------------------------------------------------------
+
+
+@dataclass
+class Figure:
+    """Runs of one measured value: prints as ``median (min-max)``."""
+
+    values: list[float] = field(default_factory=list)
+
+    def add(self, value: float) -> None:
+        self.values.append(value)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.values)
+
+    def show(self, fmt: str = ".2f", unit: str = "") -> str:
+        med = format(self.median, fmt) + unit
+        if len(self.values) < 2:
+            return med
+        return f"{med} ({min(self.values):{fmt}}-{max(self.values):{fmt}})"
+
+
+@dataclass
+class Target:
+    """One target of the issue: what is required, what was measured, met or missed."""
+
+    part: str
+    what: str
+    goal: str
+    measured: str
+    ratio: float
+    limit: float
+    higher_is_better: bool = False
+
+    @property
+    def met(self) -> bool:
+        return self.ratio >= self.limit if self.higher_is_better else self.ratio <= self.limit
+
+
+def loadavg() -> str:
+    return "/".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+# --- the sandbox ----------------------------------------------------------------------------
+
+
+class Bench:
+    """Sandboxes, a key cache and a work directory for one benchmark run."""
+
+    def __init__(self, work: Path, args: argparse.Namespace) -> None:
+        from privateshare.sandbox import Sandbox, SandboxSettings
+
+        self.work = work
+        self.args = args
+        self.keys = work / "keys"
+        Sandbox(SandboxSettings.instant(files=0), key_cache=self.keys).start().stop()
+        self.targets: list[Target] = []
+        self.results: dict[str, Any] = {}
+        self._small: Any = None
+        self._stack = contextlib.ExitStack()
+
+    def close(self) -> None:
+        self._stack.close()
+
+    @contextlib.contextmanager
+    def sandbox(self, *, warm: bool = True, **settings: Any) -> Iterator[Any]:
+        from privateshare.sandbox import Sandbox, SandboxSettings
+
+        state = self.work / f"sandbox-{uuid.uuid4().hex[:8]}"
+        sb = Sandbox(SandboxSettings.instant(**settings), state_dir=state, key_cache=self.keys)
+        with sb:
+            if warm:  # build and compress the files now, not while a client waits
+                sb.library.warm()
+            yield sb
+
+    def small_sandbox(self) -> Any:
+        """The 20 KiB library, shared by the parts that pull it."""
+        if self._small is None:
+            self._small = self._stack.enter_context(
+                self.sandbox(
+                    files=self.args.files,
+                    size_distribution=f"fixed:{20 * KiB}",
+                    updated_fraction=0,
+                )
+            )
+        return self._small
+
+    def spec(self, sb: Any, name: str, sinks: dict[str, Any], **extra: Any) -> dict[str, Any]:
+        """A child's spec: the sandbox's config with tokens and sinks under a fresh root."""
+        from privateshare.testing.sandboxed import sandbox_config
+
+        root = self.work / f"{name}-{uuid.uuid4().hex[:8]}"
+        root.mkdir()
+        tables = {k: extra.pop(k) for k in list(extra) if k in ("pull", "decryption", "transport")}
+        raw = sandbox_config(sb, root, sinks=sinks or {"memory": {"type": "memory"}}, **tables)
+        return {
+            "config": raw,
+            "base_dir": str(sb.config_path().parent),
+            "root": str(root),
+            "user": name,
+            **extra,
+        }
+
+    def file_sink(self, root: str) -> dict[str, Any]:
+        return {"local": {"type": "file", "root": str(Path(root) / "data")}}
+
+    def pull(self, sb: Any, name: str, sink: str = "file", **extra: Any) -> dict[str, Any]:
+        """One pull in a fresh child; the root is removed afterwards (unless ``keep``)."""
+        keep = extra.pop("keep", False)
+        spec = self.spec(sb, name, {}, **extra)
+        root = spec["root"]
+        if sink == "file":
+            spec["config"]["sinks"] = self.file_sink(root)
+        elif sink == "memory":
+            spec["config"]["sinks"] = {"memory": {"type": "memory"}}
+        else:
+            spec["config"]["sinks"] = {"db": {"type": "sql", **sink_options(sink)}}
+        result = run_child("pull", spec)
+        result["root"] = root
+        if result["failed"] or result["error"]:
+            raise SystemExit(f"pull {name}: {result['failed']} failed, error {result['error']}")
+        if not keep:
+            shutil.rmtree(root, ignore_errors=True)
+        return result
+
+
+def sink_options(sink: str) -> dict[str, Any]:
+    """``kind=URL`` as the sql sink's options, with a table prefix of its own."""
+    url = sink.partition("=")[2]
+    return {"url": url, "table_prefix": f"b{uuid.uuid4().hex[:8]}_"}
+
+
+def per_file_ms(result: dict[str, Any]) -> float:
+    return result["cpu_s"] * 1000 / max(1, result["files"])
+
+
+def files_per_s(result: dict[str, Any]) -> float:
+    return result["files"] / result["wall_s"]
+
+
+# --- the parts ------------------------------------------------------------------------------
+
+
+def part_small(bench: Bench) -> None:
+    args = bench.args
+    sb = bench.small_sandbox()
+    say(f"\n## small files: {args.files} x 20 KiB plaintext, default [pull] (concurrency 8)")
+    say(f"load average {loadavg()}")
+    floor, sign, unwrap, trip = Figure(), Figure(), Figure(), Figure()
+    cpu = {"file": Figure(), "memory": Figure()}
+    rate = {"file": Figure(), "memory": Figure()}
+    rss = Figure()
+    wire = 0.0
+    for r in range(args.repeat):
+        f = run_child("floor", bench.spec(sb, f"floor{r}", {}, rounds=args.floor_rounds))
+        floor.add(f["floor_ms"])
+        sign.add(f["sign_ms"])
+        unwrap.add(f["decrypt_ms"])
+        trip.add(f["http_ms"])
+        wire = f["wire_kib"]
+        for sink in ("file", "memory"):
+            result = bench.pull(sb, f"{sink}{r}", sink)
+            cpu[sink].add(per_file_ms(result))
+            rate[sink].add(files_per_s(result))
+            if sink == "file":
+                rss.add(result["peak_rss_mib"])
+        say(
+            f"  round {r + 1}: floor {f['floor_ms']:.2f} ms; file sink "
+            f"{cpu['file'].values[-1]:.2f} ms/file, {rate['file'].values[-1]:.0f} files/s; "
+            f"memory sink {cpu['memory'].values[-1]:.2f} ms/file, "
+            f"{rate['memory'].values[-1]:.0f} files/s; load {loadavg()}"
+        )
+    ratio = Figure([c / f for c, f in zip(cpu["file"].values, floor.values, strict=True)])
+    ratio_mem = Figure([c / f for c, f in zip(cpu["memory"].values, floor.values, strict=True)])
+    say(
+        f"floor (CPU ms per file, measured in each round): PS512 sign {sign.show()} + "
+        f"RSA-OAEP-SHA1 decrypt {unwrap.show()} + http.client round trip of "
+        f"{wire:.1f} KiB {trip.show()} = {floor.show()}"
+    )
+    say(
+        f"file sink:   {cpu['file'].show()} ms CPU/file = {ratio.show()}x the floor; "
+        f"{rate['file'].show('.0f')} files/s; peak RSS {rss.show('.0f')} MiB"
+    )
+    say(
+        f"memory sink: {cpu['memory'].show()} ms CPU/file = {ratio_mem.show()}x the floor; "
+        f"{rate['memory'].show('.0f')} files/s (the file sink's disk work: "
+        f"{cpu['file'].median - cpu['memory'].median:.2f} ms/file)"
+    )
+    bench.results["small"] = {
+        "floor_ms": floor.values,
+        "sign_ms": sign.values,
+        "decrypt_ms": unwrap.values,
+        "http_ms": trip.values,
+        "file_ms": cpu["file"].values,
+        "memory_ms": cpu["memory"].values,
+        "file_files_s": rate["file"].values,
+        "memory_files_s": rate["memory"].values,
+    }
+    bench.targets.append(
+        Target(
+            "small",
+            "client CPU per small file (file sink) vs the floor",
+            "<= 2.5x",
+            f"{cpu['file'].show()} ms vs {floor.show()} ms",
+            ratio.median,
+            2.5,
+        )
+    )
+    bench.targets.append(
+        Target(
+            "small",
+            "the same into the memory sink (no disk), for reference",
+            "<= 2.5x",
+            f"{cpu['memory'].show()} ms vs {floor.show()} ms",
+            ratio_mem.median,
+            2.5,
+        )
+    )
+
+
+def part_memory(bench: Bench) -> None:
+    args = bench.args
+    size = args.rss_file_size
+    say(
+        f"\n## memory: peak RSS of a pull and a re-pull (nothing new), each in a fresh process; "
+        f"files of {size} bytes, file sink"
+    )
+    peaks: dict[tuple[str, int], float] = {}
+    for count in args.rss_files:
+        with bench.sandbox(
+            files=count, size_distribution=f"fixed:{size}", updated_fraction=0
+        ) as sb:
+            say(f"  {count} files: load average {loadavg()}")
+            first = bench.pull(sb, f"rss{count}", keep=True)
+            spec = bench.spec(sb, f"rss{count}", {}, repull=True)
+            spec["config"]["tokens"] = {"type": "file", "path": str(Path(first["root"]) / "tokens")}
+            spec["config"]["sinks"] = bench.file_sink(first["root"])
+            again = run_child("pull", spec)
+            shutil.rmtree(first["root"], ignore_errors=True)
+            shutil.rmtree(spec["root"], ignore_errors=True)
+            if again["files"] or again["skipped"] != count:
+                raise SystemExit(f"the re-pull delivered {again['files']} files: expected none")
+            for what, result in (("pull", first), ("re-pull", again)):
+                peaks[(what, count)] = result["peak_rss_mib"]
+                say(
+                    f"  {what:<8} {count:>6} files: peak RSS {result['peak_rss_mib']:6.1f} MiB "
+                    f"(baseline before the pull {result['base_rss_mib']:.1f} MiB); "
+                    f"{result['wall_s']:.1f} s, {result['files'] / result['wall_s']:.0f} files/s"
+                )
+    low, high = min(args.rss_files), max(args.rss_files)
+    bench.results["memory"] = {f"{w} {n}": v for (w, n), v in peaks.items()}
+    for what in ("pull", "re-pull"):
+        a, b = peaks[(what, low)], peaks[(what, high)]
+        bench.targets.append(
+            Target(
+                "memory",
+                f"peak RSS of a {what} at {high:,} files vs {low:,}",
+                "<= 1.2x",
+                f"{b:.0f} MiB vs {a:.0f} MiB",
+                b / a,
+                1.2,
+            )
+        )
+
+
+def part_checkpoint(bench: Bench) -> None:
+    args = bench.args
+    say(
+        f"\n## checkpoint saves: file token store, one entry changed per save, median of "
+        f"{args.saves} saves"
+    )
+    with bench.sandbox(files=0) as sb:
+        costs: dict[int, Figure] = {}
+        for r in range(args.repeat):
+            for entries in args.rss_files:
+                spec = bench.spec(sb, f"cp{entries}", {}, entries=entries, saves=args.saves)
+                result = run_child("checkpoint", spec)
+                shutil.rmtree(spec["root"], ignore_errors=True)
+                costs.setdefault(entries, Figure()).add(result["save_ms"])
+                say(
+                    f"  round {r + 1}: {entries:>6} entries: save {result['save_ms']:.2f} ms "
+                    f"(CPU {result['save_cpu_ms']:.2f} ms), load {result['load_ms']:.1f} ms; "
+                    f"load average {loadavg()}"
+                )
+    low, high = min(args.rss_files), max(args.rss_files)
+    bench.results["checkpoint"] = {str(k): v.values for k, v in costs.items()}
+    bench.targets.append(
+        Target(
+            "checkpoint",
+            f"time per checkpoint save at {high:,} entries vs {low:,}",
+            "<= 1.5x (O(changed))",
+            f"{costs[high].show()} ms vs {costs[low].show()} ms",
+            costs[high].median / costs[low].median,
+            1.5,
+        )
+    )
+
+
+@contextlib.contextmanager
+def postgresql_database(url: str) -> Iterator[str]:
+    """A fresh database on the server, dropped afterwards."""
+    import sqlalchemy as sa
+
+    admin_url = sa.engine.make_url(url)
+    name = f"ps_bench_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"CREATE DATABASE {name}")
+        yield admin_url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.dispose()
+
+
+def part_sql(bench: Bench) -> None:
+    args = bench.args
+    sb = bench.small_sandbox()
+    say(
+        f"\n## sql sink: {args.files} small files, client CPU per file (the database "
+        "servers' CPU is not counted)"
+    )
+    say(f"load average {loadavg()}")
+    with postgresql_database(args.postgresql) as pg_url:
+        cpu = {k: Figure() for k in ("file", "sqlite", "postgresql")}
+        ratios = {k: Figure() for k in ("sqlite", "postgresql")}
+        for r in range(args.repeat):
+            file = per_file_ms(bench.pull(sb, f"sqlfile{r}", "file"))
+            cpu["file"].add(file)
+            db = bench.work / f"bench-{r}.sqlite"
+            for kind, url in (("sqlite", f"sqlite:///{db}"), ("postgresql", pg_url)):
+                ms = per_file_ms(bench.pull(sb, f"{kind}{r}", f"{kind}={url}"))
+                cpu[kind].add(ms)
+                ratios[kind].add(ms / file)
+            db.unlink(missing_ok=True)
+            say(
+                f"  round {r + 1}: file {file:.2f}, sqlite {cpu['sqlite'].values[-1]:.2f}, "
+                f"postgresql {cpu['postgresql'].values[-1]:.2f} ms/file; load {loadavg()}"
+            )
+    for kind in ("sqlite", "postgresql"):
+        say(
+            f"{kind:<10} {cpu[kind].show()} ms CPU/file = {ratios[kind].show()}x the file sink "
+            f"({cpu['file'].show()} ms)"
+        )
+        bench.targets.append(
+            Target(
+                "sql",
+                f"sql sink CPU per small file, {kind}, vs the file sink",
+                "<= 1.5x",
+                f"{cpu[kind].show()} ms vs {cpu['file'].show()} ms",
+                ratios[kind].median,
+                1.5,
+            )
+        )
+    bench.results["sql"] = {k: v.values for k, v in cpu.items()}
+
+
+def signed_headers(sb: Any, key_path: Path, access_token: str) -> str:
+    """An Authorization header value for one request of the sandbox's ongoing contract."""
+    import secrets
+
+    import jwt
+    from cryptography.hazmat.primitives import serialization
+
+    key: Any = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    payload = {
+        "client_id": sb.client_id(),
+        "access_token": access_token,
+        "nonce": secrets.token_hex(16),
+        "timestamp": int(time.time() * 1000),
+    }
+    return "Bearer " + jwt.encode(payload, key, algorithm="PS512")
+
+
+def curl(sb: Any, session_key: str, access_token: str, name: str = "") -> tuple[int, float]:
+    """(bytes, seconds) of ``curl`` fetching one file of the session (or its list) to /dev/null."""
+    from urllib.parse import quote
+
+    url = f"{sb.base_url}permission-access/query/{session_key}"
+    if name:
+        url += "/" + quote(name, safe="")
+    header = "Authorization: " + signed_headers(sb, sb.key_path(), access_token)
     out = subprocess.run(
-        [sys.executable, "-c", CLIENT, str(config), str(root), sink],
+        [*CURL, "-H", header, url],
         capture_output=True,
         text=True,
-        check=True,
+        check=False,
     )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    status, size, seconds = [*out.stdout.split(), "", "", ""][:3]
+    if out.returncode or status != "200":
+        raise SystemExit(f"curl: exit {out.returncode}, HTTP {status}: {out.stderr.strip()}")
+    return int(size), float(seconds)
+
+
+def part_large(bench: Bench) -> None:
+    from privateshare.flow import Flow
+    from privateshare.testing.sandboxed import consent, sandbox_framework
+
+    args = bench.args
+    size = args.large_size
+    say(
+        f"\n## large file: one file of {size / MiB:.0f} MiB, uncompressed, file sink "
+        "(fsync included)"
+    )
+    with bench.sandbox(files=0, large_files=1, large_file_size=size, warm=False) as sb:
+        name = sb.library.files[0].name
+        root = bench.work / "curl"
+        with sandbox_framework(sb, root) as fw:
+            token, session = consent(Flow(fw), "curl")
+        assert token is not None
+        access = token.access_token.value
+        ours, theirs, ratios, growth, peaks = Figure(), Figure(), Figure(), Figure(), Figure()
+        curl(sb, session.key, access)  # the list: a file is served once it was listed
+        for r in range(args.repeat):
+            got, seconds = curl(sb, session.key, access, name)
+            if got != sb.library.files[0].latest.encrypted_size():
+                raise SystemExit(f"curl got {got} bytes")
+            theirs.add(got / 1e6 / seconds)
+            result = bench.pull(sb, f"large{r}")
+            ours.add(result["bytes"] / 1e6 / result["wall_s"])
+            ratios.add(ours.values[-1] / theirs.values[-1])
+            growth.add(result["peak_rss_mib"] - result["base_rss_mib"])
+            peaks.add(result["peak_rss_mib"])
+            say(
+                f"  round {r + 1}: curl {theirs.values[-1]:.0f} MB/s, privateshare "
+                f"{ours.values[-1]:.0f} MB/s (CPU {result['cpu_s']:.1f} s), peak RSS "
+                f"{result['peak_rss_mib']:.0f} MiB; load {loadavg()}"
+            )
+    say(
+        f"privateshare {ours.show('.0f')} MB/s = {ratios.show()}x curl's "
+        f"{theirs.show('.0f')} MB/s; "
+        f"peak RSS {peaks.show('.0f')} MiB, {growth.show('.0f')} MiB over the baseline"
+    )
+    bench.results["large"] = {"ours": ours.values, "curl": theirs.values, "growth": growth.values}
+    bench.targets.append(
+        Target(
+            "large",
+            f"{size / MiB:.0f} MiB uncompressed end to end vs curl",
+            ">= 0.70x",
+            f"{ours.show('.0f')} MB/s vs {theirs.show('.0f')} MB/s",
+            ratios.median,
+            0.70,
+            higher_is_better=True,
+        )
+    )
+    bench.targets.append(
+        Target(
+            "large",
+            "RSS flat: peak growth over the baseline during that pull",
+            "<= 64 MiB",
+            f"{growth.show('.0f')} MiB (peak {peaks.show('.0f')} MiB)",
+            growth.median / 64,
+            1.0,
+        )
+    )
+
+
+def bare_seconds(payload: bytes, compression: str) -> float:
+    """Least seconds of 3 for zlib/brotli to decompress ``payload`` in one call."""
+    import zlib
+
+    import brotli
+
+    best = float("inf")
+    for _ in range(3):
+        started = time.perf_counter()
+        if compression == "gzip":
+            zlib.decompressobj(wbits=16 + zlib.MAX_WBITS).decompress(payload)
+        else:
+            brotli.decompress(payload)
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def part_compression(bench: Bench) -> None:
+    args = bench.args
+    size = args.compressed_size
+    say(
+        f"\n## compressed files: {args.compressed_files} files of {size / MiB:.0f} MiB "
+        "plaintext, one at a time ([pull] concurrency 1), memory sink"
+    )
+    with bench.sandbox(
+        files=args.compressed_files, size_distribution=f"fixed:{size}", updated_fraction=0
+    ) as sb:
+        kinds: dict[str, str] = {}
+        payloads: dict[str, bytes] = {}
+        for f in sb.library.files:
+            kind = f.latest.compression
+            if kind in ("gzip", "brotli"):
+                kinds[f.name] = kind
+                payloads[f.name] = b"".join(f.latest.iter_payload())
+        ratios = {k: Figure() for k in ("gzip", "brotli")}
+        speeds = {k: Figure() for k in ("gzip", "brotli")}
+        bare_speed = {k: Figure() for k in ("gzip", "brotli")}
+        for r in range(args.repeat):
+            bare = {name: bare_seconds(data, kinds[name]) for name, data in payloads.items()}
+            result = bench.pull(sb, f"z{r}", "memory", pull={"concurrency": 1}, timeline=True)
+            timeline = result["timeline"]
+            spent: dict[str, float] = {"gzip": 0.0, "brotli": 0.0}
+            plain: dict[str, int] = {"gzip": 0, "brotli": 0}
+            base: dict[str, float] = {"gzip": 0.0, "brotli": 0.0}
+            # Files arrive one at a time: each took from the previous event to its own.
+            for (t0, _, _), (t1, name, got) in itertools.pairwise(timeline):
+                kind = kinds.get(name)
+                if kind:
+                    spent[kind] += t1 - t0
+                    plain[kind] += got
+                    base[kind] += bare[name]
+            for kind in ("gzip", "brotli"):
+                speeds[kind].add(plain[kind] / 1e6 / spent[kind])
+                bare_speed[kind].add(plain[kind] / 1e6 / base[kind])
+                ratios[kind].add(base[kind] / spent[kind])
+            say(
+                f"  round {r + 1}: gzip {speeds['gzip'].values[-1]:.0f} MB/s "
+                f"(bare {bare_speed['gzip'].values[-1]:.0f}), brotli "
+                f"{speeds['brotli'].values[-1]:.0f} MB/s "
+                f"(bare {bare_speed['brotli'].values[-1]:.0f}); load {loadavg()}"
+            )
+    for kind in ("gzip", "brotli"):
+        say(
+            f"{kind:<7} {speeds[kind].show('.0f')} MB/s of plaintext end to end = "
+            f"{ratios[kind].show()}x the bare decompressor ({bare_speed[kind].show('.0f')} MB/s)"
+        )
+        bench.targets.append(
+            Target(
+                "compression",
+                f"{kind} files end to end vs bare {'zlib' if kind == 'gzip' else 'brotli'}",
+                ">= 0.80x",
+                f"{speeds[kind].show('.0f')} MB/s vs {bare_speed[kind].show('.0f')} MB/s",
+                ratios[kind].median,
+                0.80,
+                higher_is_better=True,
+            )
+        )
+    bench.results["compression"] = {k: v.values for k, v in ratios.items()}
+
+
+PARTS: dict[str, Callable[[Bench], None]] = {
+    "small": part_small,
+    "memory": part_memory,
+    "checkpoint": part_checkpoint,
+    "sql": part_sql,
+    "large": part_large,
+    "compression": part_compression,
+}
+
+
+def machine() -> str:
+    from privateshare import __version__
+
+    return (
+        f"{platform.platform()}; {os.cpu_count()} CPUs; python {platform.python_version()}; "
+        f"privateshare {__version__}; load average (1/5/15 min) {loadavg()}"
+    )
+
+
+def print_targets(targets: list[Target]) -> None:
+    say("\n## targets")
+    width = max(len(t.what) for t in targets)
+    say(f"{'target':<{width}}  {'goal':<20} {'ratio':>6}  {'':<6}  measured (median, min-max)")
+    for t in targets:
+        verdict = "met" if t.met else "MISSED"
+        say(f"{t.what:<{width}}  {t.goal:<20} {t.ratio:6.2f}  {verdict:<6}  {t.measured}")
+
+
+def against(config_path: Path, user: str, root: Path, sink: str) -> None:
+    """One pull from a running sandbox (its ``privateshare.toml``), as one JSON line."""
+    import tomllib
+
+    raw = tomllib.loads(config_path.read_text())
+    raw["tokens"] = {"type": "file", "path": str(root / "tokens")}
+    raw["pull"] = {"poll_interval": 0.2}
+    if sink == "memory":
+        raw["sinks"] = {"memory": {"type": "memory"}}
+    else:  # "file", or "file-nofsync" to compare with clients that do not fsync
+        local = {"type": "file", "root": str(root / "data"), "fsync": sink == "file"}
+        raw["sinks"] = {"local": local}
+    result = child_pull({"config": raw, "base_dir": str(config_path.parent), "user": user})
+    result.pop("timeline")
+    print(json.dumps(result))
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--small", type=int, default=2000)
-    parser.add_argument("--large", type=int, default=5)
-    parser.add_argument("--large-size", default="200M")
-    args = parser.parse_args()
-
-    floor = floor_ms()
-    print(f"floor: PS512 sign + RSA-OAEP decrypt = {floor:.2f} ms CPU per file")
-    with tempfile.TemporaryDirectory(prefix="privateshare-bench-") as tmp:
-        base = Path(tmp)
-        proc, config = start_sandbox(base / "small-sandbox", args.small, 0, "1M")
-        try:
-            small = pull(config, base / "small")
-            memory = pull(config, base / "small-memory", "memory")
-        finally:
-            proc.terminate()
-            proc.wait()
-        per_file = small["cpu_s"] * 1000 / max(1, small["files"])
-        print(
-            f"small: {small['files']} files of 20 KiB in {small['wall_s']:.1f} s = "
-            f"{small['files'] / small['wall_s']:.0f} files/s; client CPU {per_file:.2f} ms/file "
-            f"= {per_file / floor:.2f}x the floor; peak RSS {small['peak_rss_mib']:.0f} MiB; "
-            f"failed {small['failed']}"
-        )
-
-        memory_ms = memory["cpu_s"] * 1000 / max(1, memory["files"])
-        print(
-            f"  the same into the memory sink (no file system): {memory_ms:.2f} ms/file = "
-            f"{memory_ms / floor:.2f}x the floor; the file sink's writes, renames and fsyncs "
-            f"account for {per_file - memory_ms:.2f} ms/file"
-        )
-        results = {"small": small}
-        if args.large:
-            proc, config = start_sandbox(base / "large-sandbox", 0, args.large, args.large_size)
-            try:
-                large = pull(config, base / "large")
-            finally:
-                proc.terminate()
-                proc.wait()
-            mb_s = large["bytes"] / 1e6 / large["wall_s"]
-            print(
-                f"large: {large['files']} files, {large['bytes'] / 2**20:.0f} MiB in "
-                f"{large['wall_s']:.1f} s = {mb_s:.0f} MB/s; peak RSS "
-                f"{large['peak_rss_mib']:.0f} MiB; failed {large['failed']}"
-            )
-            results["large"] = large
-    rss = max(r["peak_rss_mib"] for r in results.values())
-    print(
-        f"target CPU/file <= 1.5x floor: {'PASS' if per_file <= 1.5 * floor else 'FAIL'} "
-        f"({per_file / floor:.2f}x)"
+    parser = argparse.ArgumentParser(
+        description=(__doc__ or "").splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    print(f"target peak RSS < 200 MiB: {'PASS' if rss < 200 else 'FAIL'} ({rss:.0f} MiB)")
+    for part in PARTS:
+        parser.add_argument(f"--{part}", action="store_true", help=f"run the {part} part")
+    parser.add_argument("--quick", action="store_true", help="small sizes, one round")
+    parser.add_argument("--repeat", type=int, help="rounds per part (default 3; --quick 1)")
+    parser.add_argument("--files", type=int, help="small files (default 2000)")
+    parser.add_argument("--postgresql", default=POSTGRESQL, help="server URL for --sql")
+    parser.add_argument("--json", type=Path, help="also write every figure to this file")
+    parser.add_argument("--against", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--user", default="bench", help=argparse.SUPPRESS)
+    parser.add_argument("--root", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--sink", default="file", help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        kind, spec = args.child
+        print(json.dumps(CHILDREN[kind](json.loads(spec))))
+        return
+    if args.against:
+        with tempfile.TemporaryDirectory(prefix="ps-against-") as tmp:
+            against(args.against, args.user, args.root or Path(tmp), args.sink)
+        return
+    quick = args.quick
+    args.repeat = args.repeat or (1 if quick else 3)
+    args.files = args.files or (100 if quick else 2000)
+    args.floor_rounds = 50 if quick else 300
+    args.rss_files = [100, 1000] if quick else [2000, 50000]
+    args.rss_file_size = 2 * KiB
+    args.saves = 5 if quick else 20
+    args.large_size = 32 * MiB if quick else GiB
+    args.compressed_files = 10
+    # The largest plaintext whose gzip payload the sandbox still caches (4 MiB): bigger files
+    # would be rebuilt by the sandbox on every request, and that would be measured instead.
+    args.compressed_size = (1 if quick else 15) * MiB
+    chosen = [p for p in PARTS if getattr(args, p)] or list(PARTS)
+
+    say(f"machine: {machine()}")
+    say(
+        "the sandbox serves from this process, each client is a fresh child process: client "
+        f"CPU and RSS are the child's alone; the {os.cpu_count()} cores are shared by both "
+        "(and by anything else running)"
+    )
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="ps-bench-") as tmp:
+        bench = Bench(Path(tmp), args)
+        try:
+            for part in chosen:
+                PARTS[part](bench)
+        finally:
+            bench.close()
+    print_targets(bench.targets)
+    say(f"\n{time.monotonic() - started:.0f} s; load average at the end {loadavg()}")
+    if args.json:
+        payload = {
+            "machine": machine(),
+            "args": {k: v for k, v in vars(args).items() if k not in ("json", "against", "root")},
+            "results": bench.results,
+            "targets": [{**vars(t), "met": t.met} for t in bench.targets],
+        }
+        args.json.write_text(json.dumps(payload, indent=2, default=str))
 
 
 if __name__ == "__main__":
