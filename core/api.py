@@ -29,7 +29,7 @@ from .errors import (
     TransportError,
     ValidationError,
 )
-from .facade import Hooks
+from .hooks.calls import Hooks
 from .jws import (
     InvalidServerToken,
     JwksCache,

@@ -44,7 +44,7 @@ from .api import (
 )
 from .config import DigimeConfig
 from .errors import ConfigError, ValidationError
-from .facade import Hooks
+from .hooks.calls import Hooks
 from .jws import JwksCache, pkce_pair, random_alphanumeric
 from .keys import KeyHandle
 from .models import Account, FileList, FileMetadata, Session, Token, UserAccessToken

@@ -21,7 +21,8 @@ from .errors import (
     DigimeError,
     PrivateShareError,
 )
-from .manager import FAMILIES, check_config, discover
+from .hooks.families import FAMILIES
+from .hooks.loading import check_config, discover
 
 
 class ExitCode(enum.IntEnum):

@@ -29,6 +29,7 @@ from typing import Any, NoReturn, TypeVar
 import msgspec
 
 from .api import AuthorizeStart, ConsentDenied, DigimeClient, FileDownload, needs_refresh
+from .delivery import deliver
 from .errors import (
     AuthorizationRequired,
     DigimeError,
@@ -726,7 +727,7 @@ class Run:
                 self.flow.fw.key_handle(),
                 name,
             )
-            size, sinks = self.hooks.deliver(self.info, file, chunks)
+            size, sinks = deliver(self.hooks, self.info, file, chunks)
         finally:
             download.response.close()
         self.hooks.file_written(self.user_id, file, size, sinks)

@@ -16,10 +16,13 @@ from string import Template
 
 import click
 
+from .hooks.families import FAMILIES as _FAMILIES
+
 __all__ = ["FAMILIES", "PluginNames", "plugin_group", "render", "scaffold"]
 
-#: Families the scaffold can generate, with the entry-point group each registers in.
-FAMILIES: dict[str, str] = {"sink": "privateshare.sinks"}
+#: Families the scaffold can generate, with the entry-point group each registers in
+#: (derived from the family table).
+FAMILIES: dict[str, str] = {f.scaffold: f.namespace for f in _FAMILIES.values() if f.scaffold}
 
 _NAME = re.compile(r"^[a-z][a-z0-9]*(?:-[a-z0-9]+)*$")
 

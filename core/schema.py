@@ -8,7 +8,8 @@ from typing import Any
 import msgspec
 
 from .config import DigimeConfig, PluginsConfig, PullConfig
-from .manager import FAMILIES, discover
+from .hooks.families import FAMILIES
+from .hooks.loading import discover
 from .secrets import Secret
 
 SECRET_SCHEMA: dict[str, Any] = {

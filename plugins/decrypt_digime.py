@@ -40,10 +40,9 @@ from cryptography.hazmat.primitives import padding as sym_padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from privateshare.errors import FileDecryptionError
-from privateshare.hookspecs import hookimpl
+from privateshare.hooks import Plugin, PluginContext, hookimpl
 from privateshare.keys import KeyHandle
 from privateshare.models import FileMetadata
-from privateshare.plugin import Plugin, PluginContext
 
 __all__ = [
     "HEADER_SIZE",

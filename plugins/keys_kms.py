@@ -27,8 +27,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from privateshare.config import PathOption, path_problem
 from privateshare.errors import KeyStoreError
+from privateshare.hooks import Plugin, PluginContext
 from privateshare.keys import KeyHandle, KeyStore, handle_from_pem, public_key_fingerprint
-from privateshare.plugin import Plugin, PluginContext
 from privateshare.plugins.awscommon import AwsConnection, AwsSession, aws_error
 
 log = logging.getLogger("privateshare.keys")

@@ -29,13 +29,13 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from privateshare.config import PathOption
 from privateshare.errors import ConfigError, KeyStoreError
+from privateshare.hooks import Plugin, PluginContext
 from privateshare.keys import (
     MIN_KEY_BITS,
     KeyStore,
     handle_from_pem,
     public_key_fingerprint,
 )
-from privateshare.plugin import Plugin, PluginContext
 from privateshare.secrets import Secret
 
 log = logging.getLogger("privateshare.keys")

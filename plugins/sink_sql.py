@@ -34,9 +34,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from privateshare.errors import SinkError
-from privateshare.hookspecs import hookimpl
+from privateshare.hooks import Plugin, PluginContext, hookimpl
 from privateshare.models import DataFile, RunInfo, RunSummary
-from privateshare.plugin import Plugin, PluginContext
 from privateshare.plugins.sink_file import check_name
 from privateshare.plugins.sqlcommon import Database, Json, LongBlob, LongText, SqlOptions
 

@@ -33,7 +33,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlch
 
 from privateshare.config import Seconds, redact_url_text
 from privateshare.errors import ConfigError, PrivateShareError
-from privateshare.plugin import PluginContext
+from privateshare.hooks import PluginContext
 from privateshare.secrets import Secret
 
 log = logging.getLogger("privateshare.sql")

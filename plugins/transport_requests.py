@@ -33,8 +33,7 @@ from requests.adapters import HTTPAdapter
 
 from privateshare.config import Delay, Seconds
 from privateshare.errors import ConfigError, ResponseTooLarge, TransportError
-from privateshare.hookspecs import hookimpl
-from privateshare.plugin import Plugin, PluginContext
+from privateshare.hooks import Plugin, PluginContext, hookimpl
 from privateshare.transport import HttpRequest, origin
 
 log = logging.getLogger(__name__)

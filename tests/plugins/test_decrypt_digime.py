@@ -26,9 +26,9 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from privateshare.errors import FileDecryptionError
+from privateshare.hooks import PluginContext
 from privateshare.keys import SoftwareKeyHandle
 from privateshare.models import FileMetadata
-from privateshare.plugin import PluginContext
 from privateshare.plugins import decrypt_digime
 from privateshare.plugins.decrypt_digime import (
     DEFAULT_RATIO_FLOOR,
@@ -703,7 +703,7 @@ def test_plugin_through_pluggy(handle, rsa_key, tmp_path) -> None:
     """Hook names and parameter names match the spec: pluggy validates them."""
     import pluggy
 
-    from privateshare import hookspecs
+    from privateshare.hooks import specs as hookspecs
 
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)

@@ -18,9 +18,9 @@ from privateshare.config import decode_options
 from privateshare.errors import ConfigError, KeyStoreError
 from privateshare.flow import Flow
 from privateshare.framework import load
+from privateshare.hooks import PluginContext
 from privateshare.keycommands import keys_group
 from privateshare.keys import SoftwareKeyHandle
-from privateshare.plugin import PluginContext
 from privateshare.plugins.keys_kms import KmsKeyStore
 from privateshare.sandbox import Sandbox
 from privateshare.secrets import Secret

@@ -18,8 +18,8 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from privateshare.errors import ConfigError, KeyStoreError
 from privateshare.flow import Flow
 from privateshare.framework import load
+from privateshare.hooks import PluginContext
 from privateshare.keycommands import keys_group
-from privateshare.plugin import PluginContext
 from privateshare.plugins.keys_pkcs11 import Pkcs11KeyStore
 from privateshare.sandbox import Sandbox
 from privateshare.secrets import Secret

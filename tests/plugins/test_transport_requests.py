@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from privateshare.errors import ConfigError, ResponseTooLarge, TransportError
-from privateshare.plugin import PluginContext
+from privateshare.hooks import PluginContext
 from privateshare.plugins.transport_requests import RequestsOptions, RequestsTransport
 from privateshare.testing.conformance import READ_PATHS, TransportConformance, read_body
 from privateshare.testing.hostile import (

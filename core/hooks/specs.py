@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, BinaryIO
 import pluggy
 
 if TYPE_CHECKING:
-    from .keys import KeyHandle
-    from .models import (
+    from ..keys import KeyHandle
+    from ..models import (
         DataFile,
         FileMetadata,
         LibraryStatus,
@@ -30,10 +30,14 @@ if TYPE_CHECKING:
         Session,
         UserAccessToken,
     )
-    from .sinks import FileWriter
-    from .transport import HttpRequest, HttpResponse
+    from ..sinks import FileWriter
+    from ..transport import HttpRequest, HttpResponse
 
 PROJECT = "privateshare"
+#: The version of the hook specifications. The minor part grows when hooks or optional
+#: arguments are added; the major part when a hook changes or goes. A plugin states the
+#: range it needs with ``requires_spec`` (e.g. ``">=1.0,<2"``); see docs/hooks.md.
+SPEC_VERSION = "1.0"
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
