@@ -22,6 +22,7 @@ import logging
 import random
 import re
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from typing import Annotated, Any, BinaryIO, TypeVar
 from urllib.parse import urljoin, urlsplit
@@ -292,6 +293,12 @@ class RequestsResponse:
         return body.getvalue()
 
     def iter_bytes(self, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        """Deprecated (no caller, no longer in ``HttpResponse``): use ``read`` or ``stream``."""
+        warnings.warn(
+            "HttpResponse.iter_bytes() is deprecated: use read(limit) or stream()",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         return self._chunks(chunk_size, decode=True)
 
     def stream(self) -> BinaryIO:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from privateshare import AuthorizationRequired, ServerError, ValidationError, hookimpl
-from privateshare.api15 import UnsupportedCall
+from privateshare.client import UnsupportedCall
 from privateshare.flow import ConsentDenied, Flow
 from privateshare.sandbox import Sandbox
 
