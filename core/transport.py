@@ -2,7 +2,7 @@
 
 Modelled on httpx's one-method transport. The request carries an ``authorize``
 callback rather than a fixed header, because every attempt (including retries)
-must be signed afresh with a new nonce and timestamp (PROTOCOL.md §A2.2, §A8).
+must be signed afresh with a new nonce and timestamp (protocol.md#signing, protocol.md#retries).
 The contract every transport keeps is in docs/hooks.md and is checked by
 :class:`privateshare.testing.conformance.TransportConformance`.
 """

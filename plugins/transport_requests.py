@@ -3,7 +3,7 @@
 The Node SDK has no timeouts and reuses a nonce on retry in old versions; we set
 connect and read timeouts, keep TLS verification on, and call the request's
 ``authorize`` callback for every attempt so each carries a fresh nonce and
-timestamp (PROTOCOL.md §A2.2, §A8). Retries follow got's policy: idempotent
+timestamp (protocol.md#signing, protocol.md#retries). Retries follow got's policy: idempotent
 methods only, on 408/413/429/5xx and connection errors, with exponential
 backoff, jitter, and ``Retry-After`` when the server gives one.
 

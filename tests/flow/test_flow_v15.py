@@ -50,7 +50,7 @@ def test_the_profile_picks_the_client_and_the_v15_base_url(
     flow = v15_flow(sandbox, tmp_path)
     assert isinstance(flow.client, ClientV15)
     assert flow.client.base_url == sandbox.base_url_v15 + "/"
-    # The v1.7 default base URL means "the default": v1.5's (§B1).
+    # The v1.7 default base URL means "the default": v1.5's (protocol.md#addresses).
     default = v15_flow(sandbox, tmp_path / "d", digime={"base_url": "https://api.digi.me/v1.7/"})
     assert default.client.base_url == "https://api.digi.me/v1.5/"
     assert default.client.app_opener is not None  # the sandbox config names its app stand-in
@@ -109,7 +109,7 @@ def test_the_wire_session_call_and_session_key_only_reads(sandbox: Sandbox, tmp_
     assert (
         first.method == "POST" and first.url == sandbox.base_url_v15 + "/permission-access/session"
     )
-    assert first.authorize is None  # no Authorization header (§B2)
+    assert first.authorize is None  # no Authorization header (protocol.md#sessions)
     body = first.json
     assert isinstance(body, dict)
     assert body["appId"] == flow.config.digime.application_id
@@ -127,7 +127,7 @@ def test_a_saved_token_is_refreshed_once_when_the_trigger_fails(
     start_sandbox: Callable[..., Sandbox], tmp_path: Path
 ) -> None:
     # The access token works for one trigger; the second pull's trigger gets a 401,
-    # refreshes (with redirect_uri), saves the new token and triggers again (§B7).
+    # refreshes (with redirect_uri), saves the new token and triggers again (protocol.md#sessions).
     sandbox = start_sandbox(access_token_max_uses=1)
     flow = v15_flow(sandbox, tmp_path)
     refreshed: list[str] = []
@@ -261,7 +261,7 @@ def test_sdk_invalid_and_a_malformed_session_answer(
         nameless.client.establish_session()
     assert (info.value.code, info.value.status_code) == ("SDKInvalid", 400)
 
-    # The sandbox never answers a malformed session; a stub transport does (§B2, C2).
+    # The sandbox never answers a malformed session; a stub transport does (protocol.md#sessions).
     class Stub:
         status_code, reason, headers = 201, "Created", {"content-type": "application/json"}
 
