@@ -106,7 +106,7 @@ class DigimeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     onboard_url: HttpUrl = "https://api.digi.me/apps/saas/"
     #: Where the consent page sends the user back; must be on the contract's allow-list.
     redirect_uri: HttpUrl = "http://127.0.0.1:8765/callback"
-    #: Protocol profile: PROTOCOL.md Part A (v1.7) or Part B (v1.5).
+    #: Protocol profile, v1.7 or v1.5 (protocol.md, docs/api-profiles.md).
     api: Literal["v1.7", "v1.5"] = "v1.7"
     #: The SDK name sent in ``agent.sdk.name``.
     agent_name: Annotated[str, msgspec.Meta(min_length=1)] = "privateshare"

@@ -1,6 +1,6 @@
 """``privateshare demo``: the whole flow against an in-process sandbox, checked byte for byte.
 
-``--api v1.5`` runs the original Private Share generation (PROTOCOL.md Part B)
+``--api v1.5`` runs the original Private Share generation (protocol.md, v1.5)
 instead of v1.7: the same four steps of the guide, each a separate call there.
 """
 

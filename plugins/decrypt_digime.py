@@ -1,6 +1,6 @@
 """The ``digime`` decryptor: digi.me's file format, streamed with flat memory.
 
-Layout (PROTOCOL.md §A5, §B9)::
+Layout (protocol.md#file-format)::
 
     0   .. 255   RSA-OAEP-SHA1(file key)   the 32-byte AES-256 key, wrapped for the contract key
     256 .. 271   IV                         16 bytes, in clear

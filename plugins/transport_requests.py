@@ -3,7 +3,7 @@
 The Node SDK has no timeouts and reuses a nonce on retry in old versions; we set
 connect and read timeouts, keep TLS verification on, and call the request's
 ``authorize`` callback for every attempt so each carries a fresh nonce and
-timestamp (PROTOCOL.md §A2.2, §A8). Retries follow got's policy: idempotent
+timestamp (protocol.md#signing, protocol.md#retries). Retries follow got's policy: idempotent
 methods only, on 408/413/429/5xx and connection errors, with exponential
 backoff, jitter, and ``Retry-After`` when the server gives one.
 
@@ -22,6 +22,7 @@ import logging
 import random
 import re
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from typing import Annotated, Any, BinaryIO, TypeVar
 from urllib.parse import urljoin, urlsplit
@@ -291,6 +292,12 @@ class RequestsResponse:
         return body.getvalue()
 
     def iter_bytes(self, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        """Deprecated (no caller, no longer in ``HttpResponse``): use ``read`` or ``stream``."""
+        warnings.warn(
+            "HttpResponse.iter_bytes() is deprecated: use read(limit) or stream()",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         return self._chunks(chunk_size, decode=True)
 
     def stream(self) -> BinaryIO:

@@ -3,7 +3,7 @@
 Vectors are produced here with ``cryptography`` directly (never with the code
 under test): a random 32-byte AES key wrapped for the contract's public key with
 RSA-OAEP-SHA1, a random IV, AES-256-CBC with PKCS#7, compression before
-encryption, and for v1.5 ``SHA-512(P) || P`` (PROTOCOL.md §A5, §B9).
+encryption, and for v1.5 ``SHA-512(P) || P`` (protocol.md#file-format).
 """
 
 from __future__ import annotations
@@ -160,7 +160,7 @@ def test_round_trip_from_file(handle, rsa_key, tmp_path: Path, compression, hash
 @pytest.mark.parametrize("hashed", [False, True], ids=["v1.7", "v1.5"])
 def test_empty_plaintext(handle, rsa_key, hashed) -> None:
     blob = encrypt(rsa_key.public_key(), b"", hashed=hashed)
-    assert len(blob) == (352 if hashed else 288)  # the minimum sizes of PROTOCOL.md
+    assert len(blob) == (352 if hashed else 288)  # minimum sizes, protocol.md#file-format
     assert run(blob, handle, hashed=hashed) == b""
 
 
@@ -262,7 +262,7 @@ def test_concatenated_gzip_members(handle, rsa_key) -> None:
 
 @pytest.mark.parametrize("hashed", [False, True], ids=["v1.7", "v1.5"])
 def test_wrong_length_plus_five_bytes(handle, rsa_key, hashed) -> None:
-    """PROTOCOL.md Part C: 5 extra bytes appended fail the length check."""
+    """As the official SDK checks: 5 extra bytes appended fail the length check."""
     blob = encrypt(rsa_key.public_key(), PAYLOAD, hashed=hashed) + b"12345"
     err = check_of(blob, handle, hashed=hashed, file_name="18_1_1_1_1.json")
     assert err.check == "size"
@@ -408,7 +408,7 @@ def test_valid_full_padding_block(handle, rsa_key) -> None:
 
 @pytest.mark.parametrize("compression", [None, "gzip", "brotli"])
 def test_bad_hash(handle, rsa_key, compression) -> None:
-    """v1.5: a corrupt SHA-512 prefix fails the hash check (PROTOCOL.md Part C2)."""
+    """v1.5: a corrupt SHA-512 prefix fails the hash check (protocol.md#file-format)."""
     payload = compress(PAYLOAD, compression)
     digest = bytearray(hashlib.sha512(payload).digest())
     digest[0] ^= 1
