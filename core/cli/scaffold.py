@@ -121,7 +121,7 @@ root = "$name-data"   # relative to the config file
 ```
 
 ```sh
-pip install -e ".[test]"
+pip install -e ".[test]"    # privateshare not on your index? pip install -e <checkout> -e ".[test]"
 privateshare plugins        # lists "$name" under sinks, with its options
 python -m pytest            # privateshare's SinkConformance suite and a framework test
 ```
