@@ -13,7 +13,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from privateshare import hookspecs
+from privateshare.hooks import specs as hookspecs
 from privateshare.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
