@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-from .errors import ConfigError
+from .errors import ConfigError, ConfigProblem
 from .hooks.families import FAMILIES
 from .secrets import Secret
 
@@ -219,7 +219,7 @@ def load_config(source: str | Path | Mapping[str, Any], base_dir: Path | None = 
 
 
 def decode_config(raw: dict[str, Any], source: str, base_dir: Path) -> Config:
-    config, problems = inspect_config(raw, source, base_dir)
+    config, problems = _inspect(raw, source, base_dir)
     if problems:
         raise ConfigError(problems, source)
     return config
@@ -231,7 +231,14 @@ def inspect_config(raw: dict[str, Any], source: str, base_dir: Path) -> tuple[Co
     The config is only usable when there are no problems; it is returned anyway
     so that plugin tables can still be checked.
     """
-    problems: list[str] = []
+    config, problems = _inspect(raw, source, base_dir)
+    return config, [str(problem) for problem in problems]
+
+
+def _inspect(
+    raw: dict[str, Any], source: str, base_dir: Path
+) -> tuple[Config, list[ConfigProblem]]:
+    problems: list[ConfigProblem] = []
     for key in raw:
         if key not in CORE_TABLES:
             problems.append(
@@ -248,8 +255,13 @@ def inspect_config(raw: dict[str, Any], source: str, base_dir: Path) -> tuple[Co
         if table is None:
             if default is None:
                 problems.append(
-                    f"[{family}] is missing; add it, for example:\n"
-                    f'      [{family}]\n      type = "file"\n      path = "contract.pem"'
+                    ConfigProblem(
+                        f"[{family}]",
+                        message="is missing",
+                        fix="add it, for example:\n"
+                        f'      [{family}]\n      type = "file"\n      path = "contract.pem"',
+                        of_table=True,
+                    )
                 )
             else:
                 providers[family] = PluginSpec(family, family, default, {})
@@ -262,8 +274,12 @@ def inspect_config(raw: dict[str, Any], source: str, base_dir: Path) -> tuple[Co
     sink_tables = raw.get("sinks", {})
     if not isinstance(sink_tables, dict):
         problems.append(
-            f"[sinks] must be a table of named sinks such as [sinks.local]; "
-            f"found {describe_value(sink_tables)}"
+            ConfigProblem(
+                "[sinks]",
+                message="must be a table of named sinks such as [sinks.local]",
+                fix=f"found {describe_value(sink_tables)}",
+                of_table=True,
+            )
         )
         sink_tables = {}
     for sink_name, table in sink_tables.items():
@@ -272,8 +288,11 @@ def inspect_config(raw: dict[str, Any], source: str, base_dir: Path) -> tuple[Co
             sinks[spec.name] = spec
     if not sink_tables and not plugins.modules:
         problems.append(
-            "no sinks are configured; add at least one, for example:\n"
-            '      [sinks.local]\n      type = "file"\n      root = "data"'
+            ConfigProblem(
+                message="no sinks are configured",
+                fix="add at least one, for example:\n"
+                '      [sinks.local]\n      type = "file"\n      root = "data"',
+            )
         )
 
     # A broken [digime] still yields a config, so plugin tables can be checked too.
@@ -285,7 +304,7 @@ def _decode_table(
     raw: dict[str, Any],
     key: str,
     struct: type[msgspec.Struct],
-    problems: list[str],
+    problems: list[ConfigProblem],
     base_dir: Path,
     *,
     required: bool = False,
@@ -294,28 +313,44 @@ def _decode_table(
     if table is None:
         if required:
             fields = ", ".join(f.name for f in msgspec.structs.fields(struct) if f.required)
-            problems.append(f"[{key}] is missing; add it with {fields}")
+            problems.append(
+                ConfigProblem(
+                    f"[{key}]", message="is missing", fix=f"add it with {fields}", of_table=True
+                )
+            )
         return None
     if not isinstance(table, dict):
-        problems.append(f"[{key}] must be a table; found {describe_value(table)}")
+        problems.append(_not_a_table(f"[{key}]", table))
         return None
     try:
         return decode_options(table, struct, f"[{key}]", base_dir)
     except ConfigError as exc:
-        problems.extend(exc.problems)
+        problems.extend(exc.details)
         return None
 
 
-def _plugin_spec(family: str, name: str, table: Any, problems: list[str]) -> PluginSpec | None:
+def _not_a_table(where: str, value: Any) -> ConfigProblem:
+    return ConfigProblem(
+        where, message="must be a table", fix=f"found {describe_value(value)}", of_table=True
+    )
+
+
+def _plugin_spec(
+    family: str, name: str, table: Any, problems: list[ConfigProblem]
+) -> PluginSpec | None:
     if not isinstance(table, dict):
-        problems.append(f"[{name}] must be a table; found {describe_value(table)}")
+        problems.append(_not_a_table(f"[{name}]", table))
         return None
     kind = table.get("type")
     if not isinstance(kind, str) or not kind:
         problems.append(
-            f'[{name}] type: expected the plugin name as a string (for example type = "file"); '
-            f"found {describe_value(kind) if 'type' in table else 'nothing'}; "
-            "run `privateshare plugins` to see what is installed"
+            ConfigProblem(
+                f"[{name}]",
+                "type",
+                expected='the plugin name as a string (for example type = "file")',
+                found=f"{describe_value(kind) if 'type' in table else 'nothing'}",
+                fix="run `privateshare plugins` to see what is installed",
+            )
         )
         return None
     options = {k: v for k, v in table.items() if k != "type"}
@@ -324,21 +359,18 @@ def _plugin_spec(family: str, name: str, table: Any, problems: list[str]) -> Plu
 
 # --- decoding options with located errors --------------------------------------
 
-_EXPECTED = re.compile(
-    r"^Expected `(?P<expected>[^`]+)`, got `(?P<found>[^`]+)`(?: - at `\$(?P<path>[^`]*)`)?$"
-)
-_UNKNOWN = re.compile(
-    r"^Object contains unknown field `(?P<key>[^`]+)`(?: - at `\$(?P<path>[^`]*)`)?$"
-)
-_MISSING = re.compile(
-    r"^Object missing required field `(?P<key>[^`]+)`(?: - at `\$(?P<path>[^`]*)`)?$"
-)
-_AT = re.compile(r"^(?P<message>.*) - at `\$(?P<path>[^`]*)`$", re.S)
+#: msgspec reports a validation failure as text only: "<what> - at `$<path>`". These read
+#: its kinds of <what> into the fields of a ConfigProblem; nothing else parses messages.
+_AT = re.compile(r"^(?P<what>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
+_UNKNOWN = re.compile(r"^Object contains unknown field `(?P<key>[^`]+)`$")
+_MISSING = re.compile(r"^Object missing required field `(?P<key>[^`]+)`$")
+_EXPECTED = re.compile(r"^Expected `(?P<expected>[^`]+)`, got `(?P<found>[^`]+)`$")
 _CONSTRAINT = re.compile(
     r"^Expected `(?P<type>[^`]+)` (?P<constraint>(?:>=|>|<=|<|of length|matching regex|"
-    r"that's a multiple of) .*?)(?: - at `\$(?P<path>[^`]*)`)?$",
+    r"that's a multiple of) .*)$",
     re.S,
 )
+_POST_INIT = re.compile(r"^[a-z_][a-z0-9_]*(?: and [a-z_][a-z0-9_]*)?: ")
 
 _SECRET_NAMES = ("password", "secret", "token", "pin", "key_material", "credential")
 
@@ -366,7 +398,7 @@ def decode_options(
 
 def _field_problems(
     table: Mapping[str, Any], struct: type[Any], where: str, dec_hook: Any
-) -> list[str]:
+) -> list[ConfigProblem]:
     """Check each key on its own, so one run reports every problem of a table."""
     try:
         fields = {f.encode_name: f for f in msgspec.structs.fields(struct)}
@@ -376,9 +408,7 @@ def _field_problems(
         unknown_key_problem(key, list(fields), where=where) for key in table if key not in fields
     ]
     problems += [
-        f"{where} {name}: required but missing; add {name} = ..."
-        for name, f in fields.items()
-        if f.required and name not in table
+        _missing(where, name) for name, f in fields.items() if f.required and name not in table
     ]
     for name, value in table.items():
         if name not in fields:
@@ -394,8 +424,13 @@ def _field_problems(
             wrong = check(value) if value is not None else None
             if wrong:
                 problems.append(
-                    f"{where} {name}: expected {expected}, found {_found(value, name)} ({wrong}); "
-                    + _fix(fields[name])
+                    ConfigProblem(
+                        where,
+                        name,
+                        expected=expected,
+                        found=f"{_found(value, name)} ({wrong})",
+                        fix=_fix(fields[name]),
+                    )
                 )
     return problems
 
@@ -448,48 +483,56 @@ def _single_field(struct: type[Any], field_info: Any) -> type[msgspec.Struct]:
     )
 
 
-def located_problem(message: str, table: Mapping[str, Any], struct: type[Any], where: str) -> str:
-    """Rewrite a msgspec validation message as: where, key, expected, found, fix."""
-    if m := _UNKNOWN.match(message):
-        path = _dotted(m["path"])
+def located_problem(
+    message: str, table: Mapping[str, Any], struct: type[Any], where: str
+) -> ConfigProblem:
+    """A msgspec validation message as a ConfigProblem: where, key, expected, found, fix."""
+    at = _AT.match(message)
+    assert at is not None  # the pattern matches any text
+    what, raw_path = at["what"], at["path"] or ""
+    path = _dotted(raw_path)
+    if m := _UNKNOWN.match(what):
         known = _field_names(struct) if not path else []
         return unknown_key_problem(m["key"], known, where=_join(where, path))
-    if m := _MISSING.match(message):
-        key = m["key"]
-        location = _join(where, _dotted(m["path"]))
-        return f"{location} {key}: required but missing; add {key} = ..."
-    if m := _CONSTRAINT.match(message):
-        path = _dotted(m["path"])
-        found = _lookup(table, m["path"] or "")
-        expected = _constraint_words(m["type"], m["constraint"])
+    if m := _MISSING.match(what):
+        return _missing(_join(where, path), m["key"])
+    found = _lookup(table, raw_path)
+    if m := _CONSTRAINT.match(what):
         description = _description(struct, path)
-        reason = f" ({description})" if description else ""
-        return (
-            f"{where} {path or '(table)'}: expected {expected}, "
-            f"found {_found(found, path)}{reason}; {_fix(_field(struct, path))}"
+        return ConfigProblem(
+            where,
+            path or "(table)",
+            expected=_constraint_words(m["type"], m["constraint"]),
+            found=_found(found, path) + (f" ({description})" if description else ""),
+            fix=_fix(_field(struct, path)),
         )
-    if m := _EXPECTED.match(message):
-        path = _dotted(m["path"])
-        found = _lookup(table, m["path"] or "")
-        shown = _show(found, path)
+    if m := _EXPECTED.match(what):
         expected = _type_words(m["expected"])
-        return (
-            f"{where} {path or '(table)'}: expected {expected}, "
-            f"found {_type_words(m['found'])}{shown}; change the value to {expected}"
+        return ConfigProblem(
+            where,
+            path or "(table)",
+            expected=expected,
+            found=_type_words(m["found"]) + _show(found, path),
+            fix=f"change the value to {expected}",
         )
-    if m := _AT.match(message):
-        path = _dotted(m["path"])
-        text = m["message"]
-        if text.startswith("Invalid enum value"):
-            allowed = _literal_values(struct, path)
-            found = _lookup(table, m["path"] or "")
-            return (
-                f"{where} {path}: expected one of {allowed}, found {found!r}; choose one of those"
-            )
-        return f"{where} {path}: {text}"
-    if re.match(r"^[a-z_][a-z0-9_]*(?: and [a-z_][a-z0-9_]*)?: ", message):
-        return f"{where} {message}"  # a Struct's __post_init__ naming its key
-    return f"{where}: {message}"
+    if raw_path and what.startswith("Invalid enum value"):
+        return ConfigProblem(
+            where,
+            path,
+            expected=f"one of {_literal_values(struct, path)}",
+            found=repr(found),
+            fix="choose one of those",
+        )
+    if raw_path:
+        return ConfigProblem(where, path, message=what)
+    if _POST_INIT.match(message):
+        key, _, text = message.partition(": ")  # a Struct's __post_init__ naming its key
+        return ConfigProblem(where, key, message=text)
+    return ConfigProblem(where, message=message)
+
+
+def _missing(where: str, key: str) -> ConfigProblem:
+    return ConfigProblem(where, key, message="required but missing", fix=f"add {key} = ...")
 
 
 def _constraint_words(kind: str, constraint: str) -> str:
@@ -560,15 +603,16 @@ def redact_url_text(text: str) -> str:
 _URL_PASSWORD = re.compile(r"(//[^/@:]*):[^/@]*@")
 
 
-def unknown_key_problem(key: str, known: list[str], *, where: str, table: bool = False) -> str:
+def unknown_key_problem(
+    key: str, known: list[str], *, where: str, table: bool = False
+) -> ConfigProblem:
     what = "table" if table else "key"
-    text = f"{where}: unknown {what} {key!r}"
     close = difflib.get_close_matches(key, known, n=1)
     if close:
-        text += f"; did you mean {close[0]!r}?"
-    elif known:
-        text += f"; valid {what}s are: {', '.join(known)}"
-    return text
+        fix = f"did you mean {close[0]!r}?"
+    else:
+        fix = f"valid {what}s are: {', '.join(known)}" if known else ""
+    return ConfigProblem(where, message=f"unknown {what} {key!r}", fix=fix)
 
 
 def describe_value(value: Any) -> str:

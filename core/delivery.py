@@ -1,7 +1,9 @@
 """Delivery: one file into every sink, committed everywhere or nowhere.
 
-The flow's ``Run`` calls :func:`deliver` once per file. It opens one writer per
-sink (if any sink cannot take the file, the writers already open are aborted),
+The flow's ``Run`` calls :func:`deliver` once per file. It checks the file's user
+id and name once (:func:`privateshare.sinks.names_checked`), before any sink sees
+them, then opens one writer per sink (if any sink cannot take the file, the
+writers already open are aborted),
 streams the plaintext through the transforms into every writer, and commits them
 only once the stream is exhausted, because decryption reports some failures
 (padding, hash) only at the end. Any failure aborts every writer.
@@ -14,6 +16,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from .errors import SinkError
+from .sinks import names_checked
 
 if TYPE_CHECKING:
     from .hooks.calls import Hooks
@@ -26,18 +29,22 @@ log = logging.getLogger(__name__)
 
 
 def sink_writers(hooks: Hooks, run: RunInfo, file: DataFile) -> list[tuple[str, FileWriter]]:
-    """One writer per sink; if any sink cannot take the file, none is left open."""
+    """One writer per sink; if any sink cannot take the file, none is left open.
+
+    An unsafe user id or file name fails here, before any sink is asked.
+    """
     if hooks.broken_sinks:
         name, error = next(iter(hooks.broken_sinks.items()))
         raise SinkError(f"sink {name} is broken and cannot take files: {error}")
     writers: list[tuple[str, FileWriter]] = []
-    try:
-        for name, writer in hooks.sink_open_file(run, file):
-            if writer is not None:
-                writers.append((name, writer))
-    except BaseException:
-        abort_all(writers)
-        raise
+    with names_checked(run, file):
+        try:
+            for name, writer in hooks.sink_open_file(run, file):
+                if writer is not None:
+                    writers.append((name, writer))
+        except BaseException:
+            abort_all(writers)
+            raise
     return writers
 
 

@@ -7,16 +7,62 @@ what was wrong, where, and how to fix it; they never carry a secret.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 
 class PrivateShareError(Exception):
     """Base of every error privateshare raises on purpose."""
 
 
+@dataclass(frozen=True)
+class ConfigProblem:
+    """One problem of a configuration, located: where, which key, expected, found, the fix.
+
+    Every config problem is built as one of these and rendered here, once, as
+    ``[table] key: expected X, found Y; fix`` (or ``[table] key: message; fix``).
+    """
+
+    #: The table (``[digime]``, ``[sinks.local]``) or ``top level``; empty when unknown.
+    where: str = ""
+    #: The key inside it (dotted for nested tables, ``[i]`` for array items).
+    key: str = ""
+    #: What a valid value is, in words ("a number > 0"); with ``found``.
+    expected: str = ""
+    #: What the config holds instead, as it may be shown (never a secret).
+    found: str = ""
+    #: What is wrong, when it is not an expected/found mismatch ("required but missing").
+    message: str = ""
+    #: How to fix it.
+    fix: str = ""
+    #: ``message`` is a statement about the table itself ("[keys] is missing").
+    of_table: bool = False
+
+    def __str__(self) -> str:
+        head = " ".join(part for part in (self.where, self.key) if part)
+        body = f"expected {self.expected}, found {self.found}" if self.expected else self.message
+        if self.fix:
+            body += f"; {self.fix}"
+        if not head:
+            return body
+        return f"{head} {body}" if self.of_table else f"{head}: {body}"
+
+
 class ConfigError(PrivateShareError):
     """The configuration is wrong: one or more problems, each located precisely."""
 
-    def __init__(self, problems: list[str] | str, source: str | None = None) -> None:
-        self.problems = [problems] if isinstance(problems, str) else list(problems)
+    def __init__(
+        self,
+        problems: str | ConfigProblem | Sequence[str | ConfigProblem],
+        source: str | None = None,
+    ) -> None:
+        items = [problems] if isinstance(problems, str | ConfigProblem) else list(problems)
+        #: The problems as objects (a plain message becomes ``ConfigProblem(message=...)``).
+        self.details = [
+            p if isinstance(p, ConfigProblem) else ConfigProblem(message=p) for p in items
+        ]
+        #: The problems as users read them.
+        self.problems = [str(p) for p in self.details]
         self.source = source
         head = f"{source}: " if source else ""
         if len(self.problems) == 1:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,7 +18,7 @@ class PrivateShare:
     """The framework, assembled from a config: plugins loaded, hooks ready.
 
     Build it with :func:`privateshare.load`. ``hooks`` is the typed facade the
-    flow calls; ``key_handle()`` loads the contract key once.
+    flow calls; ``key_handle()`` asks the key store for the contract key.
     """
 
     def __init__(
@@ -30,8 +29,6 @@ class PrivateShare:
         extra_plugins: Mapping[str, Any] | None = None,
     ) -> None:
         self.config = config
-        self._key: KeyHandle | None = None
-        self._key_lock = threading.Lock()
         plugin_set = PluginSet(config, strict=strict, key_handle=self.key_handle)
         plugin_set.load(dict(extra_plugins or {}))
         self.pm = plugin_set.pm
@@ -41,11 +38,8 @@ class PrivateShare:
         self.hooks = Hooks(self.pm, strict=plugin_set.strict, broken_sinks=broken_sinks)
 
     def key_handle(self) -> KeyHandle:
-        """The contract key, loaded through the key store on first use."""
-        with self._key_lock:
-            if self._key is None:
-                self._key = self.hooks.key_handle()
-            return self._key
+        """The contract key, from the key store (which loads it once: one cache, its own)."""
+        return self.hooks.key_handle()
 
     def close(self) -> None:
         for name in list(self.plugins):

@@ -4,6 +4,12 @@ The flow streams decrypted chunks to one writer per sink, then commits every
 writer; if anything fails, every writer is aborted. A writer must make the file
 visible only on ``commit`` (temp file + rename, multipart complete, one
 transaction), so a crash leaves nothing half-written.
+
+For sink authors: subclass :class:`SinkWriter` (the open / committed / aborted
+state machine, once for every sink) and implement ``_write``, ``_commit`` and
+``_discard``; take the file's checked destination from :func:`file_target`
+(delivery checks the names once, before any sink sees the file); write
+:func:`metadata_document` when the sink keeps metadata beside the data.
 """
 
 from __future__ import annotations
@@ -12,11 +18,16 @@ import contextlib
 import os
 import secrets
 import unicodedata
-from collections.abc import Container
+from collections.abc import Container, Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
-from .errors import UnsafeFileNameError
+import msgspec
+
+from .errors import SinkError, UnsafeFileNameError
+from .models import DataFile, RunInfo
 
 #: Temp files of sinks start with this; data files never do (such names are rejected).
 TEMP_PREFIX = ".privateshare-tmp-"
@@ -41,6 +52,167 @@ class FileWriter(Protocol):
     def abort(self) -> None:
         """Discard everything written; safe to call after a failed commit."""
         ...
+
+
+# --- the writer base ------------------------------------------------------------
+
+#: Where a writer is: taking chunks, made visible, or discarded.
+WriterState = Literal["open", "committed", "aborted"]
+
+
+class SinkWriter:
+    """Base of a sink's :class:`FileWriter`: the all-or-nothing state machine.
+
+    A subclass implements ``_write`` (append a chunk; copy it, it may be a view into
+    a reused buffer), ``_commit`` (make the file visible atomically) and ``_discard``
+    (drop what was written). The base keeps the rules every sink shares:
+
+    - ``write`` and ``commit`` are refused unless the writer is open, with a
+      :class:`SinkError` naming the file and the state (commit after abort, twice...);
+    - ``size`` counts the bytes written;
+    - a ``_commit`` that raises leaves the writer aborted, its data discarded;
+    - ``abort`` is idempotent and leaves a committed file alone, so the flow can abort
+      every writer of a file when a later sink fails;
+    - a writer dropped while open (never committed or aborted) is discarded.
+    """
+
+    def __init__(self, file: DataFile, *, where: str | None = None) -> None:
+        #: The file being written, as the flow handed it over.
+        self.file = file
+        #: How messages name the destination (default: the file name, quoted).
+        self.where = repr(file.name) if where is None else where
+        self.state: WriterState = "open"
+        #: Bytes written so far.
+        self.size = 0
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.where}, {self.state}, {self.size} bytes)"
+
+    def write(self, chunk: bytes | memoryview) -> None:
+        """Append a chunk. ``chunk`` may be a view into a reused buffer."""
+        if self.state != "open":
+            raise SinkError(f"cannot write to {self.where}: the writer is already {self.state}")
+        self._write(chunk)
+        self.size += chunk.nbytes if isinstance(chunk, memoryview) else len(chunk)
+
+    def commit(self) -> None:
+        """Make the file visible atomically; on failure the writer ends aborted."""
+        if self.state != "open":
+            raise SinkError(f"cannot commit {self.where}: the writer is already {self.state}")
+        try:
+            self._commit()
+        except BaseException:
+            self.abort()
+            raise
+        self.state = "committed"
+
+    def abort(self) -> None:
+        """Discard everything written; safe to call twice, and after a commit (a no-op)."""
+        if self.state != "open":
+            return
+        self.state = "aborted"
+        self._discard()
+
+    def __del__(self) -> None:
+        # A writer dropped while open must not leave temp files or descriptors behind.
+        with contextlib.suppress(Exception):
+            if getattr(self, "state", None) == "open":
+                self.abort()
+
+    def metadata_document(self) -> dict[str, Any]:
+        """The file's metadata document, with the size written (see :func:`metadata_document`)."""
+        return metadata_document(self.file, self.size)
+
+    # for subclasses -------------------------------------------------------------------
+
+    def _write(self, chunk: bytes | memoryview) -> None:
+        raise NotImplementedError
+
+    def _commit(self) -> None:
+        raise NotImplementedError
+
+    def _discard(self) -> None:
+        """Drop what was written; called once, when the writer is aborted (or its commit failed)."""
+
+
+def metadata_document(file: DataFile, size: int) -> dict[str, Any]:
+    """The one metadata document a sink keeps beside a file's data.
+
+    The file sink writes it as ``<name>.metadata.json``, the S3 sink as a sidecar
+    object, others as a column or a record: the same keys everywhere.
+    """
+    return {
+        "user_id": file.user_id,
+        "name": file.name,
+        "updated_date": file.updated_date,
+        "last_modified": file.last_modified,
+        "size": size,
+        "metadata": file.metadata.metadata,
+        "compression": file.metadata.compression,
+    }
+
+
+def metadata_json(document: dict[str, Any]) -> bytes:
+    """A metadata document as the bytes sinks store: indented JSON and a final newline."""
+    return msgspec.json.format(msgspec.json.encode(document), indent=2) + b"\n"
+
+
+# --- where a file goes: names checked once -----------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    """A file's checked destination: the user id and the file name's path segments."""
+
+    user_id: str
+    parts: tuple[str, ...]
+
+
+_CHECKED: ContextVar[tuple[DataFile, Target] | None] = ContextVar(
+    "privateshare_checked_target", default=None
+)
+
+
+def check_target(run: RunInfo, file: DataFile) -> Target:
+    """Check a file's user id and name (the rules of :func:`check_name`) and return both."""
+    user = file.user_id or run.user_id
+    check_name(user, what="user id", allow_slash=False)
+    return Target(user, tuple(check_name(file.name, user_id=user)))
+
+
+@contextlib.contextmanager
+def names_checked(run: RunInfo, file: DataFile) -> Iterator[Target]:
+    """Check the names once, before the fan-out: sinks asking :func:`file_target` reuse it.
+
+    :mod:`privateshare.delivery` opens every sink's writer inside this block, so an
+    unsafe name fails before any sink is touched, third-party sinks included.
+    """
+    target = check_target(run, file)
+    token = _CHECKED.set((file, target))
+    try:
+        yield target
+    finally:
+        _CHECKED.reset(token)
+
+
+def file_target(run: RunInfo, file: DataFile, *, reserved_suffix: str | None = None) -> Target:
+    """Where a sink puts ``file``: its user id and name segments, checked.
+
+    Inside a delivery the names were checked once already, and only a sink's own rule
+    is added (``reserved_suffix``: the suffix of the metadata file the sink writes beside
+    each file). Called outside one (a sink's tests, the conformance suite), it checks
+    everything itself, so a sink is safe however it is called.
+    """
+    checked = _CHECKED.get()
+    if checked is not None and checked[0] is file:
+        target = checked[1]
+        if reserved_suffix:
+            check_reserved_suffix(file.name, reserved_suffix, user_id=target.user_id)
+        return target
+    user = file.user_id or run.user_id
+    check_name(user, what="user id", allow_slash=False)
+    parts = check_name(file.name, reserved_suffix=reserved_suffix, user_id=user)
+    return Target(user, tuple(parts))
 
 
 # --- names from the server ---------------------------------------------------
@@ -84,18 +256,9 @@ def check_name(
     ``.``/``..`` segments, the temp prefix, segments over 255 bytes, names over
     1024 bytes, and (when ``allow_slash`` is false, as for user ids) any ``/`` at all.
     """
-    owner = f" of user {shown_name(user_id)}" if user_id is not None else ""
 
     def unsafe(reason: str) -> UnsafeFileNameError:
-        return UnsafeFileNameError(
-            f"{what} {shown_name(name)}{owner} is unsafe: {reason}; nothing was written. "
-            + (
-                "Use a user id that is a plain name (no '/', '\\', '..' or control characters)."
-                if what == "user id"
-                else "The name comes from the server; the file is reported as failed "
-                "and the rest of the run carries on."
-            )
-        )
+        return _unsafe(name, what, user_id, reason)
 
     if not isinstance(name, str) or name == "":
         raise unsafe("it is empty")
@@ -123,11 +286,44 @@ def check_name(
     if size > MAX_NAME_BYTES:
         raise unsafe(f"it is {size} bytes long; names are limited to {MAX_NAME_BYTES} bytes")
     if reserved_suffix and name.endswith(reserved_suffix):
-        raise unsafe(
-            f"it ends with {reserved_suffix!r}, which the sink uses for metadata files "
-            "(set metadata = false to accept such names)"
-        )
+        raise unsafe(_SUFFIX_REASON.format(suffix=reserved_suffix))
     return parts
+
+
+_SUFFIX_REASON = (
+    "it ends with {suffix!r}, which the sink uses for metadata files "
+    "(set metadata = false to accept such names)"
+)
+
+
+def check_reserved_suffix(name: str, suffix: str, *, user_id: str | None = None) -> None:
+    """The rules :func:`check_name` adds for ``reserved_suffix``, alone (for a checked name)."""
+    last = name.rsplit("/", 1)[-1]
+    limit = MAX_COMPONENT_BYTES - len(suffix.encode())
+    size = len(last.encode("utf-8"))
+    if size > limit:
+        raise _unsafe(
+            name,
+            "file name",
+            user_id,
+            f"a segment is {size} bytes long; the limit is {limit} bytes "
+            f"(room is kept for the {suffix!r} file beside it)",
+        )
+    if name.endswith(suffix):
+        raise _unsafe(name, "file name", user_id, _SUFFIX_REASON.format(suffix=suffix))
+
+
+def _unsafe(name: str, what: str, user_id: str | None, reason: str) -> UnsafeFileNameError:
+    owner = f" of user {shown_name(user_id)}" if user_id is not None else ""
+    return UnsafeFileNameError(
+        f"{what} {shown_name(name)}{owner} is unsafe: {reason}; nothing was written. "
+        + (
+            "Use a user id that is a plain name (no '/', '\\', '..' or control characters)."
+            if what == "user id"
+            else "The name comes from the server; the file is reported as failed "
+            "and the rest of the run carries on."
+        )
+    )
 
 
 # --- temp files ------------------------------------------------------------------

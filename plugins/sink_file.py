@@ -19,7 +19,6 @@ import logging
 import os
 import threading
 from pathlib import Path
-from typing import Any, Literal
 
 import msgspec
 
@@ -27,7 +26,15 @@ from privateshare.config import PathOption
 from privateshare.errors import SinkError, UnsafeFileNameError
 from privateshare.hooks import Plugin, PluginContext, hookimpl
 from privateshare.models import DataFile, RunInfo, RunSummary
-from privateshare.sinks import check_name, clean_stale_temps, shown_name, temp_name
+from privateshare.sinks import (
+    SinkWriter,
+    check_name,
+    clean_stale_temps,
+    file_target,
+    metadata_json,
+    shown_name,
+    temp_name,
+)
 
 log = logging.getLogger(__name__)
 
@@ -90,10 +97,9 @@ class FileSink(Plugin):
     @hookimpl
     def privateshare_sink_open_file(self, run: RunInfo, file: DataFile) -> FileSinkWriter:
         """Check the names, create the directories, and open a temp file beside the target."""
-        user = file.user_id or run.user_id
-        check_name(user, what="user id", allow_slash=False)
         suffix = METADATA_SUFFIX if self.options.metadata else None
-        parts = check_name(file.name, reserved_suffix=suffix, user_id=user)
+        checked = file_target(run, file, reserved_suffix=suffix)
+        user, parts = checked.user_id, list(checked.parts)
         root = self._real_root(create=True)
         target = root.joinpath(user, *parts)
         _check_path_length(root, target, suffix, file.name, user)
@@ -187,7 +193,7 @@ def _verify_inside(root: Path, target: Path, name: str, user: str) -> None:
         )
 
 
-class FileSinkWriter:
+class FileSinkWriter(SinkWriter):
     """One file on its way to disk: a temp file that ``commit`` renames into place.
 
     Commit order: the data temp file is written and fsynced while chunks arrive;
@@ -200,25 +206,23 @@ class FileSinkWriter:
     """
 
     def __init__(self, sink: FileSink, dir_fd: int, target: Path, file: DataFile) -> None:
-        self._state: Literal["open", "committed", "aborted"] = "open"
+        super().__init__(file, where=str(target))
         self._out: io.BufferedWriter | None = None
         self._dir_fd = dir_fd
         self._sink = sink
         self.target = target
-        self._file = file
-        self._size = 0
         self._temps: list[str] = []
         self._data_temp = self._new_temp()
         try:
             fd = os.open(self._data_temp, _TEMP_FLAGS, 0o600, dir_fd=dir_fd)
         except OSError as exc:
-            self._state = "aborted"
+            self.state = "aborted"
             self._cleanup()
             raise self._fail("create a temp file for", exc) from None
         self._out = open(fd, "wb", buffering=_BUFFER)  # noqa: SIM115
 
     def __repr__(self) -> str:
-        return f"FileSinkWriter({str(self.target)!r}, {self._state}, {self._size} bytes)"
+        return f"FileSinkWriter({str(self.target)!r}, {self.state}, {self.size} bytes)"
 
     def _new_temp(self) -> str:
         name = temp_name()
@@ -233,20 +237,17 @@ class FileSinkWriter:
             f"{exc.strerror or exc}; check free space and permissions under {self._sink.root}"
         )
 
-    def write(self, chunk: bytes | memoryview) -> None:
+    def _write(self, chunk: bytes | memoryview) -> None:
         """Append a chunk (written through at once, so a reused buffer is safe to pass)."""
-        if self._out is None:
-            raise SinkError(f"cannot write to {self.target}: the writer is already {self._state}")
+        assert self._out is not None  # open until commit or abort
         try:
             self._out.write(chunk)
         except OSError as exc:
             raise self._fail("write", exc) from None
-        self._size += len(chunk) if isinstance(chunk, bytes) else chunk.nbytes
 
-    def commit(self) -> None:
+    def _commit(self) -> None:
         """Make the file (then its metadata) visible atomically, replacing the old version."""
-        if self._state != "open" or self._out is None:
-            raise SinkError(f"cannot commit {self.target}: the writer is already {self._state}")
+        assert self._out is not None
         fsync = self._sink.options.fsync
         name = self.target.name
         try:
@@ -273,45 +274,24 @@ class FileSinkWriter:
                 if fsync:
                     os.fsync(self._dir_fd)
         except OSError as exc:
-            self._cleanup()
-            self._state = "aborted"
             raise self._fail("commit", exc) from None
-        self._state = "committed"
         self._close_dir()
 
-    def abort(self) -> None:
-        """Remove the temp files; a committed file is left alone. Safe to call twice."""
+    def _discard(self) -> None:
+        """Remove the temp files (a committed file is left alone: the base never gets here)."""
         if self._out is not None:
             out, self._out = self._out, None
             with contextlib.suppress(OSError):
                 out.close()
-        if self._state == "open":
-            self._state = "aborted"
         self._cleanup()
-
-    def __del__(self) -> None:
-        # A writer dropped without commit or abort must not leave its descriptors open.
-        with contextlib.suppress(Exception):
-            if self._state == "open":
-                self.abort()
 
     # plumbing -------------------------------------------------------------------
 
     def _write_metadata(self, fsync: bool) -> str:
-        file = self._file
-        document: dict[str, Any] = {
-            "user_id": file.user_id,
-            "name": file.name,
-            "updated_date": file.updated_date,
-            "last_modified": file.last_modified,
-            "size": self._size,
-            "metadata": file.metadata.metadata,
-            "compression": file.metadata.compression,
-        }
         temp = self._new_temp()
         fd = os.open(temp, _TEMP_FLAGS, 0o600, dir_fd=self._dir_fd)
         with open(fd, "wb") as out:
-            out.write(msgspec.json.format(msgspec.json.encode(document), indent=2) + b"\n")
+            out.write(metadata_json(self.metadata_document()))
             out.flush()
             if fsync:
                 os.fsync(out.fileno())

@@ -29,7 +29,7 @@ from privateshare.hooks import Plugin, PluginContext, hookimpl
 from privateshare.models import DataFile, RunInfo, RunSummary
 from privateshare.plugins.awscommon import AwsConnection, AwsSession, aws_error
 from privateshare.plugins.sink_file import METADATA_SUFFIX
-from privateshare.sinks import check_name
+from privateshare.sinks import SinkWriter, Target, check_name, file_target, metadata_json
 
 log = logging.getLogger(__name__)
 
@@ -123,10 +123,8 @@ class S3Sink(Plugin):
         """The object key of a user's file (names already checked)."""
         return "/".join(part for part in (self.prefix, user, name) if part)
 
-    def _checked_key(self, user: str, name: str) -> str:
-        check_name(user, what="user id", allow_slash=False)
-        suffix = METADATA_SUFFIX if self.options.metadata else None
-        check_name(name, reserved_suffix=suffix, user_id=user)
+    def _checked_key(self, target: Target, name: str) -> str:
+        user = target.user_id
         key = self.object_key(user, name)
         longest = len(key.encode()) + (len(METADATA_SUFFIX) if self.options.metadata else 0)
         if longest > MAX_KEY_BYTES:
@@ -190,8 +188,8 @@ class S3Sink(Plugin):
     @hookimpl
     def privateshare_sink_open_file(self, run: RunInfo, file: DataFile) -> S3Writer:
         """Check the names and return a writer; no request is made until a part is full."""
-        user = file.user_id or run.user_id
-        key = self._checked_key(user, file.name)
+        suffix = METADATA_SUFFIX if self.options.metadata else None
+        key = self._checked_key(file_target(run, file, reserved_suffix=suffix), file.name)
         self.client()  # made now, so a configuration problem shows before any data flows
         return S3Writer(self, key, file)
 
@@ -244,7 +242,7 @@ def _ascii(value: str) -> str:
     return quote(value, safe=" !#$&'()*+,-./:;=?@[]^_`{|}~")
 
 
-class S3Writer:
+class S3Writer(SinkWriter):
     """One object on its way to S3: buffered, then a single PUT or a multipart upload.
 
     Nothing is visible before ``commit``: a small file exists only in this
@@ -252,19 +250,18 @@ class S3Writer:
     """
 
     def __init__(self, sink: S3Sink, key: str, file: DataFile) -> None:
+        super().__init__(file, where=key)
         self._sink = sink
         self.key = key
         self._file = file
-        self._state: Literal["open", "committed", "aborted"] = "open"
         self._buffer = bytearray()
-        self._size = 0
         self._upload_id: str | None = None
         self._parts: list[dict[str, Any]] = []
         self._metadata, self._sidecar = self._object_metadata()
 
     def __repr__(self) -> str:
         return (
-            f"S3Writer(s3://{self._sink.bucket}/{self.key}, {self._state}, {self._size} bytes"
+            f"S3Writer(s3://{self._sink.bucket}/{self.key}, {self.state}, {self.size} bytes"
             f"{', multipart' if self._upload_id else ''})"
         )
 
@@ -273,18 +270,6 @@ class S3Writer:
         return self.key + METADATA_SUFFIX
 
     # metadata -----------------------------------------------------------------------
-
-    def _document(self) -> dict[str, Any]:
-        file = self._file
-        return {
-            "user_id": file.user_id,
-            "name": file.name,
-            "updated_date": file.updated_date,
-            "last_modified": file.last_modified,
-            "size": self._size,
-            "metadata": file.metadata.metadata,
-            "compression": file.metadata.compression,
-        }
 
     def _object_metadata(self) -> tuple[dict[str, str], bool]:
         """User metadata for the object, and whether the full metadata needs a sidecar."""
@@ -309,10 +294,8 @@ class S3Writer:
 
     # writing ------------------------------------------------------------------------
 
-    def write(self, chunk: bytes | memoryview) -> None:
+    def _write(self, chunk: bytes | memoryview) -> None:
         """Buffer a chunk; each time a part is full, upload it (a multipart upload starts)."""
-        if self._state != "open":
-            raise SinkError(f"cannot write to {self.key}: the writer is already {self._state}")
         view = memoryview(chunk).cast("B")
         part_size = self._sink.options.part_size
         pos = 0
@@ -322,7 +305,6 @@ class S3Writer:
             room = part_size - len(self._buffer)
             self._buffer += view[pos : pos + room]
             pos += min(room, len(view) - pos)
-        self._size += len(view)
 
     def _upload_part(self) -> None:
         sink = self._sink
@@ -361,10 +343,8 @@ class S3Writer:
         self._parts.append(part)
         del self._buffer[:]
 
-    def commit(self) -> None:
+    def _commit(self) -> None:
         """Make the object visible at once: PUT it, or complete its multipart upload."""
-        if self._state != "open":
-            raise SinkError(f"cannot commit {self.key}: the writer is already {self._state}")
         sink = self._sink
         client = sink.client()
         where = f"s3://{sink.bucket}/{self.key}"
@@ -392,11 +372,9 @@ class S3Writer:
         except SinkError:
             raise
         except Exception as exc:
-            error = sink.fail(exc, f"upload {where}", "s3:PutObject")
-            self.abort()
-            raise error from None
-        self._state = "committed"
+            raise sink.fail(exc, f"upload {where}", "s3:PutObject") from None
         self._buffer = bytearray()
+        # The object is in place; if its sidecar fails, the file fails and the run retries it.
         self._commit_sidecar(client, where)
 
     def _commit_sidecar(self, client: Any, where: str) -> None:
@@ -406,11 +384,10 @@ class S3Writer:
             return
         try:
             if self._sidecar:
-                body = msgspec.json.format(msgspec.json.encode(self._document()), indent=2)
                 client.put_object(
                     Bucket=sink.bucket,
                     Key=self.sidecar_key,
-                    Body=body + b"\n",
+                    Body=metadata_json(self.metadata_document()),
                     ContentType="application/json",
                     **sink.sse_args(),
                 )
@@ -422,10 +399,8 @@ class S3Writer:
                 exc, f"write the metadata sidecar of {where}", "s3:PutObject, s3:DeleteObject"
             ) from None
 
-    def abort(self) -> None:
-        """Forget the buffer and abort the multipart upload; a committed object stays."""
-        if self._state == "open":
-            self._state = "aborted"
+    def _discard(self) -> None:
+        """Forget the buffer and abort the multipart upload."""
         self._buffer = bytearray()
         upload_id, self._upload_id = self._upload_id, None
         if upload_id is None:

@@ -28,7 +28,7 @@ import hashlib
 import logging
 import tempfile
 from collections.abc import Callable, Iterator
-from typing import IO, Annotated, Any, Literal
+from typing import IO, Annotated, Any
 
 import msgspec
 import sqlalchemy as sa
@@ -37,8 +37,8 @@ from sqlalchemy.engine import Connection
 from privateshare.errors import SinkError
 from privateshare.hooks import Plugin, PluginContext, hookimpl
 from privateshare.models import DataFile, RunInfo, RunSummary
-from privateshare.plugins.sink_file import check_name
 from privateshare.plugins.sqlcommon import Database, Json, LongBlob, LongText, SqlOptions
+from privateshare.sinks import SinkWriter, check_name, file_target
 
 log = logging.getLogger(__name__)
 
@@ -224,9 +224,7 @@ class SqlSink(Plugin):
     @hookimpl
     def privateshare_sink_open_file(self, run: RunInfo, file: DataFile) -> SqlSinkWriter:
         """Check the names; the writer spools the file and writes it at commit."""
-        user = file.user_id or run.user_id
-        check_name(user, what="user id", allow_slash=False)
-        check_name(file.name, user_id=user)
+        user = file_target(run, file).user_id
         self.ensure_schema()
         return SqlSinkWriter(self, run, file, user)
 
@@ -278,34 +276,30 @@ class SqlSink(Plugin):
         return b"".join(parts) if parts else None
 
 
-class SqlSinkWriter:
+class SqlSinkWriter(SinkWriter):
     """One file on its way to the database: spooled while written, inserted at commit."""
 
     def __init__(self, sink: SqlSink, run: RunInfo, file: DataFile, user_id: str) -> None:
+        super().__init__(file)
         self._sink = sink
         self._run = run
         self._file = file
         self._user = user_id
-        self._state: Literal["open", "committed", "aborted"] = "open"
         # Small files stay in memory; larger ones go to an unlinked temp file, so a
         # killed process leaves nothing behind anywhere.
         self._spool: IO[bytes] | None = tempfile.SpooledTemporaryFile(max_size=CHUNK_SIZE)  # noqa: SIM115
         self._sha = hashlib.sha256()
-        self._size = 0
         self._lead: bytes | None = None  # first non-blank byte, to spot JSON cheaply
 
     def __repr__(self) -> str:
         return (
             f"SqlSinkWriter({self._sink.context.name}, {self._file.name!r} of user "
-            f"{self._user!r}, {self._state}, {self._size} bytes)"
+            f"{self._user!r}, {self.state}, {self.size} bytes)"
         )
 
-    def write(self, chunk: bytes | memoryview) -> None:
+    def _write(self, chunk: bytes | memoryview) -> None:
         """Append a chunk to the spool (copied at once, so a reused buffer is safe)."""
-        if self._spool is None:
-            raise SinkError(
-                f"cannot write to {self._file.name!r}: the writer is already {self._state}"
-            )
+        assert self._spool is not None  # open until commit or abort
         try:
             self._spool.write(chunk)
         except OSError as exc:
@@ -314,20 +308,15 @@ class SqlSinkWriter:
                 f"({exc.strerror}); check free space in the temp directory (TMPDIR)"
             ) from None
         self._sha.update(chunk)
-        size = len(chunk) if isinstance(chunk, bytes) else chunk.nbytes
-        self._size += size
-        if self._lead is None and size:
+        if self._lead is None and len(chunk):
             stripped = bytes(chunk[:4096]).lstrip(_WHITESPACE)
             if stripped:
                 self._lead = stripped[:1]
 
-    def commit(self) -> None:
+    def _commit(self) -> None:
         """Write the file row, its chunks and its objects in one transaction."""
-        if self._state != "open" or self._spool is None:
-            raise SinkError(
-                f"cannot commit {self._file.name!r}: the writer is already {self._state}"
-            )
         sink, file, spool = self._sink, self._file, self._spool
+        assert spool is not None
         db, files = sink.db, sink.files
         try:
             if file.updated_date not in _BIGINT:
@@ -337,7 +326,7 @@ class SqlSinkWriter:
                 )
             objects = self._parse_objects(spool)
             store = sink.options.store_content
-            inline = store and self._size <= CHUNK_SIZE
+            inline = store and self.size <= CHUNK_SIZE
             spool.seek(0)
             key = file_key(self._user, file.name)
             row = {
@@ -350,11 +339,11 @@ class SqlSinkWriter:
                 "mimetype": db.fit_text(file.metadata.mimetype, files.c.mimetype),
                 "compression": db.fit_text(file.metadata.compression, files.c.compression),
                 "metadata": file.metadata.metadata,
-                "size": self._size,
+                "size": self.size,
                 "sha256": self._sha.hexdigest(),
                 "content_in": "inline" if inline else "chunks" if store else "none",
                 "content": spool.read() if inline else None,
-                "chunk_count": 0 if inline or not store else -(-self._size // CHUNK_SIZE),
+                "chunk_count": 0 if inline or not store else -(-self.size // CHUNK_SIZE),
                 "object_count": None if objects is None else len(objects),
                 "run_id": self._run.run_id[:64],
                 "written_at": datetime.datetime.now(datetime.UTC),
@@ -395,25 +384,16 @@ class SqlSinkWriter:
                             batch = []
                     if batch:
                         conn.execute(_insert(sink.objects), batch)
-        except BaseException:
-            self._close("aborted")
-            raise
-        self._close("committed")
+        finally:
+            self._close_spool()
 
-    def abort(self) -> None:
-        """Discard the spool; a committed file is left alone. Safe to call twice."""
-        if self._state == "open":
-            self._close("aborted")
-
-    def __del__(self) -> None:
-        with contextlib.suppress(Exception):
-            if self._state == "open":
-                self._close("aborted")
+    def _discard(self) -> None:
+        """Discard the spool."""
+        self._close_spool()
 
     # plumbing -------------------------------------------------------------------
 
-    def _close(self, state: Literal["committed", "aborted"]) -> None:
-        self._state = state
+    def _close_spool(self) -> None:
         spool, self._spool = self._spool, None
         if spool is not None:
             with contextlib.suppress(OSError):
@@ -424,14 +404,14 @@ class SqlSinkWriter:
         file, limit = self._file, self._sink.options.objects_max_bytes
         if file.kind != "mapped" or self._lead not in (b"[", b"{"):
             return None
-        if self._size > limit:
+        if self.size > limit:
             log.warning(
                 "[%s] %r of user %r is %d bytes, over objects_max_bytes (%d): stored without "
                 "object rows; raise objects_max_bytes to split it",
                 self._sink.context.name,
                 file.name,
                 self._user,
-                self._size,
+                self.size,
                 limit,
             )
             return None
@@ -445,7 +425,7 @@ class SqlSinkWriter:
             return self._unsplit("nests JSON too deeply to decode")
         rows = object_rows(document)
         limit = db.packet_limit()
-        if limit is not None and 2 * self._size + _ROW_OVERHEAD > limit:
+        if limit is not None and 2 * self.size + _ROW_OVERHEAD > limit:
             largest = max((len(db.json_text(obj).encode()) for _, obj in rows), default=0)
             if largest + _ROW_OVERHEAD > limit:
                 return self._unsplit(

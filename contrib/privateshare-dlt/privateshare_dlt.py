@@ -35,7 +35,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Annotated, Any, Literal
+from typing import IO, TYPE_CHECKING, Annotated, Any
 from urllib.parse import urlsplit
 
 import msgspec
@@ -44,7 +44,7 @@ from filelock import FileLock, Timeout
 from privateshare import Plugin, PluginContext, Secret, hookimpl
 from privateshare.errors import ConfigError, SinkError
 from privateshare.models import DataFile, RunInfo, RunSummary
-from privateshare.sinks import check_name, shown_name
+from privateshare.sinks import SinkWriter, check_name, file_target, shown_name
 
 if TYPE_CHECKING:
     import dlt
@@ -236,9 +236,7 @@ class DltSink(Plugin):
     @hookimpl
     def privateshare_sink_open_file(self, run: RunInfo, file: DataFile) -> DltWriter:
         """Check the names once; the writer spools the file and extracts it at commit."""
-        user = file.user_id or run.user_id
-        check_name(user, what="user id", allow_slash=False)
-        check_name(file.name, user_id=user)
+        user = file_target(run, file).user_id
         table = self._table_for(file) if file.kind == "mapped" else None
         return DltWriter(self, run, file, user, table)
 
@@ -660,67 +658,17 @@ class _GroupCommit:
 # --- the writer --------------------------------------------------------------------------
 
 
-class _OneShotWriter:
-    """open → committed | aborted; abort is idempotent and never undoes a commit.
-
-    The state machine every sink writer needs, kept apart so that it can give way to
-    the shared writer base class of :mod:`privateshare.sinks` when there is one.
-    """
-
-    def __init__(self, label: str) -> None:
-        self._label = label
-        self._state: Literal["open", "committed", "aborted"] = "open"
-
-    def write(self, chunk: bytes | memoryview) -> None:
-        self._require_open("write to")
-        self._write(chunk)
-
-    def commit(self) -> None:
-        self._require_open("commit")
-        try:
-            self._commit()
-        except BaseException:
-            self._finish("aborted")
-            raise
-        self._finish("committed")
-
-    def abort(self) -> None:
-        if self._state == "open":
-            self._finish("aborted")
-
-    def __del__(self) -> None:
-        with contextlib.suppress(Exception):
-            self.abort()
-
-    def _require_open(self, action: str) -> None:
-        if self._state != "open":
-            raise SinkError(f"cannot {action} {self._label}: the writer is already {self._state}")
-
-    def _finish(self, state: Literal["committed", "aborted"]) -> None:
-        self._state = state
-        self._close()
-
-    def _write(self, chunk: bytes | memoryview) -> None:
-        raise NotImplementedError
-
-    def _commit(self) -> None:
-        raise NotImplementedError
-
-    def _close(self) -> None:
-        """Release what the writer holds (both after commit and after abort)."""
-
-
-class DltWriter(_OneShotWriter):
+class DltWriter(SinkWriter):
     """One file: hashed (and spooled to disk where its bytes are needed) while written,
-    extracted into a load package at commit."""
+    extracted into a load package at commit (the state machine is ``SinkWriter``'s)."""
 
     def __init__(
         self, sink: DltSink, run: RunInfo, file: DataFile, user: str, table: str | None
     ) -> None:
-        super().__init__(f"{file.name!r} of user {shown_name(user)}")
+        self._label = f"{file.name!r} of user {shown_name(user)}"
+        super().__init__(file, where=self._label)
         self._sink, self._run, self._file, self._user, self._table = sink, run, file, user, table
         self._sha = hashlib.sha256()
-        self._size = 0
         self._lead: bytes | None = None  # first non-blank byte: is it worth parsing?
         keep = table is not None or sink.options.store_content
         # Anonymous, on disk: a killed process leaves nothing, and large files cost no memory.
@@ -728,8 +676,7 @@ class DltWriter(_OneShotWriter):
 
     def __repr__(self) -> str:
         return (
-            f"DltWriter({self._sink.context.name}, {self._label}, {self._state}, "
-            f"{self._size} bytes)"
+            f"DltWriter({self._sink.context.name}, {self._label}, {self.state}, {self.size} bytes)"
         )
 
     def _write(self, chunk: bytes | memoryview) -> None:
@@ -742,14 +689,18 @@ class DltWriter(_OneShotWriter):
                     f"file ({exc.strerror}); check free space in the temp directory (TMPDIR)"
                 ) from None
         self._sha.update(chunk)
-        size = chunk.nbytes if isinstance(chunk, memoryview) else len(chunk)
-        self._size += size
-        if self._lead is None and size:
+        if self._lead is None and len(chunk):
             stripped = bytes(chunk[:4096]).lstrip(_WHITESPACE)
             if stripped:
                 self._lead = stripped[:1]
 
     def _commit(self) -> None:
+        try:
+            self._extract()
+        finally:
+            self._discard()  # the spool is read: let it go
+
+    def _extract(self) -> None:
         objects = self._objects()
         user, name = self._user, self._file.name
         tables = []
@@ -771,7 +722,8 @@ class DltWriter(_OneShotWriter):
         tables.append(_TableRows(FILES_TABLE, [file_row], columns, (USER, FILE)))
         self._sink._committer.commit(_FileRows((user, name), self._label, tables))
 
-    def _close(self) -> None:
+    def _discard(self) -> None:
+        """Release the spool (after the commit read it, or on abort)."""
         spool, self._spool = self._spool, None
         if spool is not None:
             with contextlib.suppress(OSError):
@@ -789,7 +741,7 @@ class DltWriter(_OneShotWriter):
             "last_modified": file.last_modified,
             "compression": file.metadata.compression,
             "metadata": file.metadata.metadata,
-            "size": self._size,
+            "size": self.size,
             "sha256": self._sha.hexdigest(),
             "object_count": object_count,
             "table_name": self._table,
@@ -801,12 +753,12 @@ class DltWriter(_OneShotWriter):
 
     def _content(self) -> bytes | None:
         limit = self._sink.options.content_max_bytes
-        if self._size > limit:
+        if self.size > limit:
             log.warning(
                 "sink %s: %s is %d bytes, over content_max_bytes (%d): its row has no content",
                 self._sink.context.name,
                 self._label,
-                self._size,
+                self.size,
                 limit,
             )
             return None
@@ -822,8 +774,8 @@ class DltWriter(_OneShotWriter):
         limit = self._sink.options.objects_max_bytes
         if self._lead not in (b"[", b"{"):
             reason = "is not a JSON array of objects"
-        elif self._size > limit:
-            reason = f"is {self._size} bytes, over objects_max_bytes ({limit})"
+        elif self.size > limit:
+            reason = f"is {self.size} bytes, over objects_max_bytes ({limit})"
         else:
             assert self._spool is not None
             self._spool.seek(0)

@@ -35,8 +35,10 @@ from privateshare.errors import SinkError, UnsafeFileNameError
 from privateshare.models import DataFile, RunInfo, RunSummary
 from privateshare.sinks import (
     MAX_COMPONENT_BYTES,
+    SinkWriter,
     check_name,
     clean_stale_temps,
+    file_target,
     shown_name,
     temp_name,
 )
@@ -131,9 +133,7 @@ class ParquetSink(Plugin):
     @hookimpl
     def privateshare_sink_open_file(self, run: RunInfo, file: DataFile) -> Any:
         """A spooling writer for mapped data; a raw writer or ``None`` for raw files."""
-        user = file.user_id or run.user_id
-        check_name(user, what="user id", allow_slash=False)
-        check_name(file.name, user_id=user)
+        user = file_target(run, file).user_id
         if file.kind == "raw":
             if self.options.raw == "skip":
                 return None
@@ -195,37 +195,32 @@ def _publish(temp: Path, target: Path, fsync: bool) -> None:
 # --- writers -----------------------------------------------------------------------
 
 
-class RawWriter:
+class RawWriter(SinkWriter):
     """Streams a raw file into a temp file beside its target; commit renames it."""
 
     def __init__(self, sink: ParquetSink, file: DataFile, target: Path) -> None:
+        super().__init__(file)
         self._sink, self._file, self.target = sink, file, target
-        self._state = "open"
         directory = sink._dir(*target.parent.relative_to(sink.root).parts)
         self._temp = directory / temp_name()
         try:
             self._out: BinaryIO | None = open(self._temp, "xb")  # noqa: SIM115
         except OSError as exc:
-            self._state = "aborted"
+            self.state = "aborted"
             raise sink._fail("create a temp file for", target, exc) from None
 
-    def __repr__(self) -> str:
-        return f"RawWriter({self._file.name!r}, {self._state})"
-
-    def write(self, chunk: bytes | memoryview) -> None:
+    def _write(self, chunk: bytes | memoryview) -> None:
         """Write at once, so a chunk from a reused buffer is safe to pass."""
-        if self._out is None:
-            raise SinkError(f"cannot write {self._file.name!r}: the writer is {self._state}")
+        assert self._out is not None  # open until commit or abort
         try:
             self._out.write(chunk)
         except OSError as exc:
             raise self._sink._fail("write", self.target, exc) from None
 
-    def commit(self) -> None:
+    def _commit(self) -> None:
         """Make the file visible atomically, replacing an older version."""
-        if self._out is None:
-            raise SinkError(f"cannot commit {self._file.name!r}: the writer is {self._state}")
         out, self._out = self._out, None
+        assert out is not None
         try:
             out.flush()
             if self._sink.options.fsync:
@@ -233,27 +228,19 @@ class RawWriter:
             out.close()
             _publish(self._temp, self.target, self._sink.options.fsync)
         except OSError as exc:
-            self._discard()
-            self._state = "aborted"
             raise self._sink._fail("commit", self.target, exc) from None
-        self._state = "committed"
 
-    def abort(self) -> None:
-        """Drop the temp file; a committed file stays. Safe to call twice."""
+    def _discard(self) -> None:
+        """Drop the temp file."""
         if self._out is not None:
             out, self._out = self._out, None
             with contextlib.suppress(OSError):
                 out.close()
-        if self._state == "open":
-            self._state = "aborted"
-            self._discard()
-
-    def _discard(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             self._temp.unlink()
 
 
-class MappedWriter:
+class MappedWriter(SinkWriter):
     """Spools a mapped JSON array (memory, then disk); commit writes one Parquet file.
 
     Nothing touches the dataset before commit. At commit the array is parsed, its
@@ -263,22 +250,16 @@ class MappedWriter:
     """
 
     def __init__(self, sink: ParquetSink, file: DataFile, target: Path) -> None:
+        super().__init__(file)
         self._sink, self._file, self.target = sink, file, target
-        self._state = "open"
-        self._size = 0
         spool = tempfile.SpooledTemporaryFile(max_size=_SPOOL_IN_MEMORY)  # noqa: SIM115
         self._spool: tempfile.SpooledTemporaryFile[bytes] | None = spool
 
-    def __repr__(self) -> str:
-        return f"MappedWriter({self._file.name!r}, {self._state}, {self._size} bytes)"
-
-    def write(self, chunk: bytes | memoryview) -> None:
+    def _write(self, chunk: bytes | memoryview) -> None:
         """Spool a chunk (copied at once, so a reused buffer is safe to pass)."""
-        if self._spool is None:
-            raise SinkError(f"cannot write {self._file.name!r}: the writer is {self._state}")
+        assert self._spool is not None  # open until commit or abort
         size = len(chunk) if isinstance(chunk, bytes) else chunk.nbytes
-        self._size += size
-        if self._size > self._sink.options.max_mapped_bytes:
+        if self.size + size > self._sink.options.max_mapped_bytes:
             raise SinkError(
                 f"sink {self._sink.context.name}: mapped file {self._file.name!r} of user "
                 f"{self._file.user_id!r} is larger than max_mapped_bytes "
@@ -287,17 +268,15 @@ class MappedWriter:
             )
         self._spool.write(chunk)
 
-    def commit(self) -> None:
+    def _commit(self) -> None:
         """Parse the spooled array and publish its Parquet file atomically."""
-        if self._spool is None:
-            raise SinkError(f"cannot commit {self._file.name!r}: the writer is {self._state}")
         spool, self._spool = self._spool, None
+        assert spool is not None
         try:
             spool.seek(0)
             table = self._table(spool.read())
         finally:
             spool.close()
-        self._state = "aborted"  # until published
         sink = self._sink
         object_type = str(self._file.metadata.metadata.get("objectType") or "unknown")
         user_dir = self.target.parent
@@ -321,15 +300,12 @@ class MappedWriter:
                 with contextlib.suppress(FileNotFoundError):
                     temp.unlink()
             raise sink._fail("commit", target, exc) from None
-        self._state = "committed"
 
-    def abort(self) -> None:
-        """Discard the spool; a committed file stays. Safe to call twice."""
+    def _discard(self) -> None:
+        """Discard the spool."""
         if self._spool is not None:
             spool, self._spool = self._spool, None
             spool.close()
-        if self._state == "open":
-            self._state = "aborted"
 
     # plumbing -------------------------------------------------------------------------
 
@@ -369,16 +345,7 @@ class MappedWriter:
             keys.update(dict.fromkeys(o))
         for key in keys:
             columns[key] = _column([o.get(key) for o in objects])
-        metadata = {
-            b"privateshare": msgspec.json.encode(
-                {
-                    "user_id": file.user_id,
-                    "name": file.name,
-                    "updated_date": file.updated_date,
-                    "metadata": file.metadata.metadata,
-                }
-            )
-        }
+        metadata = {b"privateshare": msgspec.json.encode(self.metadata_document())}
         return pa.table(columns).replace_schema_metadata(metadata)
 
     def _write_parquet(self, table: pa.Table, temp: Path) -> None:

@@ -41,7 +41,7 @@ from privateshare import Plugin, PluginContext, Secret, hookimpl
 from privateshare.config import Attempts, Delay, HttpUrl, PathOption, Seconds
 from privateshare.errors import ConfigError, SinkError
 from privateshare.models import DataFile, RunInfo, RunSummary
-from privateshare.sinks import check_name
+from privateshare.sinks import SinkWriter, check_name, file_target
 
 __all__ = [
     "InvalidSignature",
@@ -241,9 +241,7 @@ class WebhookSink(Plugin):
     @hookimpl
     def privateshare_sink_open_file(self, run: RunInfo, file: DataFile) -> WebhookWriter:
         """A writer that spools the file (or only hashes it) and POSTs it at commit."""
-        user = file.user_id or run.user_id
-        check_name(user, what="user id", allow_slash=False)
-        check_name(file.name, user_id=user)
+        file_target(run, file)
         return WebhookWriter(self, file)
 
     @hookimpl
@@ -321,51 +319,41 @@ class _Spool:
             self._file = None
 
 
-class WebhookWriter:
-    """One file on its way to the endpoint: nothing is sent before ``commit``."""
+class WebhookWriter(SinkWriter):
+    """One file on its way to the endpoint: nothing is sent before ``commit``.
+
+    The state machine (open, committed, aborted; a failed commit ends aborted) is
+    :class:`privateshare.sinks.SinkWriter`'s.
+    """
 
     def __init__(self, sink: WebhookSink, file: DataFile) -> None:
+        super().__init__(file)
         self._sink, self._file = sink, file
-        self._state = "open"
         self._hash = hashlib.sha256()
-        self._size = 0
         self._spool: _Spool | None = _Spool() if sink.options.mode == "content" else None
         self.delivery_id = delivery_id(file.user_id, file.name, file.updated_date)
 
-    def __repr__(self) -> str:
-        return f"WebhookWriter({self._file.name!r}, {self._state}, {self._size} bytes)"
-
-    def write(self, chunk: bytes | memoryview) -> None:
+    def _write(self, chunk: bytes | memoryview) -> None:
         """Hash the chunk and, in content mode, spool a copy of it."""
-        if self._state != "open":
-            raise SinkError(f"cannot write {self._file.name!r}: the writer is {self._state}")
         self._hash.update(chunk)
-        self._size += len(chunk) if isinstance(chunk, bytes) else chunk.nbytes
         if self._spool is not None:
             self._spool.write(chunk)
 
-    def commit(self) -> None:
+    def _commit(self) -> None:
         """POST the file, retrying; on final failure dead-letter it (and raise, by default)."""
-        if self._state != "open":
-            raise SinkError(f"cannot commit {self._file.name!r}: the writer is {self._state}")
-        self._state = "sending"
         try:
             headers, payload = self._request()
             attempts = self._send(headers, payload)
-            if attempts[-1].get("ok"):
-                self._state = "committed"
-                return
-            self._dead_letter(headers, payload, attempts)
+            if not attempts[-1].get("ok"):
+                self._dead_letter(headers, payload, attempts)
         finally:
             if self._spool is not None:
                 self._spool.close()
 
-    def abort(self) -> None:
-        """Forget the file; nothing was sent unless commit ran. Safe to call twice."""
+    def _discard(self) -> None:
+        """Forget the file; nothing was sent unless commit ran."""
         if self._spool is not None:
             self._spool.close()
-        if self._state in ("open", "sending"):
-            self._state = "aborted"
 
     # plumbing ---------------------------------------------------------------------------
 
@@ -389,20 +377,16 @@ class WebhookWriter:
             location = sink.options.location.format(
                 user=quote(file.user_id, safe=""), name=quote(file.name, safe="/")
             )
+        described = self.metadata_document()  # privateshare's one metadata document
         document = {
             "event": "file.delivered",
             "delivery_id": self.delivery_id,
-            "user_id": file.user_id,
+            "user_id": described.pop("user_id"),
             "file": {
-                "name": file.name,
-                "updated_date": file.updated_date,
-                "last_modified": file.last_modified,
+                **described,
                 "kind": file.kind,
                 "mimetype": file.metadata.mimetype,
-                "size": self._size,
                 "sha256": self._hash.hexdigest(),
-                "metadata": file.metadata.metadata,
-                "compression": file.metadata.compression,
             },
             "location": location,
         }
@@ -480,7 +464,6 @@ class WebhookWriter:
         try:
             where = self._write_dead_letter(headers, payload, attempts, summary)
         except OSError as exc:
-            self._state = "failed"
             raise SinkError(
                 f"{summary}; and the dead letter could not be written to "
                 f"{sink.dead_letter_dir}: {exc.strerror or exc}. The file is reported failed "
@@ -488,9 +471,7 @@ class WebhookWriter:
             ) from None
         if sink.options.on_failure == "dead-letter":
             log.warning("%s; kept in %s", summary, where)
-            self._state = "committed"
             return
-        self._state = "failed"
         raise SinkError(
             f"{summary}; the payload is kept in {where}. The file is reported failed and sent "
             "again on the next run."

@@ -139,14 +139,17 @@ Each user's files go under ``root/<user>/<name>``, written atomically: chunks st
 temp file beside the target, and ``commit`` renames it into place, so a reader or a crash
 sees the old file or the new one, never half of one. Replace the storage with yours and
 keep ``tests/`` passing.
+
+privateshare does the rest: ``file_target`` gives the file's checked user id and name
+(privateshare checks them once, before any sink sees the file), and ``SinkWriter`` is the
+open / committed / aborted state machine, so the writer only says how to write, commit and
+discard.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import secrets
-import unicodedata
 from pathlib import Path
 from typing import BinaryIO
 
@@ -154,31 +157,9 @@ import msgspec
 from privateshare import Plugin, PluginContext, hookimpl
 from privateshare.errors import SinkError, UnsafeFileNameError
 from privateshare.models import DataFile, RunInfo, RunSummary
+from privateshare.sinks import SinkWriter, check_name, file_target, temp_name
 
 __version__ = "0.1.0"
-
-TEMP_PREFIX = ".tmp-"
-
-
-def check_name(name: str, *, what: str = "file name") -> None:
-    """Refuse names from the server that could escape ``root`` (they raise, nothing is written)."""
-
-    def unsafe(reason: str) -> UnsafeFileNameError:
-        return UnsafeFileNameError(f"{what} {name[:80]!r} is unsafe: {reason}; nothing was written")
-
-    if not name:
-        raise unsafe("it is empty")
-    if name.startswith("/") or "\\\\" in name:
-        raise unsafe("it is absolute or contains a backslash")
-    if any(unicodedata.category(c) in ("Cc", "Cs") for c in name):
-        raise unsafe("it contains a control character")
-    if what == "user id" and "/" in name:
-        raise unsafe("it contains '/'")
-    for part in name.split("/"):
-        if part in ("", ".", "..") or part.startswith(TEMP_PREFIX):
-            raise unsafe(f"it has the path segment {part!r}")
-        if len(part.encode()) > 255:
-            raise unsafe("a segment is longer than 255 bytes")
 
 
 def _flat(name: str) -> str:
@@ -190,6 +171,8 @@ class $class_name(Plugin):
     """Stores each user's files under root/<user>/<name>, atomically."""
 
     description = "Store files under a directory, one folder per user (generated template)."
+    #: The privateshare hook spec versions this plugin is written for.
+    requires_spec = ">=1.0,<2"
 
     class Options(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         #: Where the files go; relative paths are resolved against the config file.
@@ -207,20 +190,18 @@ class $class_name(Plugin):
     @hookimpl
     def privateshare_sink_open_run(self, run: RunInfo) -> None:
         """Called once per user and run, before the first file."""
-        check_name(run.user_id, what="user id")
+        check_name(run.user_id, what="user id", allow_slash=False)
         (self.root / run.user_id).mkdir(parents=True, exist_ok=True)
 
     @hookimpl
     def privateshare_sink_open_file(self, run: RunInfo, file: DataFile) -> ${class_name}Writer:
         """Called once per file; the writer receives the plaintext and commits or aborts."""
-        user = file.user_id or run.user_id
-        check_name(user, what="user id")
-        check_name(file.name)
+        user = file_target(run, file).user_id
         target = self.root / user / _flat(file.name)
         if len(target.name.encode()) > 255:
             raise UnsafeFileNameError(f"file name {file.name[:80]!r} is too long once encoded")
         target.parent.mkdir(parents=True, exist_ok=True)
-        return ${class_name}Writer(self, target)
+        return ${class_name}Writer(self, file, target)
 
     @hookimpl
     def privateshare_sink_close_run(self, run: RunInfo, summary: RunSummary) -> None:
@@ -234,49 +215,40 @@ class $class_name(Plugin):
             return None
 
 
-class ${class_name}Writer:
+class ${class_name}Writer(SinkWriter):
     """One file on its way: a temp file that commit renames into place."""
 
-    def __init__(self, sink: $class_name, target: Path) -> None:
+    def __init__(self, sink: $class_name, file: DataFile, target: Path) -> None:
+        super().__init__(file, where=str(target))
         self.sink, self.target = sink, target
-        self.temp = target.with_name(f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(8)}")
+        self.temp = target.with_name(temp_name())
         self.out: BinaryIO | None = open(self.temp, "xb")  # noqa: SIM115 - closed on commit/abort
-        self.state = "open"
 
-    def __repr__(self) -> str:
-        return f"${class_name}Writer({self.target.name!r}, {self.state})"
-
-    def write(self, chunk: bytes | memoryview) -> None:
+    def _write(self, chunk: bytes | memoryview) -> None:
         """Write at once: a chunk may be a view of a buffer the caller reuses."""
-        if self.out is None:
-            raise SinkError(f"cannot write {self.target}: the writer is {self.state}")
+        assert self.out is not None  # open until commit or abort
         self.out.write(chunk)
 
-    def commit(self) -> None:
+    def _commit(self) -> None:
         """Make the file visible atomically, replacing an older version."""
-        if self.out is None:
-            raise SinkError(f"cannot commit {self.target}: the writer is {self.state}")
         out, self.out = self.out, None
+        assert out is not None
         try:
             out.flush()
             if self.sink.options.fsync:
                 os.fsync(out.fileno())
             out.close()
             os.replace(self.temp, self.target)
-        except OSError as exc:
-            self.abort()
+        except OSError as exc:  # SinkWriter then discards the temp file
             raise SinkError(
                 f"sink {self.sink.context.name}: cannot commit {self.target}: {exc}"
             ) from None
-        self.state = "committed"
 
-    def abort(self) -> None:
-        """Discard what was written; a committed file stays. Safe to call twice."""
+    def _discard(self) -> None:
+        """Drop what was written (SinkWriter calls it once, never after a commit)."""
         if self.out is not None:
             out, self.out = self.out, None
             out.close()
-        if self.state == "open":
-            self.state = "aborted"
         with contextlib.suppress(FileNotFoundError):
             self.temp.unlink()
 '''

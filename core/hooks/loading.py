@@ -11,6 +11,7 @@ down; ``strict`` re-raises instead, for plugin authors.
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,12 +20,14 @@ from typing import Any
 
 import msgspec
 import pluggy
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
+from packaging.version import Version
 from stevedore import ExtensionManager, NamedExtensionManager
 
 from ..config import Config, PluginSpec, decode_options
 from ..errors import ConfigError, PluginError
 from . import specs
-from .families import FAMILIES, HOOK_GROUP, Family  # noqa: F401  (Family: old import path)
+from .families import FAMILIES, HOOK_GROUP, Family, family_of_hook  # noqa: F401 (Family: old path)
 from .plugin import NoOptions, PluginContext, no_key_handle
 
 log = logging.getLogger(__name__)
@@ -159,6 +162,75 @@ def load_plugin_class(spec: PluginSpec, source: str) -> Any:
     )
 
 
+def implemented_hooks(target: Any) -> list[str]:
+    """The hooks a plugin class, instance or module implements (marked ``@hookimpl``)."""
+    marker = f"{specs.PROJECT}_impl"
+    found = []
+    for name in dir(target):
+        if name.startswith(f"{specs.PROJECT}_"):
+            value = inspect.getattr_static(target, name, None)
+            value = getattr(value, "__func__", value)  # staticmethod, classmethod
+            if getattr(value, marker, None) is not None:
+                found.append(name)
+    return sorted(found)
+
+
+def check_family_contract(cls: Any, spec: PluginSpec, source: str) -> None:
+    """A family plugin implements its family's hooks and no other family's.
+
+    General hooks (transforms, observers, ...) are open to every plugin; a hook of
+    another family would make, say, a sink silently answer token hooks.
+    """
+    family = FAMILIES[spec.family]
+    hooks = implemented_hooks(cls)
+    where = f"{source}: [{spec.name}] type = {spec.type!r}"
+    for hook in hooks:
+        owner = family_of_hook(hook)
+        if owner is not None and owner is not family:
+            raise PluginError(
+                f"{where}: the {family.label} plugin {_qualname(cls)} implements {hook}, a hook "
+                f"of the {owner.label} family ({owner.table}); a {family.label} plugin may "
+                f"implement only {family.label} hooks and general hooks. Report it to the "
+                "plugin's authors (see docs/writing-plugins.md)"
+            )
+    if not set(hooks) & set(family.hooks):
+        raise PluginError(
+            f"{where}: the {family.label} plugin {_qualname(cls)} implements none of the "
+            f"{family.label} hooks ({', '.join(family.hooks)}); is it registered in the right "
+            f"entry-point group ({family.namespace})?"
+        )
+
+
+def check_spec_version(target: Any, who: str) -> None:
+    """Refuse a plugin whose ``requires_spec`` range excludes this privateshare's hook specs."""
+    wanted = getattr(target, "requires_spec", None)
+    if wanted is None:
+        return
+    try:
+        accepted = SpecifierSet(str(wanted))
+    except InvalidSpecifier:
+        raise PluginError(
+            f"{who}: requires_spec = {wanted!r} is not a version range; write it as e.g. "
+            f'">={specs.SPEC_VERSION},<{Version(specs.SPEC_VERSION).major + 1}"'
+        ) from None
+    if Version(specs.SPEC_VERSION) not in accepted:
+        raise PluginError(
+            f"{who} needs hook spec version {accepted} but this privateshare has hook spec "
+            f"{specs.SPEC_VERSION}; install a version of the plugin made for hook spec "
+            f"{specs.SPEC_VERSION}, or a privateshare whose hook spec matches (docs/hooks.md)"
+        )
+
+
+def check_plugin_class(cls: Any, spec: PluginSpec, source: str) -> None:
+    """What loading checks of a family plugin's class before starting it."""
+    check_spec_version(cls, f"{source}: [{spec.name}] the {spec.type!r} plugin")
+    check_family_contract(cls, spec, source)
+
+
+def _qualname(target: Any) -> str:
+    return f"{getattr(target, '__module__', '?')}.{getattr(target, '__qualname__', target)}"
+
+
 class PluginSet:
     """A pluggy manager holding the configured plugins and the user's hook plugins."""
 
@@ -204,6 +276,7 @@ class PluginSet:
 
     def _load_spec(self, spec: PluginSpec) -> None:
         cls = load_plugin_class(spec, self.config.source)
+        check_plugin_class(cls, spec, self.config.source)
         options_type = getattr(cls, "Options", NoOptions)
         options = decode_options(spec.options, options_type, f"[{spec.name}]", self.config.base_dir)
         context = PluginContext(
@@ -235,6 +308,7 @@ class PluginSet:
         for module_name in self.config.plugins.modules:
             try:
                 module = importlib.import_module(module_name)
+                check_spec_version(module, f"[plugins] modules: {module_name!r}")
                 self.pm.register(module, name=f"module:{module_name}")
             except Exception as exc:
                 if self.strict:
@@ -250,7 +324,11 @@ class PluginSet:
             if entry_point.name in disabled or self.pm.has_plugin(f"entry:{entry_point.name}"):
                 continue
             try:
-                self.pm.register(entry_point.load(), name=f"entry:{entry_point.name}")
+                hooks = entry_point.load()
+                check_spec_version(
+                    hooks, f"the hook plugin {entry_point.name!r} ({_dist(entry_point)[0]})"
+                )
+                self.pm.register(hooks, name=f"entry:{entry_point.name}")
             except Exception as exc:
                 if self.strict:
                     raise PluginError(
@@ -272,6 +350,7 @@ def check_config(config: Config) -> list[str]:
     for spec in config.plugin_specs():
         try:
             cls = load_plugin_class(spec, config.source)
+            check_plugin_class(cls, spec, config.source)
             decode_options(
                 spec.options, getattr(cls, "Options", NoOptions), f"[{spec.name}]", config.base_dir
             )
@@ -281,10 +360,15 @@ def check_config(config: Config) -> list[str]:
             problems.append(str(exc).removeprefix(f"{config.source}: "))
     for module_name in config.plugins.modules:
         try:
-            importlib.import_module(module_name)
+            module = importlib.import_module(module_name)
         except Exception as exc:
             problems.append(
                 f"[plugins] modules: {module_name!r} cannot be imported ({_error_text(exc)}); "
                 "check the name and that it is on PYTHONPATH"
             )
+            continue
+        try:
+            check_spec_version(module, f"[plugins] modules: {module_name!r}")
+        except PluginError as exc:
+            problems.append(str(exc))
     return problems

@@ -58,6 +58,9 @@ class Plugin:
     Options: ClassVar[type[msgspec.Struct]] = NoOptions
     #: One line shown by ``privateshare plugins``.
     description: ClassVar[str] = ""
+    #: The hook spec versions this plugin works with, e.g. ``">=1.0,<2"`` (a
+    #: ``packaging`` specifier set); loading fails clearly outside it. ``None``: any.
+    requires_spec: ClassVar[str | None] = None
 
     def __init__(self, options: Any, context: PluginContext) -> None:
         self.options = options

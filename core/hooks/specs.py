@@ -89,7 +89,9 @@ def privateshare_key_handle() -> KeyHandle | None:
     :returns: a :class:`privateshare.keys.KeyHandle` — PS512 signing, RSA-OAEP-SHA1
         decryption, the public key. Never PEM bytes.
     :result: firstresult — the configured key store answers.
-    :called: once when the framework starts (the result is cached).
+    :called: whenever the core needs the key (to sign, to unwrap a file key). The key
+        store loads the key once and returns that handle every time; the ``KeyStore``
+        base (:mod:`privateshare.keys`) does this, retrying a load that failed.
     """
 
 

@@ -17,7 +17,7 @@ import msgspec
 from ..errors import SinkError
 from ..hooks import Plugin, PluginContext, hookimpl
 from ..models import DataFile, RunInfo, RunSummary
-from ..sinks import check_name
+from ..sinks import SinkWriter, check_name, file_target
 
 #: (user id, file name): the key of every dict the memory sink keeps.
 FileKey = tuple[str, str]
@@ -109,8 +109,7 @@ class MemorySink(Plugin):
         Names are checked with the file sink's rules, so a flow tested against
         the memory sink meets the same refusals as in production.
         """
-        check_name(file.user_id, what="user id", allow_slash=False)
-        check_name(file.name, user_id=file.user_id)
+        file_target(run, file)
         return MemoryWriter(self, file)
 
     @hookimpl
@@ -132,39 +131,23 @@ class MemorySink(Plugin):
             self.commits[key] = self.commits.get(key, 0) + 1
 
 
-class MemoryWriter:
+class MemoryWriter(SinkWriter):
     """Buffers one file (copying each chunk) until commit."""
 
     def __init__(self, sink: MemorySink, file: DataFile) -> None:
+        super().__init__(file)
         self._sink = sink
-        self._file = file
         self._buffer = bytearray()
-        self._state = "open"
 
-    def __repr__(self) -> str:
-        return f"MemoryWriter({self._file.name!r}, {self._state}, {len(self._buffer)} bytes)"
+    def _write(self, chunk: bytes | memoryview) -> None:
+        self._buffer += chunk  # a copy: the chunk may be a view into a reused buffer
 
-    def write(self, chunk: bytes | memoryview) -> None:
-        """Append a copy of the chunk (it may be a view into a reused buffer)."""
-        if self._state != "open":
-            raise SinkError(f"cannot write to {self._file.name!r}: the writer is {self._state}")
-        self._buffer += chunk
-
-    def commit(self) -> None:
+    def _commit(self) -> None:
         """Publish the file; an older version is replaced."""
-        if self._state != "open":
-            raise SinkError(f"cannot commit {self._file.name!r}: the writer is {self._state}")
         try:
-            self._sink._publish(self._file, bytes(self._buffer))
-        except BaseException:
-            self._state = "aborted"
-            raise
+            self._sink._publish(self.file, bytes(self._buffer))
         finally:
             self._buffer = bytearray()
-        self._state = "committed"
 
-    def abort(self) -> None:
-        """Drop the buffer; a committed file stays."""
-        if self._state == "open":
-            self._state = "aborted"
+    def _discard(self) -> None:
         self._buffer = bytearray()
