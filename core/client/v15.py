@@ -1,4 +1,4 @@
-"""The API v1.5 client: the original Private Share generation (protocol.md, profile v1.5).
+"""The API v1.5 client: the original Private Share generation (docs/protocol.md).
 
 The same interface as :class:`~privateshare.client.v17.ClientV17`
 (:class:`~privateshare.client.Client`), so the flow runs unchanged on either profile
@@ -83,6 +83,26 @@ MISSING: Mapping[str, Missing] = {
     ),
     "sample_datasets": Missing(
         "permission-access/sample/datasets", "sample data sets came with v1.7"
+    ),
+    **{
+        call: Missing(
+            "POST discovery/sources|countries|platforms|categories (discovery)",
+            "the paged discovery API came with v1.7; the catalogue is the same service's, so "
+            'list it with a config that has [digime] api = "v1.7"',
+        )
+        for call in ("query_sources", "all_sources", "countries", "platforms", "categories")
+    },
+    "delete_account": Missing(
+        "DELETE permission-access/service (delete one account)",
+        "the user removes the account in the digi.me app",
+    ),
+    "revoke_url": Missing(
+        "GET permission-access/revoke (revoke one account's permission)",
+        "the user revokes the account's permission in the digi.me app",
+    ),
+    "contract_details": Missing(
+        "GET permission-access/contract (contract details)",
+        "the contract's terms are in the digi.me developer console",
     ),
 }
 

@@ -1,4 +1,4 @@
-"""The API v1.7 client: one method per call of the pull flow (protocol.md, profile v1.7).
+"""The API v1.7 client: one method per call of the pull flow (docs/protocol.md).
 
 Every request goes through ``send`` (the transport hook) with an ``authorize``
 callback, so each attempt is signed afresh. Errors are mapped onto our typed
@@ -8,7 +8,7 @@ in and returned; refreshing and persisting them is the flow's job.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 from urllib.parse import urlencode
 
@@ -19,9 +19,25 @@ from ..config import DigimeConfig
 from ..errors import ValidationError
 from ..jws import pkce_pair, random_alphanumeric
 from ..keys import KeyHandle
-from ..models import Account, FileList, FileMetadata, Session, UserAccessToken
+from ..models import (
+    Account,
+    Category,
+    ContractDetails,
+    Country,
+    FileList,
+    FileMetadata,
+    Platform,
+    RevokeUrl,
+    Session,
+    Source,
+    SourceQuery,
+    SourcesPage,
+    UserAccessToken,
+)
 from ..retry import Retry
+from .discovery import Discovery
 from .files import Files
+from .manage import Management
 from .protocol import AuthorizeStart, ConsentDenied, FileDownload, Missing, check_state
 from .signing import Signer, sdk_meta
 from .tokens import Verifier, decode_session, decode_token, grant, token_claims
@@ -70,6 +86,8 @@ class ClientV17:
         )
         self.verifier = Verifier(self.base_url, self.wire.get_json_unsigned)
         self.files = Files(self.wire)
+        self.discovery = Discovery(self.wire)
+        self.manage = Management(self.wire, config.redirect_uri)
 
     @property
     def agent(self) -> dict[str, Any]:
@@ -274,3 +292,41 @@ class ClientV17:
         if not isinstance(answer, dict):
             raise ValidationError("the sample data sets answer is not a JSON object")
         return answer
+
+    # --- discovery (application-level) ------------------------------------------
+
+    def query_sources(self, query: SourceQuery | None = None) -> SourcesPage:
+        """``POST discovery/sources``: one page of the sources a user can onboard."""
+        return self.discovery.sources(query)
+
+    def all_sources(self, query: SourceQuery | None = None) -> Iterator[Source]:
+        """Every matching source, page after page."""
+        return self.discovery.all_sources(query)
+
+    def countries(self, ids: Sequence[int] = ()) -> list[Country]:
+        """``POST discovery/countries``."""
+        return self.discovery.listing("countries", ids)
+
+    def platforms(self, ids: Sequence[int] = ()) -> list[Platform]:
+        """``POST discovery/platforms``."""
+        return self.discovery.listing("platforms", ids)
+
+    def categories(self, ids: Sequence[int] = ()) -> list[Category]:
+        """``POST discovery/categories``."""
+        return self.discovery.listing("categories", ids)
+
+    # --- account management -----------------------------------------------------
+
+    def delete_account(self, token: UserAccessToken, account_id: str) -> None:
+        """``DELETE permission-access/service`` for one account of the user."""
+        self.manage.delete_account(token, account_id)
+
+    def revoke_url(
+        self, token: UserAccessToken, account_id: str, redirect_uri: str | None = None
+    ) -> RevokeUrl:
+        """``GET permission-access/revoke``: where the user withdraws one account's permission."""
+        return self.manage.revoke_url(token, account_id, redirect_uri)
+
+    def contract_details(self) -> ContractDetails:
+        """``GET permission-access/contract``: what the configured contract allows."""
+        return self.manage.contract()
