@@ -261,16 +261,45 @@ class Flow:
         once: bool = False,
         redirect_uri: str | None = None,
         session_options: Mapping[str, Any] | None = None,
+        service_id: int | None = None,
     ) -> Consent:
         """Ask digi.me for a consent URL; the user opens it in a browser.
 
-        API v1.5 establishes the session here (and, ongoing, pre-authorizes);
-        ``consent.app_url`` is then the link for the digi.me app.
+        ``service_id`` (a source's ``id`` from :meth:`sources`) opens the consent on
+        that service (v1.7). API v1.5 establishes the session here (and, ongoing,
+        pre-authorizes); ``consent.app_url`` is then the link for the digi.me app.
         """
         start = self.client.consent_url(
-            once=once, redirect_uri=redirect_uri, session_options=session_options
+            once=once,
+            redirect_uri=redirect_uri,
+            session_options=session_options,
+            service_id=service_id,
         )
         return Consent(user_id, once, start)
+
+    def start_onboarding(
+        self,
+        user_id: str,
+        *,
+        service_id: int | None = None,
+        redirect_uri: str | None = None,
+        session_options: Mapping[str, Any] | None = None,
+    ) -> Consent:
+        """A URL where a user with a saved token adds a service (v1.7 ``onboard``).
+
+        Finish it with :meth:`finish_consent`, which returns ``(None, session)``: the
+        saved token stays, and ``pull(user_id, session=session)`` reads the new data.
+        """
+        onboard = need(self.client, "onboard")
+        start = self._keeper(user_id).call(
+            lambda token: onboard(
+                token,
+                service_id=service_id,
+                redirect_uri=redirect_uri,
+                session_options=session_options,
+            )
+        )
+        return Consent(user_id, False, start)
 
     def finish_consent(
         self, consent: Consent, callback: Mapping[str, str]

@@ -224,7 +224,7 @@ class _Wire(msgspec.Struct, frozen=True, rename="camel", omit_defaults=True):
         return msgspec.to_builtins(self)  # type: ignore[no-any-return]
 
 
-class Country(_Wire):
+class Country(_Wire, frozen=True):
     """A country sources are available in (``POST discovery/countries``)."""
 
     id: int
@@ -232,7 +232,7 @@ class Country(_Wire):
     code: str = ""
 
 
-class Category(_Wire):
+class Category(_Wire, frozen=True):
     """A category of sources, e.g. Health & Fitness (``POST discovery/categories``)."""
 
     id: int
@@ -240,7 +240,7 @@ class Category(_Wire):
     reference: str = ""
 
 
-class Platform(_Wire):
+class Platform(_Wire, frozen=True):
     """A platform sources run on (``POST discovery/platforms``)."""
 
     id: int
@@ -248,7 +248,7 @@ class Platform(_Wire):
     reference: str = ""
 
 
-class SourceService(_Wire):
+class SourceService(_Wire, frozen=True):
     """The service a source belongs to."""
 
     id: int
@@ -256,7 +256,7 @@ class SourceService(_Wire):
     reference: str = ""
 
 
-class Source(_Wire):
+class Source(_Wire, frozen=True):
     """A source a user can onboard (one entry of ``POST discovery/sources``).
 
     ``countries`` empty means every country. The ``id`` is what ``authorize``/onboarding
@@ -274,7 +274,7 @@ class Source(_Wire):
     platforms: list[Platform] = msgspec.field(default_factory=list, name="platform")
 
 
-class SourcesPage(_Wire):
+class SourcesPage(_Wire, frozen=True):
     """One page of ``POST discovery/sources``: ``total`` counts every match."""
 
     data: list[Source]
@@ -340,14 +340,14 @@ class SourceQuery(msgspec.Struct, frozen=True, kw_only=True):
         return body
 
 
-class ContractApplication(_Wire):
+class ContractApplication(_Wire, frozen=True):
     id: str
     name: str = ""
     resources: dict[str, Any] = {}
     status: int = 0
 
 
-class ContractTerms(_Wire):
+class ContractTerms(_Wire, frozen=True):
     """What the contract itself says (decoded from its certificate when it carries it).
 
     ``share_type`` is ``ongoing`` or ``oneoff``; ``service_groups`` what it asks for
@@ -363,7 +363,7 @@ class ContractTerms(_Wire):
     document: dict[str, Any] = {}
 
 
-class ContractDetails(_Wire):
+class ContractDetails(_Wire, frozen=True):
     """``GET permission-access/contract``: the contract of the configured credentials.
 
     ``expiration_date`` is in ms; ``access_type`` ``r`` (read) or ``w`` (write); ``terms``
@@ -381,7 +381,7 @@ class ContractDetails(_Wire):
     terms: ContractTerms | None = None
 
 
-class RevokeUrl(_Wire):
+class RevokeUrl(_Wire, frozen=True):
     """Where the user withdraws one account's permission (``GET permission-access/revoke``).
 
     After it, the user is sent to the redirect URI with ``result=success|failed``.

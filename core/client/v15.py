@@ -92,6 +92,10 @@ MISSING: Mapping[str, Missing] = {
         )
         for call in ("query_sources", "all_sources", "countries", "platforms", "categories")
     },
+    "onboard": Missing(
+        "oauth/token/reference (onboarding another service)",
+        "the user adds services in the digi.me app",
+    ),
     "delete_account": Missing(
         "DELETE permission-access/service (delete one account)",
         "the user removes the account in the digi.me app",
@@ -256,6 +260,7 @@ class ClientV15:
         once: bool = False,
         redirect_uri: str | None = None,
         session_options: Mapping[str, Any] | None = None,
+        service_id: int | None = None,
     ) -> AuthorizeStart:
         """Establish a session, then the consent link for it.
 
@@ -264,6 +269,11 @@ class ClientV15:
         pre-authorization code first; ``url`` is the app link, opened through
         ``[digime] onboard_url`` when that names a stand-in for the app (the sandbox).
         """
+        if service_id is not None:
+            raise UnsupportedCall(
+                "choosing the service to onboard (the consent URL's service)",
+                "the user picks the service in the digi.me app",
+            )
         redirect = redirect_uri or self.config.redirect_uri
         if not once:
             return self.authorize(redirect_uri=redirect, session_options=session_options)

@@ -151,15 +151,23 @@ class ClientV17:
         once: bool = False,
         redirect_uri: str | None = None,
         session_options: Mapping[str, Any] | None = None,
+        service_id: int | None = None,
     ) -> AuthorizeStart:
-        """Where the user consents. In v1.7 one-off and ongoing consent start alike."""
-        return self.authorize(redirect_uri=redirect_uri, session_options=session_options)
+        """Where the user consents. In v1.7 one-off and ongoing consent start alike.
+
+        ``service_id`` (a source's ``id`` from discovery) opens the consent on that service.
+        """
+        return self.authorize(
+            redirect_uri=redirect_uri, session_options=session_options, service_id=service_id
+        )
 
     def parse_callback(self, params: Mapping[str, str], start: AuthorizeStart) -> str | None:
         """The authorization code from a consent callback; ``state`` is checked first."""
         check_state(params, start.state)
         if params.get("success") != "true":
             raise ConsentDenied(params.get("errorCode") or params.get("error_message") or "?")
+        if not start.exchange:
+            return None  # onboarding another service: the saved token stays valid
         code = params.get("code")
         if not code:
             raise ValidationError("the consent callback has no code")
@@ -232,6 +240,43 @@ class ClientV17:
             raise ValidationError("oauth/token/reference: the server token has no reference_code")
         url = f"{self.onboard_url}user-reauth?{urlencode({'code': str(code)})}"
         return AuthorizeStart(url, state, verifier, decode_session(answer.get("session")))
+
+    def onboard(
+        self,
+        token: UserAccessToken,
+        *,
+        service_id: int | None = None,
+        redirect_uri: str | None = None,
+        state: str | None = None,
+        session_options: Mapping[str, Any] | None = None,
+    ) -> AuthorizeStart:
+        """``POST oauth/token/reference``, then ``{onboard_url}onboard``: the user adds a
+        source (``service_id``, from discovery) to an existing consent.
+
+        The callback brings no code (``exchange`` is False): the saved token stays valid,
+        and the answer's session reads the data once the user has onboarded.
+        """
+        state = state or random_alphanumeric(32)
+        redirect = redirect_uri or self.config.redirect_uri
+        claims = {
+            "access_token": token.access_token.value,
+            "redirect_uri": redirect,
+            "state": state,
+        }
+        body: dict[str, Any] = {"agent": self.agent}
+        if session_options is not None:
+            body["actions"] = {"pull": dict(session_options)}
+        answer = self.wire.json("POST", "oauth/token/reference", claims, json=body)
+        payload = self.verifier.verified(answer, "oauth/token/reference")
+        code = payload.get("reference_code")
+        if not code:
+            raise ValidationError("oauth/token/reference: the server token has no reference_code")
+        params: dict[str, str] = {"code": str(code), "sourceType": "pull"}
+        if service_id:
+            params["service"] = str(service_id)
+        url = f"{self.onboard_url}onboard?{urlencode(params)}"
+        session = decode_session(answer.get("session"))
+        return AuthorizeStart(url, state, "", session, redirect_uri=redirect, exchange=False)
 
     # --- data -----------------------------------------------------------------
 

@@ -217,3 +217,45 @@ def test_v15_says_what_to_do_instead(sandbox: Sandbox, tmp_path: Path) -> None:
         text = str(info.value)
         assert name in text and "does not exist in API v1.5" in text and ";" in text
     assert sandbox.stats()["requests"] == before
+
+
+def test_consent_and_onboarding_take_a_service_from_discovery(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    fw = framework_for(sandbox, tmp_path)
+    flow = fw.flow
+    chosen = fw.sources(limit=1).data[0]
+    pending = flow.start_consent("eli", service_id=chosen.id)
+    query = dict(parse_qsl(urlsplit(pending.url).query))
+    assert query["service"] == str(chosen.id) and query["sourceType"] == "pull"
+    answer = requests.get(pending.url, allow_redirects=False, timeout=30)
+    token, _session = flow.finish_consent(
+        pending, dict(parse_qsl(urlsplit(answer.headers["Location"]).query))
+    )
+    assert token is not None
+
+    # A user with a saved token adds another service; the token stays as it was.
+    other = fw.sources(limit=2).data[1]
+    onboarding = flow.start_onboarding("eli", service_id=other.id)
+    url = urlsplit(onboarding.url)
+    assert url.geturl().startswith(sandbox.onboard_url + "onboard?")
+    assert dict(parse_qsl(url.query))["service"] == str(other.id)
+    answer = requests.get(onboarding.url, allow_redirects=False, timeout=30)
+    callback = dict(parse_qsl(urlsplit(answer.headers["Location"]).query))
+    assert callback["state"] == onboarding.state and "code" not in callback
+    none, session = flow.finish_consent(onboarding, callback)
+    assert none is None and session.key
+    assert fw.hooks.token_load("eli") == token
+    summary = flow.pull("eli", session=session)  # the onboarding's session, saved token
+    assert summary.ok and delivered(tmp_path, "eli") == sandbox.ground_truth()
+    with pytest.raises(ValidationError, match="state"):
+        flow.finish_consent(onboarding, {**callback, "state": "forged"})
+
+
+def test_v15_cannot_choose_the_service(sandbox: Sandbox, tmp_path: Path) -> None:
+    fw = framework_for(sandbox, tmp_path, api="v1.5")
+    with pytest.raises(UnsupportedCall, match=r"digi\.me app"):
+        fw.flow.start_consent("fay", service_id=1)
+    consent(fw.flow, "fay")
+    with pytest.raises(UnsupportedCall, match="onboarding another service"):
+        fw.flow.start_onboarding("fay", service_id=1)
