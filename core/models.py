@@ -384,7 +384,11 @@ class ContractDetails(_Wire, frozen=True):
 class RevokeUrl(_Wire, frozen=True):
     """Where the user withdraws one account's permission (``GET permission-access/revoke``).
 
-    After it, the user is sent to the redirect URI with ``result=success|failed``.
+    After it, the user is sent to the redirect URI with ``result=success|failed``. The URL
+    carries a one-time code, so a repr does not show it.
     """
 
     location: str
+
+    def __repr__(self) -> str:
+        return "RevokeUrl(location=<revoke url>)"

@@ -149,6 +149,7 @@ def test_revoke_url_leads_to_the_revoke_page(sandbox: Sandbox, tmp_path: Path) -
     revoke = fw.revoke_url("bea", account.id)
     assert revoke.location.startswith(sandbox.onboard_url + "revoke?code=")
     assert revoke.to_dict() == {"location": revoke.location}
+    assert "code=" not in repr(revoke)  # the one-time code stays out of logs
     answer = requests.get(revoke.location, allow_redirects=False, timeout=30)
     assert answer.status_code in (302, 303)
     target = urlsplit(answer.headers["Location"])
