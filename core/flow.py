@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import msgspec
 
@@ -47,7 +47,6 @@ from .errors import (
     ServerError,
     TransportError,
 )
-from .framework import PrivateShare
 from .jws import InvalidServerToken
 from .models import (
     FINAL_STATES,
@@ -71,6 +70,9 @@ from .models import (
     UserAccessToken,
 )
 from .retry import Retry, deadline_scope, past_deadline
+
+if TYPE_CHECKING:
+    from .framework import PrivateShare  # the framework builds its flow from this module
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -30,7 +30,6 @@ from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 
 import msgspec
 
-from .. import __version__
 from ..config import DigimeConfig
 from ..errors import ValidationError
 from ..jws import pkce_pair, random_alphanumeric
@@ -47,7 +46,7 @@ from .protocol import (
     UnsupportedCall,
     check_state,
 )
-from .signing import Signer, sdk_meta
+from .signing import Signer, package_version, sdk_meta
 from .tokens import Verifier, decode_flat_token, grant, token_claims
 from .wire import Send, Wire
 
@@ -127,7 +126,7 @@ class StatusWatch:
 
     def __init__(self, send: Send, agent_name: str) -> None:
         self._send = send
-        self._agent = f"{agent_name} {__version__}"
+        self._agent = f"{agent_name} {package_version()}"
         self._seen: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
 
@@ -200,7 +199,7 @@ class ClientV15:
     @property
     def sdk_agent(self) -> dict[str, Any]:
         """``sdkAgent`` (flat, unlike v1.7's ``agent.sdk``)."""
-        return sdk_meta(self.config.agent_name, __version__)
+        return sdk_meta(self.config.agent_name, package_version())
 
     # --- establish a session -----------------------------------------------------
 
@@ -242,7 +241,7 @@ class ClientV15:
             **params,
             "sessionKey": session.key,
             "appId": self.config.application_id,
-            "sdkVersion": __version__,
+            "sdkVersion": package_version(),
         }
         return f"{APP_CONSENT_LINK}?{urlencode(query)}"
 

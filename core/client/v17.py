@@ -14,7 +14,6 @@ from urllib.parse import urlencode
 
 import msgspec
 
-from .. import __version__
 from ..config import DigimeConfig
 from ..errors import ValidationError
 from ..jws import pkce_pair, random_alphanumeric
@@ -39,7 +38,7 @@ from .discovery import Discovery
 from .files import Files
 from .manage import Management
 from .protocol import AuthorizeStart, ConsentDenied, FileDownload, Missing, check_state
-from .signing import Signer, sdk_meta
+from .signing import Signer, package_version, sdk_meta
 from .tokens import Verifier, decode_session, decode_token, grant, token_claims
 from .wire import Send, Wire
 
@@ -92,7 +91,7 @@ class ClientV17:
     @property
     def agent(self) -> dict[str, Any]:
         """``agent`` of oauth/authorize and trigger: ``{sdk: {name, version, meta}}``."""
-        return {"sdk": sdk_meta(self.config.agent_name, __version__)}
+        return {"sdk": sdk_meta(self.config.agent_name, package_version())}
 
     def _retried(
         self, what: str, method: str, path: str, claims: Mapping[str, Any], **kw: Any
