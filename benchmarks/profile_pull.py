@@ -99,7 +99,7 @@ RULES: list[tuple[str, tuple[str, ...], frozenset[str] | None, str | None]] = [
     ("logging", ("/logging/",), None, None),
     (
         "hook dispatch (pluggy, facade)",
-        ("/pluggy/", "facade.py", "manager.py", "hookspecs.py", "core/plugin.py", "/hooks/"),
+        ("/pluggy/", "/hooks/", "/delivery.py"),
         None,
         None,
     ),

@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 import msgspec
 
 from .errors import ConfigError
+from .hooks.families import FAMILIES
 from .secrets import Secret
 
 DEFAULT_CONFIG = "privateshare.toml"
@@ -174,12 +175,9 @@ class Config:
         return [*self.providers.values(), *self.sinks.values()]
 
 
-#: Provider family key -> (default type or None when required).
+#: Provider family key -> (default type or None when required), from the family table.
 PROVIDER_DEFAULTS: dict[str, str | None] = {
-    "keys": None,
-    "tokens": "file",
-    "transport": "requests",
-    "decryption": "digime",
+    f.key: f.default for f in FAMILIES.values() if f.provider
 }
 CORE_TABLES = {"digime", "pull", "plugins", "sinks", *PROVIDER_DEFAULTS}
 

@@ -39,6 +39,7 @@ from .client import (
     need,
     needs_refresh,
 )
+from .delivery import deliver
 from .errors import (
     AuthorizationRequired,
     DigimeError,
@@ -815,7 +816,7 @@ class Run:
                 self.flow.fw.key_handle(),
                 name,
             )
-            size, sinks = self.hooks.deliver(self.info, file, chunks)
+            size, sinks = deliver(self.hooks, self.info, file, chunks)
         finally:
             download.response.close()
         self.hooks.file_written(self.user_id, file, size, sinks)

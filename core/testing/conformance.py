@@ -40,8 +40,8 @@ import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from .. import hookspecs
 from ..errors import ResponseTooLarge, SinkError, TransportError, UnsafeFileNameError
+from ..hooks import specs as hookspecs
 from ..keys import KeyHandle
 from ..models import DataFile, FileMetadata, RunInfo, RunSummary, Token, UserAccessToken
 from ..sinks import FileWriter

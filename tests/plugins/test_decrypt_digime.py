@@ -26,9 +26,9 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from privateshare.errors import FileDecryptionError
+from privateshare.hooks import PluginContext
 from privateshare.keys import SoftwareKeyHandle
 from privateshare.models import FileMetadata
-from privateshare.plugin import PluginContext
 from privateshare.plugins import decrypt_digime
 from privateshare.plugins.decrypt_digime import (
     DEFAULT_RATIO_FLOOR,
@@ -213,10 +213,45 @@ def test_chunks_are_views_into_a_reused_buffer(handle, rsa_key) -> None:
     """Documented contract: a chunk is valid only until the next one is requested."""
     data = os.urandom(64 * 1024)
     blob = encrypt(rsa_key.public_key(), data)
+    buffers = []
+    plain = bytearray()
+    for _ in range(2):  # two files in one thread: one buffer for both
+        for chunk in decrypt_stream(io.BytesIO(blob), handle, chunk_size=4096):
+            if isinstance(chunk, memoryview):
+                buffers.append(id(chunk.obj))
+            plain += chunk
+    assert bytes(plain) == data * 2
+    assert len(buffers) >= 30
+    assert len(set(buffers)) == 1
+
+
+def test_a_kept_chunk_is_released_not_overwritten(handle, rsa_key) -> None:
+    """A view kept past the next request raises, instead of showing later bytes."""
+    blob = encrypt(rsa_key.public_key(), os.urandom(64 * 1024))
     chunks = list(decrypt_stream(io.BytesIO(blob), handle, chunk_size=4096))
-    views = [c for c in chunks if isinstance(c, memoryview)]
-    assert len(views) >= 15
-    assert len({id(v.obj) for v in views}) == 1  # one buffer for the whole file
+    kept = [c for c in chunks if isinstance(c, memoryview)]
+    assert kept
+    with pytest.raises(ValueError, match="released"):
+        bytes(kept[0])
+
+
+def test_a_buffer_still_viewed_is_not_reused(handle, rsa_key) -> None:
+    """A consumer keeping a slice of a chunk: that buffer is not handed to the next file."""
+    data = os.urandom(8 * 1024)
+    blob = encrypt(rsa_key.public_key(), data)
+    first = decrypt_stream(io.BytesIO(blob), handle, chunk_size=4096)
+    chunk = next(first)
+    held, size = chunk.obj, len(chunk)
+    kept = chunk[:16]  # a slice outlives the chunk's release
+    assert bytes(kept) == data[:16]
+    assert b"".join(bytes(c) for c in first) == data[size:]
+    second = decrypt_stream(io.BytesIO(blob), handle, chunk_size=4096)
+    buffers = [id(c.obj) for c in second if isinstance(c, memoryview)]
+    assert buffers
+    assert id(held) not in buffers
+    del kept
+    third = decrypt_stream(io.BytesIO(blob), handle, chunk_size=4096)
+    assert len({id(c.obj) for c in third if isinstance(c, memoryview)}) == 1
 
 
 def test_big_file_streams_in_chunks(handle, rsa_key, tmp_path: Path) -> None:
@@ -341,7 +376,9 @@ def test_wrong_key(handle, other_key) -> None:
 
 
 @pytest.mark.parametrize(
-    "body", [os.urandom(64) + bytes(16), b"\x1f\x8b" + os.urandom(62) + b"\x10" * 16]
+    "body",
+    [os.urandom(64) + bytes(16), b"\x1f\x8b" + os.urandom(62) + b"\x10" * 16],
+    ids=["random", "gzip-magic"],
 )
 def test_error_messages_carry_no_key_material(handle, rsa_key, body) -> None:
     """Bad padding / corrupt gzip: the message names the file, never the file key or IV."""
@@ -703,7 +740,7 @@ def test_plugin_through_pluggy(handle, rsa_key, tmp_path) -> None:
     """Hook names and parameter names match the spec: pluggy validates them."""
     import pluggy
 
-    from privateshare import hookspecs
+    from privateshare.hooks import specs as hookspecs
 
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
