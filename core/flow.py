@@ -2,7 +2,7 @@
 
 Read top to bottom: :meth:`Flow.start_consent` and :meth:`Flow.finish_consent`
 get the user's consent (one-off or ongoing); :meth:`Flow.pull` reads a session
-to the end. Polling follows §A6 with limits the Node SDK lacks; downloads run
+to the end. Polling follows protocol.md#polling with limits the Node SDK lacks; downloads run
 concurrently in a bounded pool fed a few files at a time, so a pull holds about
 ``concurrency`` files plus one name and date per listed file, however long the
 list; a file is checkpointed only after every sink committed it; a 401 refreshes
@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import msgspec
 
@@ -48,22 +48,32 @@ from .errors import (
     ServerError,
     TransportError,
 )
-from .framework import PrivateShare
 from .jws import InvalidServerToken
 from .models import (
     FINAL_STATES,
     Account,
+    Category,
+    ContractDetails,
+    Country,
     DataFile,
     FileFailure,
     FileList,
     LibraryStatus,
+    Platform,
+    RevokeUrl,
     RunInfo,
     RunSummary,
     Session,
+    Source,
+    SourceQuery,
+    SourcesPage,
     Token,
     UserAccessToken,
 )
 from .retry import Retry, deadline_scope, past_deadline
+
+if TYPE_CHECKING:
+    from .framework import PrivateShare  # the framework builds its flow from this module
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -254,16 +264,45 @@ class Flow:
         once: bool = False,
         redirect_uri: str | None = None,
         session_options: Mapping[str, Any] | None = None,
+        service_id: int | None = None,
     ) -> Consent:
         """Ask digi.me for a consent URL; the user opens it in a browser.
 
-        API v1.5 establishes the session here (and, ongoing, pre-authorizes);
-        ``consent.app_url`` is then the link for the digi.me app.
+        ``service_id`` (a source's ``id`` from :meth:`sources`) opens the consent on
+        that service (v1.7). API v1.5 establishes the session here (and, ongoing,
+        pre-authorizes); ``consent.app_url`` is then the link for the digi.me app.
         """
         start = self.client.consent_url(
-            once=once, redirect_uri=redirect_uri, session_options=session_options
+            once=once,
+            redirect_uri=redirect_uri,
+            session_options=session_options,
+            service_id=service_id,
         )
         return Consent(user_id, once, start)
+
+    def start_onboarding(
+        self,
+        user_id: str,
+        *,
+        service_id: int | None = None,
+        redirect_uri: str | None = None,
+        session_options: Mapping[str, Any] | None = None,
+    ) -> Consent:
+        """A URL where a user with a saved token adds a service (v1.7 ``onboard``).
+
+        Finish it with :meth:`finish_consent`, which returns ``(None, session)``: the
+        saved token stays, and ``pull(user_id, session=session)`` reads the new data.
+        """
+        onboard = need(self.client, "onboard")
+        start = self._keeper(user_id).call(
+            lambda token: onboard(
+                token,
+                service_id=service_id,
+                redirect_uri=redirect_uri,
+                session_options=session_options,
+            )
+        )
+        return Consent(user_id, False, start)
 
     def finish_consent(
         self, consent: Consent, callback: Mapping[str, str]
@@ -452,6 +491,45 @@ class Flow:
             log.warning("user %s could not be deleted remotely; forgetting locally", user_id)
         return self.fw.hooks.token_delete(user_id)
 
+    # --- discovery, account management, contract -------------------------------
+    # A call the API profile lacks raises UnsupportedCall (saying what to do instead)
+    # before any request; user calls refresh the token once on a 401, as the pull does.
+
+    def sources(self, query: SourceQuery | None = None) -> SourcesPage:
+        """One page of the sources a user can onboard (``POST discovery/sources``)."""
+        return need(self.client, "query_sources")(query)  # type: ignore[no-any-return]
+
+    def all_sources(self, query: SourceQuery | None = None) -> list[Source]:
+        """Every source matching ``query``, all pages from ``query.offset`` on."""
+        return list(need(self.client, "all_sources")(query))
+
+    def countries(self, ids: tuple[int, ...] = ()) -> list[Country]:
+        return need(self.client, "countries")(ids)  # type: ignore[no-any-return]
+
+    def platforms(self, ids: tuple[int, ...] = ()) -> list[Platform]:
+        return need(self.client, "platforms")(ids)  # type: ignore[no-any-return]
+
+    def categories(self, ids: tuple[int, ...] = ()) -> list[Category]:
+        return need(self.client, "categories")(ids)  # type: ignore[no-any-return]
+
+    def delete_account(self, user_id: str, account_id: str) -> None:
+        """Delete one of the user's accounts at digi.me; its files leave later sessions."""
+        delete = need(self.client, "delete_account")
+        self._keeper(user_id).call(lambda token: delete(token, account_id))
+
+    def revoke_url(
+        self, user_id: str, account_id: str, *, redirect_uri: str | None = None
+    ) -> RevokeUrl:
+        """The page where the user withdraws one account's permission."""
+        revoke = need(self.client, "revoke_url")
+        return self._keeper(user_id).call(  # type: ignore[no-any-return]
+            lambda token: revoke(token, account_id, redirect_uri)
+        )
+
+    def contract(self) -> ContractDetails:
+        """What the configured contract allows (``GET permission-access/contract``)."""
+        return need(self.client, "contract_details")()  # type: ignore[no-any-return]
+
     def _keeper(self, user_id: str) -> TokenKeeper:
         token = self._load_token(user_id)
         if token is None:
@@ -532,7 +610,7 @@ class Run:
             self.hooks.run_finished(self.summary)
         return self.summary
 
-    # polling (§A6, with the limits of the iOS SDK)
+    # polling (protocol.md#polling, with the limits of the iOS SDK)
     def _poll_and_download(self) -> None:
         with ThreadPoolExecutor(self._workers) as pool:
             stopped_by_deadline = not self._poll(pool)

@@ -2,7 +2,7 @@
 
 Wire structs keep the API's field names through ``rename``; Python code uses
 snake_case. Anything that holds a secret (tokens) redacts it in ``repr``.
-Units follow PROTOCOL.md Part D §8: token ``expiry`` in Unix seconds, session
+Units (protocol.md#tokens, #sessions): token ``expiry`` in Unix seconds, session
 ``expiry`` and ``updated_date`` in milliseconds.
 """
 
@@ -35,7 +35,7 @@ class Token(msgspec.Struct, frozen=True):
 
 
 class UserAccessToken(msgspec.Struct, frozen=True):
-    """A user's ongoing-consent credentials (PROTOCOL.md §A4.2).
+    """A user's ongoing-consent credentials (protocol.md#tokens).
 
     ``staged`` is an answer of the token server (a signed JWT, as secret as the
     tokens) kept from the moment it arrived until it is verified: a crash between
@@ -109,7 +109,7 @@ class FileList(msgspec.Struct, frozen=True, rename="camel"):
 
 
 class FileMetadata(msgspec.Struct, frozen=True):
-    """The decoded ``x-metadata`` header of a file (PROTOCOL.md §A4.4)."""
+    """The decoded ``x-metadata`` header of a file (protocol.md#files)."""
 
     metadata: dict[str, Any] = {}
     compression: str | None = None
@@ -139,7 +139,7 @@ class DataFile(msgspec.Struct, frozen=True):
 
 
 class Account(msgspec.Struct, frozen=True, rename="camel", omit_defaults=True):
-    """A source account the user shared (PROTOCOL.md §A4.5)."""
+    """A source account the user shared (protocol.md#accounts)."""
 
     id: str
     reference: str = ""
@@ -211,3 +211,184 @@ class RunSummary(msgspec.Struct):
         self.files_failed_total += 1
         if len(self.files_failed) < MAX_FAILURES_LISTED:
             self.files_failed.append(failure)
+
+
+# --- discovery and account management (protocol.md#discovery, #account-management) ----
+
+
+class _Wire(msgspec.Struct, frozen=True, rename="camel", omit_defaults=True):
+    """A read-only answer of the API; ``to_dict()`` gives it back in the API's field names."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready builtins (what ``--json`` prints)."""
+        return msgspec.to_builtins(self)  # type: ignore[no-any-return]
+
+
+class Country(_Wire, frozen=True):
+    """A country sources are available in (``POST discovery/countries``)."""
+
+    id: int
+    name: str = ""
+    code: str = ""
+
+
+class Category(_Wire, frozen=True):
+    """A category of sources, e.g. Health & Fitness (``POST discovery/categories``)."""
+
+    id: int
+    name: str = ""
+    reference: str = ""
+
+
+class Platform(_Wire, frozen=True):
+    """A platform sources run on (``POST discovery/platforms``)."""
+
+    id: int
+    name: str = ""
+    reference: str = ""
+
+
+class SourceService(_Wire, frozen=True):
+    """The service a source belongs to."""
+
+    id: int
+    name: str = ""
+    reference: str = ""
+
+
+class Source(_Wire, frozen=True):
+    """A source a user can onboard (one entry of ``POST discovery/sources``).
+
+    ``countries`` empty means every country. The ``id`` is what ``authorize``/onboarding
+    takes as the service to onboard (``service_id``).
+    """
+
+    id: int
+    name: str = ""
+    reference: str = ""
+    published_status: str | None = None
+    onboardable: bool | None = None
+    service: SourceService | None = None
+    countries: list[Country] = msgspec.field(default_factory=list, name="country")
+    categories: list[Category] = msgspec.field(default_factory=list, name="category")
+    platforms: list[Platform] = msgspec.field(default_factory=list, name="platform")
+
+
+class SourcesPage(_Wire, frozen=True):
+    """One page of ``POST discovery/sources``: ``total`` counts every match."""
+
+    data: list[Source]
+    limit: int
+    offset: int
+    total: int
+
+    @property
+    def last(self) -> bool:
+        """Whether no page follows this one."""
+        return not self.data or self.offset + len(self.data) >= self.total
+
+
+class SourceQuery(msgspec.Struct, frozen=True, kw_only=True):
+    """What ``POST discovery/sources`` is asked (protocol.md#discovery).
+
+    ``search`` is free text (every word must match); ``names`` match source names.
+    ``country``, ``category``, ``platform``, ``service`` and ``ids`` are ids (from
+    :class:`Country`, ... or an earlier answer). ``types`` defaults to pull sources and
+    ``published_status`` to approved ones, as the official SDK sends.
+    """
+
+    search: str | None = None
+    names: tuple[str, ...] = ()
+    country: tuple[int, ...] = ()
+    category: tuple[int, ...] = ()
+    platform: tuple[int, ...] = ()
+    service: tuple[int, ...] = ()
+    ids: tuple[int, ...] = ()
+    types: tuple[int, ...] = (1,)
+    published_status: tuple[str, ...] = ("approved",)
+    sort: Literal["asc", "desc"] | None = None
+    include: tuple[str, ...] = ()
+    limit: int | None = None
+    offset: int = 0
+
+    def body(self) -> dict[str, Any]:
+        """The request body, with only what was asked for (and the SDK's two defaults)."""
+        filters: dict[str, Any] = {
+            "type": {"id": list(self.types)},
+            "publishedStatus": list(self.published_status),
+        }
+        if self.ids:
+            filters["id"] = list(self.ids)
+        for name in ("country", "category", "platform", "service"):
+            ids = getattr(self, name)
+            if ids:
+                filters[name] = {"id": list(ids)}
+        query: dict[str, Any] = {"filter": filters}
+        if self.names:
+            query["search"] = {"name": list(self.names)}
+        if self.search:
+            query["queryString"] = self.search
+        if self.include:
+            query["include"] = list(self.include)
+        body: dict[str, Any] = {"query": query}
+        if self.limit is not None:
+            body["limit"] = self.limit
+        if self.offset:
+            body["offset"] = self.offset
+        if self.sort is not None:
+            body["sort"] = {"name": self.sort}
+        return body
+
+
+class ContractApplication(_Wire, frozen=True):
+    id: str
+    name: str = ""
+    resources: dict[str, Any] = {}
+    status: int = 0
+
+
+class ContractTerms(_Wire, frozen=True):
+    """What the contract itself says (decoded from its certificate when it carries it).
+
+    ``share_type`` is ``ongoing`` or ``oneoff``; ``service_groups`` what it asks for
+    (``{id, name}``); ``time_ranges`` the data's time range (``{type: "all"}``,
+    ``{from}``, ``{last: "6m"}``...); ``document`` the whole contract as JSON.
+    """
+
+    name: str = ""
+    share_type: str = ""
+    purpose: str = ""
+    service_groups: list[dict[str, Any]] = []
+    time_ranges: list[dict[str, Any]] = []
+    document: dict[str, Any] = {}
+
+
+class ContractDetails(_Wire, frozen=True):
+    """``GET permission-access/contract``: the contract of the configured credentials.
+
+    ``expiration_date`` is in ms; ``access_type`` ``r`` (read) or ``w`` (write); ``terms``
+    is decoded from ``certificate`` when ``type`` is ``x509`` (None if it cannot be).
+    """
+
+    id: str
+    access_type: str
+    application: ContractApplication
+    certificate: str
+    certificate_contract_schema_version: str
+    expiration_date: int
+    partner_id: str
+    type: str
+    terms: ContractTerms | None = None
+
+
+class RevokeUrl(_Wire, frozen=True):
+    """Where the user withdraws one account's permission (``GET permission-access/revoke``).
+
+    After it, the user is sent to the redirect URI with ``result=success|failed``. The URL
+    carries a one-time code, so a repr does not show it.
+    """
+
+    location: str
+
+    def __repr__(self) -> str:
+        return "RevokeUrl(location=<revoke url>)"

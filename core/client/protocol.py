@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Protocol, runtime_checkable
+from typing import Any, ClassVar, NamedTuple, Protocol, runtime_checkable
 
 from ..config import DigimeConfig
 from ..errors import ConfigError, DigimeError, ValidationError
@@ -86,7 +86,7 @@ def check_state(params: Mapping[str, str], state: str) -> None:
 class Client(Protocol):
     """The calls every profile has: consent, tokens, a data session, its files, accounts.
 
-    Optional calls (``reauthorize``, ``delete_user``, ``file_metadata``,
+    Optional calls (``reauthorize``, ``onboard``, ``delete_user``, ``file_metadata``,
     ``sample_datasets``, discovery and account management) are reached through
     :func:`need`; ``missing`` names those the profile lacks.
     """
@@ -96,7 +96,7 @@ class Client(Protocol):
     config: DigimeConfig
     base_url: str
     #: Method name -> why the profile lacks it.
-    missing: Mapping[str, Missing]
+    missing: ClassVar[Mapping[str, Missing]]
 
     def consent_url(
         self,
@@ -104,6 +104,7 @@ class Client(Protocol):
         once: bool = False,
         redirect_uri: str | None = None,
         session_options: Mapping[str, Any] | None = None,
+        service_id: int | None = None,
     ) -> AuthorizeStart: ...
 
     def authorize(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import platform
 from collections.abc import Callable, Mapping
+from functools import cache
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from ..jws import sign_request
@@ -34,3 +36,13 @@ def sdk_meta(agent_name: str, version: str) -> dict[str, Any]:
     """Who is calling: ``{name, version, meta}`` (v1.7 nests it as ``agent.sdk``, v1.5 sends
     it flat as ``sdkAgent``)."""
     return {"name": agent_name, "version": version, "meta": {"python": platform.python_version()}}
+
+
+@cache
+def package_version() -> str:
+    """privateshare's version, as ``privateshare.__version__`` (read here so that the
+    clients do not import the package's top level, which imports them)."""
+    try:
+        return version("privateshare")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "0.0.0"

@@ -1,4 +1,4 @@
-"""The API v1.5 client: the original Private Share generation (protocol.md, profile v1.5).
+"""The API v1.5 client: the original Private Share generation (docs/protocol.md).
 
 The same interface as :class:`~privateshare.client.v17.ClientV17`
 (:class:`~privateshare.client.Client`), so the flow runs unchanged on either profile
@@ -30,7 +30,6 @@ from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 
 import msgspec
 
-from .. import __version__
 from ..config import DigimeConfig
 from ..errors import ValidationError
 from ..jws import pkce_pair, random_alphanumeric
@@ -47,7 +46,7 @@ from .protocol import (
     UnsupportedCall,
     check_state,
 )
-from .signing import Signer, sdk_meta
+from .signing import Signer, package_version, sdk_meta
 from .tokens import Verifier, decode_flat_token, grant, token_claims
 from .wire import Send, Wire
 
@@ -84,6 +83,30 @@ MISSING: Mapping[str, Missing] = {
     "sample_datasets": Missing(
         "permission-access/sample/datasets", "sample data sets came with v1.7"
     ),
+    **{
+        call: Missing(
+            "POST discovery/sources|countries|platforms|categories (discovery)",
+            "the paged discovery API came with v1.7; the catalogue is the same service's, so "
+            'list it with a config that has [digime] api = "v1.7"',
+        )
+        for call in ("query_sources", "all_sources", "countries", "platforms", "categories")
+    },
+    "onboard": Missing(
+        "oauth/token/reference (onboarding another service)",
+        "the user adds services in the digi.me app",
+    ),
+    "delete_account": Missing(
+        "DELETE permission-access/service (delete one account)",
+        "the user removes the account in the digi.me app",
+    ),
+    "revoke_url": Missing(
+        "GET permission-access/revoke (revoke one account's permission)",
+        "the user revokes the account's permission in the digi.me app",
+    ),
+    "contract_details": Missing(
+        "GET permission-access/contract (contract details)",
+        "the contract's terms are in the digi.me developer console",
+    ),
 }
 
 
@@ -103,7 +126,7 @@ class StatusWatch:
 
     def __init__(self, send: Send, agent_name: str) -> None:
         self._send = send
-        self._agent = f"{agent_name} {__version__}"
+        self._agent = f"{agent_name} {package_version()}"
         self._seen: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
 
@@ -176,7 +199,7 @@ class ClientV15:
     @property
     def sdk_agent(self) -> dict[str, Any]:
         """``sdkAgent`` (flat, unlike v1.7's ``agent.sdk``)."""
-        return sdk_meta(self.config.agent_name, __version__)
+        return sdk_meta(self.config.agent_name, package_version())
 
     # --- establish a session -----------------------------------------------------
 
@@ -218,7 +241,7 @@ class ClientV15:
             **params,
             "sessionKey": session.key,
             "appId": self.config.application_id,
-            "sdkVersion": __version__,
+            "sdkVersion": package_version(),
         }
         return f"{APP_CONSENT_LINK}?{urlencode(query)}"
 
@@ -236,6 +259,7 @@ class ClientV15:
         once: bool = False,
         redirect_uri: str | None = None,
         session_options: Mapping[str, Any] | None = None,
+        service_id: int | None = None,
     ) -> AuthorizeStart:
         """Establish a session, then the consent link for it.
 
@@ -244,6 +268,11 @@ class ClientV15:
         pre-authorization code first; ``url`` is the app link, opened through
         ``[digime] onboard_url`` when that names a stand-in for the app (the sandbox).
         """
+        if service_id is not None:
+            raise UnsupportedCall(
+                "choosing the service to onboard (the consent URL's service)",
+                "the user picks the service in the digi.me app",
+            )
         redirect = redirect_uri or self.config.redirect_uri
         if not once:
             return self.authorize(redirect_uri=redirect, session_options=session_options)

@@ -1,4 +1,4 @@
-"""The API v1.7 client: one method per call of the pull flow (protocol.md, profile v1.7).
+"""The API v1.7 client: one method per call of the pull flow (docs/protocol.md).
 
 Every request goes through ``send`` (the transport hook) with an ``authorize``
 callback, so each attempt is signed afresh. Errors are mapped onto our typed
@@ -8,22 +8,37 @@ in and returned; refreshing and persisting them is the flow's job.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 from urllib.parse import urlencode
 
 import msgspec
 
-from .. import __version__
 from ..config import DigimeConfig
 from ..errors import ValidationError
 from ..jws import pkce_pair, random_alphanumeric
 from ..keys import KeyHandle
-from ..models import Account, FileList, FileMetadata, Session, UserAccessToken
+from ..models import (
+    Account,
+    Category,
+    ContractDetails,
+    Country,
+    FileList,
+    FileMetadata,
+    Platform,
+    RevokeUrl,
+    Session,
+    Source,
+    SourceQuery,
+    SourcesPage,
+    UserAccessToken,
+)
 from ..retry import Retry
+from .discovery import Discovery
 from .files import Files
+from .manage import Management
 from .protocol import AuthorizeStart, ConsentDenied, FileDownload, Missing, check_state
-from .signing import Signer, sdk_meta
+from .signing import Signer, package_version, sdk_meta
 from .tokens import Verifier, decode_session, decode_token, grant, token_claims
 from .wire import Send, Wire
 
@@ -70,11 +85,13 @@ class ClientV17:
         )
         self.verifier = Verifier(self.base_url, self.wire.get_json_unsigned)
         self.files = Files(self.wire)
+        self.discovery = Discovery(self.wire)
+        self.manage = Management(self.wire, config.redirect_uri)
 
     @property
     def agent(self) -> dict[str, Any]:
         """``agent`` of oauth/authorize and trigger: ``{sdk: {name, version, meta}}``."""
-        return {"sdk": sdk_meta(self.config.agent_name, __version__)}
+        return {"sdk": sdk_meta(self.config.agent_name, package_version())}
 
     def _retried(
         self, what: str, method: str, path: str, claims: Mapping[str, Any], **kw: Any
@@ -133,15 +150,23 @@ class ClientV17:
         once: bool = False,
         redirect_uri: str | None = None,
         session_options: Mapping[str, Any] | None = None,
+        service_id: int | None = None,
     ) -> AuthorizeStart:
-        """Where the user consents. In v1.7 one-off and ongoing consent start alike."""
-        return self.authorize(redirect_uri=redirect_uri, session_options=session_options)
+        """Where the user consents. In v1.7 one-off and ongoing consent start alike.
+
+        ``service_id`` (a source's ``id`` from discovery) opens the consent on that service.
+        """
+        return self.authorize(
+            redirect_uri=redirect_uri, session_options=session_options, service_id=service_id
+        )
 
     def parse_callback(self, params: Mapping[str, str], start: AuthorizeStart) -> str | None:
         """The authorization code from a consent callback; ``state`` is checked first."""
         check_state(params, start.state)
         if params.get("success") != "true":
             raise ConsentDenied(params.get("errorCode") or params.get("error_message") or "?")
+        if not start.exchange:
+            return None  # onboarding another service: the saved token stays valid
         code = params.get("code")
         if not code:
             raise ValidationError("the consent callback has no code")
@@ -215,6 +240,43 @@ class ClientV17:
         url = f"{self.onboard_url}user-reauth?{urlencode({'code': str(code)})}"
         return AuthorizeStart(url, state, verifier, decode_session(answer.get("session")))
 
+    def onboard(
+        self,
+        token: UserAccessToken,
+        *,
+        service_id: int | None = None,
+        redirect_uri: str | None = None,
+        state: str | None = None,
+        session_options: Mapping[str, Any] | None = None,
+    ) -> AuthorizeStart:
+        """``POST oauth/token/reference``, then ``{onboard_url}onboard``: the user adds a
+        source (``service_id``, from discovery) to an existing consent.
+
+        The callback brings no code (``exchange`` is False): the saved token stays valid,
+        and the answer's session reads the data once the user has onboarded.
+        """
+        state = state or random_alphanumeric(32)
+        redirect = redirect_uri or self.config.redirect_uri
+        claims = {
+            "access_token": token.access_token.value,
+            "redirect_uri": redirect,
+            "state": state,
+        }
+        body: dict[str, Any] = {"agent": self.agent}
+        if session_options is not None:
+            body["actions"] = {"pull": dict(session_options)}
+        answer = self.wire.json("POST", "oauth/token/reference", claims, json=body)
+        payload = self.verifier.verified(answer, "oauth/token/reference")
+        code = payload.get("reference_code")
+        if not code:
+            raise ValidationError("oauth/token/reference: the server token has no reference_code")
+        params: dict[str, str] = {"code": str(code), "sourceType": "pull"}
+        if service_id:
+            params["service"] = str(service_id)
+        url = f"{self.onboard_url}onboard?{urlencode(params)}"
+        session = decode_session(answer.get("session"))
+        return AuthorizeStart(url, state, "", session, redirect_uri=redirect, exchange=False)
+
     # --- data -----------------------------------------------------------------
 
     def trigger(
@@ -274,3 +336,41 @@ class ClientV17:
         if not isinstance(answer, dict):
             raise ValidationError("the sample data sets answer is not a JSON object")
         return answer
+
+    # --- discovery (application-level) ------------------------------------------
+
+    def query_sources(self, query: SourceQuery | None = None) -> SourcesPage:
+        """``POST discovery/sources``: one page of the sources a user can onboard."""
+        return self.discovery.sources(query)
+
+    def all_sources(self, query: SourceQuery | None = None) -> Iterator[Source]:
+        """Every matching source, page after page."""
+        return self.discovery.all_sources(query)
+
+    def countries(self, ids: Sequence[int] = ()) -> list[Country]:
+        """``POST discovery/countries``."""
+        return self.discovery.listing("countries", ids)
+
+    def platforms(self, ids: Sequence[int] = ()) -> list[Platform]:
+        """``POST discovery/platforms``."""
+        return self.discovery.listing("platforms", ids)
+
+    def categories(self, ids: Sequence[int] = ()) -> list[Category]:
+        """``POST discovery/categories``."""
+        return self.discovery.listing("categories", ids)
+
+    # --- account management -----------------------------------------------------
+
+    def delete_account(self, token: UserAccessToken, account_id: str) -> None:
+        """``DELETE permission-access/service`` for one account of the user."""
+        self.manage.delete_account(token, account_id)
+
+    def revoke_url(
+        self, token: UserAccessToken, account_id: str, redirect_uri: str | None = None
+    ) -> RevokeUrl:
+        """``GET permission-access/revoke``: where the user withdraws one account's permission."""
+        return self.manage.revoke_url(token, account_id, redirect_uri)
+
+    def contract_details(self) -> ContractDetails:
+        """``GET permission-access/contract``: what the configured contract allows."""
+        return self.manage.contract()

@@ -66,10 +66,12 @@ class Wire:
         headers: Mapping[str, str] = JSON,
         stream: bool = False,
         secret: str | None = None,
+        retry: bool | None = None,
     ) -> HttpResponse:
         """Send one request (unsigned when ``claims`` is None); an error answer becomes a
         ServerError with ``secret`` (the session key in the path) redacted from whatever
-        the server echoed."""
+        the server echoed. ``retry`` overrides whether the transport may repeat it (by
+        default: when the method is idempotent)."""
         request = HttpRequest(
             method=method,
             url=self.base_url + path,
@@ -77,6 +79,7 @@ class Wire:
             json=json,
             authorize=self.authorizer(claims) if claims is not None else None,
             stream=stream,
+            retry=retry,
             deadline=current_deadline(),
         )
         with redacting(secret):

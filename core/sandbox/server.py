@@ -23,13 +23,14 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from .app import API_PREFIX, ONBOARD_PREFIX, App
-from .app15 import APP_PREFIX, GUEST_PAGE, V15_PREFIX
+from .api_v15 import APP_PREFIX, GUEST_PAGE, V15_PREFIX, ApiV15
+from .api_v17 import ApiV17
 from .errors import ApiError
 from .hostile import harden
 from .library import Library, generate_library
 from .messages import Request, Response, error_response
 from .registry import Contract, Registry, config_key, load_or_create, write_client_configs
+from .routing import API_PREFIX, ONBOARD_PREFIX, App
 from .settings import SandboxSettings
 
 MAX_REQUEST_BODY = 1 << 20
@@ -335,7 +336,7 @@ class Sandbox:
         server = _Server((s.host, s.port))
         host = "127.0.0.1" if s.host in ("127.0.0.1", "localhost") else f"[{s.host}]"
         origin = f"http://{host}:{server.server_address[1]}"
-        server.app = App(s, registry, self._library, origin)
+        server.app = App(s, registry, self._library, origin, apis=(ApiV17, ApiV15))
         server.verbose = self.verbose
         self._server, self._app = server, server.app
         self.config_paths = write_client_configs(

@@ -13,8 +13,8 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from privateshare.hooks import specs as hookspecs
 from privateshare.cli import main
+from privateshare.hooks import specs as hookspecs
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,69 +1,35 @@
-"""Routing and handlers of the emulated digi.me Public API v1.7 (protocol.md, v1.7).
+"""The emulated digi.me Public API v1.7 (protocol.md, v1.7): routes and handlers.
 
 Handlers take a :class:`Request` and return a :class:`Response`, raising
-:class:`ApiError` for every documented failure. No HTTP plumbing lives here,
-so the whole v1.7 surface reads top to bottom in one file; the v1.5 surface
-(Part B) is in :mod:`.app15`, routed by the same :class:`App`.
+:class:`ApiError` for every documented failure. No HTTP plumbing lives here, so
+the whole v1.7 surface reads top to bottom in one file; what both versions share
+(authentication, the served library, the router) is in :mod:`.routing`, and the
+v1.5 surface in :mod:`.api_v15`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import itertools
-import json
 import re
-import threading
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from email.utils import formatdate
 from typing import Any
-from urllib.parse import parse_qs, unquote
+from urllib.parse import parse_qs
 
-from . import contracts, discovery, errors, filelist, pages
-from .app15 import ApiV15
+from . import contracts, discovery, errors, pages
 from .errors import ApiError
-from .faults import FaultPlan, Faults
-from .jwts import ServerSigner, require_str, verify_request
+from .jwts import require_str
 from .library import Library
-from .messages import Request, Response, error_response, json_response
-from .registry import Contract, Registry
-from .settings import SandboxSettings
-from .state import Store, Token, User
-
-API_PREFIX = "/v1.7/"
-ONBOARD_PREFIX = "/apps/saas/"
-SANDBOX_PREFIX = "/_sandbox/"
-
-Handler = Callable[[Request, dict[str, str]], Response]
-
-
-@dataclass(frozen=True)
-class Route:
-    """One endpoint: methods, path pattern, a stats name and the fault kind."""
-
-    methods: frozenset[str]
-    pattern: re.Pattern[str]
-    name: str
-    kind: str
-    handler: Handler
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-def _json_body(request: Request) -> dict[str, Any]:
-    """The request body as a JSON object; empty means ``{}``."""
-    if not request.body.strip():
-        return {}
-    try:
-        body = json.loads(request.body)
-    except ValueError as exc:
-        raise errors.validation(f"the request body is not JSON ({exc})") from exc
-    if not isinstance(body, dict):
-        raise errors.validation("the request body must be a JSON object")
-    return body
+from .messages import Request, Response, json_response
+from .registry import Contract
+from .routing import (
+    API_PREFIX,
+    ONBOARD_PREFIX,
+    App,
+    Route,
+    RouteFactory,
+    json_body,
+    now_ms,
+)
+from .state import User
 
 
 def _account_filter(options: Any) -> frozenset[str] | None:
@@ -78,97 +44,29 @@ def _account_filter(options: Any) -> frozenset[str] | None:
     return None
 
 
-@dataclass
-class _View:
-    """The library as now served, with what is derived from it (swapped whole on a change)."""
+class ApiV17:
+    """The v1.7 handlers and the web client's pages; they share the :class:`App`'s state."""
 
-    library: Library
-    visible: dict[tuple[int | None, frozenset[str] | None], dict[str, Any]] = field(
-        default_factory=dict
-    )
-    truth: dict[str, str] | None = None
-
-
-def _garble_metadata(response: Response, how: str) -> None:
-    """Drop the ``x-metadata`` header, or replace it with something that does not decode."""
-    headers = [(k, v) for k, v in response.headers if k.lower() != "x-metadata"]
-    if how == "malformed":
-        headers.append(("x-metadata", "eyJub3QtanNvbg*not~base64url"))
-    response.headers = headers
-
-
-def _applicable(faults: Faults, request: Request, response: Response) -> Faults:
-    """The body faults that can really be applied to this answer (and so are counted).
-
-    A cut needs a body to cut (not HEAD, not 204); a flipped byte needs a file body
-    longer than its header; metadata is garbled only on a successful file answer.
-    """
-    body = request.method != "HEAD" and response.content_length > 0
-    good_file = response.status == 200 and response.content_length > response.corrupt_from
-    return dataclasses.replace(
-        faults,
-        truncate_at=faults.truncate_at if body else None,
-        corrupt_at=faults.corrupt_at if body and good_file else None,
-        bad_metadata=faults.bad_metadata if response.status == 200 else None,
-    )
-
-
-class App:
-    """The sandbox API: registrations, library, state and signer behind a router."""
-
-    def __init__(
-        self, settings: SandboxSettings, registry: Registry, library: Library, origin: str
-    ) -> None:
-        self.settings = settings
-        self.registry = registry
-        self._view = _View(library)
-        self._view_lock = threading.Lock()
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.settings = app.settings
+        self.registry = app.registry
+        self.store = app.store
+        self.signer = app.signer
+        self.base_url = app.base_url
+        self.onboard_url = app.onboard_url
         self._certificates: dict[str, dict[str, Any]] = {}
-        self.store = Store(settings)
-        self.faults = FaultPlan(settings)
-        self.origin = origin.rstrip("/")
-        self.base_url = self.origin + API_PREFIX
-        self.onboard_url = self.origin + ONBOARD_PREFIX
-        self.signer = ServerSigner(
-            registry.server_key, registry.server_kid, self.base_url + "jwks/oauth"
-        )
-        self.v15 = ApiV15(self)
-        self.routes = self._routes()
-        self._jwks_served = itertools.count(1)  # for ``hold_jwks``; next() is atomic
 
     @property
     def library(self) -> Library:
-        """The library as now served (accounts the user deleted are gone from it)."""
-        return self._view.library
+        """The library as now served (the :class:`App`'s)."""
+        return self.app.library
 
-    def _visible(self, stage: int | None, account_filter: frozenset[str] | None) -> dict[str, Any]:
-        """The files a stage shows, memoised: a download must not cost O(library size)."""
-        view = self._view
-        key = (stage, account_filter)
-        shown = view.visible.get(key)
-        if shown is None:
-            s = self.settings
-            shown = filelist.visible(
-                view.library, stage, s.pending_polls, s.running_polls, account_filter
-            )
-            if len(view.visible) < 1024:
-                view.visible[key] = shown
-        return shown
+    def status_headers(self, request: Request, response: Response) -> None:
+        """v1.7 answers carry no SDK status headers."""
 
-    def remove_account(self, account_id: str) -> bool:
-        """Take an account and its files out of the served library; False if it is not there."""
-        with self._view_lock:
-            library = self._view.library
-            if not any(a["id"] == account_id for a in library.accounts):
-                return False
-            self._view = _View(library.without_account(account_id))
-            return True
-
-    # -- routing ----------------------------------------------------------------
-    def _routes(self) -> list[Route]:
-        def r(methods: str, path: str, name: str, kind: str, handler: Handler) -> Route:
-            pattern = re.compile("^" + path + "$")
-            return Route(frozenset(methods.split()), pattern, name, kind, handler)
+    def routes(self, r: RouteFactory) -> list[Route]:
+        """The v1.7 API and web-client routes, built with the app's route factory."""
 
         api = re.escape(API_PREFIX)
         onboard = re.escape(ONBOARD_PREFIX)
@@ -208,7 +106,7 @@ class App:
                 "sample",
                 self.sample_datasets,
             ),
-            r("GET", api + "jwks/oauth", "jwks", "jwks", self.jwks),
+            r("GET", api + "jwks/oauth", "jwks", "jwks", self.app.jwks),
             *[
                 r("POST", api + f"discovery/{kind}", f"discovery/{kind}", "discovery", handler)
                 for kind, handler in (
@@ -218,7 +116,13 @@ class App:
                     ("categories", self.discovery_list),
                 )
             ],
-            r("GET", api + "discovery/services", "discovery/services", "discovery", self.services),
+            r(
+                "GET",
+                api + "discovery/services",
+                "discovery/services",
+                "discovery",
+                self.app.services,
+            ),
             r(
                 "DELETE",
                 api + "permission-access/service/h:accountId",
@@ -250,165 +154,26 @@ class App:
             ),
             r("GET", onboard + "revoke", "revoke-page", "page", self.revoke_page),
             r("POST", onboard + "consent", "consent", "page", self.consent),
-            r(
-                "GET",
-                re.escape(SANDBOX_PREFIX) + "ground-truth",
-                "ground-truth",
-                "meta",
-                self.truth,
-            ),
-            r("GET", re.escape(SANDBOX_PREFIX) + "stats", "stats", "meta", self.stats_page),
-            r(
-                "GET",
-                re.escape(SANDBOX_PREFIX) + "fault-log",
-                "fault-log",
-                "meta",
-                self.fault_log_page,
-            ),
-            r("GET", re.escape(SANDBOX_PREFIX) + "info", "info", "meta", self.info),
-            *self.v15.routes(r),
         ]
-
-    def route(self, request: Request) -> tuple[Route, dict[str, str]]:
-        """The route for a request, or 404/405 as an :class:`ApiError`."""
-        allowed: set[str] = set()
-        for route in self.routes:
-            match = route.pattern.match(request.path)
-            if match is None:
-                continue
-            if request.method in route.methods:
-                # Path parameters arrive percent-encoded, as any HTTP server sees them.
-                return route, {k: unquote(v) for k, v in match.groupdict().items()}
-            allowed |= route.methods
-        if allowed:
-            raise ApiError(
-                405,
-                "MethodNotAllowed",
-                f"{request.method} is not allowed on {request.path}; "
-                f"use {', '.join(sorted(allowed))}",
-            )
-        raise errors.not_found("NotFound", f"There is no endpoint at {request.path}")
-
-    def handle(self, request: Request) -> Response:
-        """Route, decide faults, run the handler; every failure becomes a JSON error."""
-        try:
-            route, params = self.route(request)
-        except ApiError as exc:
-            self.store.count("error_counts", exc.code)
-            return error_response(exc)
-        self.store.count("endpoint_counts", route.name)
-        resource = params.get("file", "")
-        attempt = self._attempt(route.kind, resource)
-        faults = self.faults.decide(route.kind, resource, attempt)
-        if faults.error_status or faults.reset:
-            # Before the handler runs: the failed request changed nothing.
-            kind = "reset" if faults.reset else str(faults.error_status)
-            self.store.record_faults(route.kind, resource, attempt, [kind])
-            status = faults.error_status or 500
-            exc = ApiError(status, "InternalServerError", "The sandbox injected a server error")
-            response = error_response(exc)
-            response.faults = faults
-            self.v15.status_headers(request, response)
-            return response
-        try:
-            response = route.handler(request, params)
-        except ApiError as exc:
-            self.store.count("error_counts", exc.code)
-            response = error_response(exc)
-        except Exception as exc:  # a sandbox bug must still answer in the API's shape
-            self.store.count("error_counts", "InternalServerError")
-            response = error_response(
-                ApiError(500, "InternalServerError", f"Sandbox error: {type(exc).__name__}: {exc}")
-            )
-        self.v15.status_headers(request, response)
-        response.faults = faults = _applicable(faults, request, response)
-        if faults.bad_metadata:
-            _garble_metadata(response, faults.bad_metadata)
-        applied = [
-            name
-            for name, on in (
-                ("truncate", faults.truncate_at is not None),
-                ("corrupt", faults.corrupt_at is not None),
-                ("bad_metadata", bool(faults.bad_metadata)),
-            )
-            if on
-        ]
-        if applied:
-            self.store.record_faults(route.kind, resource, attempt, applied)
-        return response
-
-    def _attempt(self, kind: str, resource: str) -> int:
-        if not self.settings.has_faults and not self.settings.latency_jitter:
-            return 0
-        return self.store.next_attempt(kind, resource)
-
-    # -- authentication -----------------------------------------------------------
-    def auth(self, request: Request) -> tuple[Contract, dict[str, Any]]:
-        """Verify the request JWT and spend its nonce."""
-        window_ms = int(self.settings.timestamp_window * 1000)
-        now = _now_ms()
-        contract, claims = verify_request(
-            request.header("authorization"), self.registry, now_ms=now, window_ms=window_ms
-        )
-        self.store.use_nonce(claims["nonce"], now, window_ms)
-        return contract, claims
-
-    def user_for(self, contract: Contract, claims: dict[str, Any]) -> User:
-        """The user behind the ``access_token`` claim (401 InvalidToken if none is live)."""
-        return self.token_for(contract, claims)[0]
-
-    def token_for(self, contract: Contract, claims: dict[str, Any]) -> tuple[User, Token]:
-        """The user and token record behind the ``access_token`` claim."""
-        token = claims.get("access_token")
-        if not isinstance(token, str) or not token:
-            raise errors.invalid_token("access_token")
-        return self.store.check_access(token, self.registry.client_id(contract), _now_ms())
-
-    def _redirect_uri(self, contract: Contract, claims: dict[str, Any]) -> str:
-        uri = require_str(claims, "redirect_uri")
-        if uri not in contract.redirect_uris:
-            raise errors.invalid_redirect_uri(uri)
-        return uri
-
-    @staticmethod
-    def _challenge(claims: dict[str, Any], *, required: bool) -> str | None:
-        challenge = claims.get("code_challenge")
-        if challenge is None and not required:
-            return None
-        challenge = require_str(claims, "code_challenge")
-        if claims.get("code_challenge_method", "S256") != "S256":
-            raise errors.validation("code_challenge_method must be 'S256'")
-        if not re.fullmatch(r"[A-Za-z0-9_-]{43}", challenge):
-            raise errors.validation("code_challenge must be 43 base64url characters (S256)")
-        return challenge
-
-    @staticmethod
-    def _state(claims: dict[str, Any]) -> str | None:
-        state = claims.get("state")
-        if state is None:
-            return None
-        if not isinstance(state, str):
-            raise errors.validation("the JWT claim 'state' must be a string")
-        return state
 
     # -- OAuth ---------------------------------------------------------------------
     def authorize(self, request: Request, params: dict[str, str]) -> Response:
         """``POST oauth/authorize`` (protocol.md#consent): a pre-authorization code."""
-        contract, claims = self.auth(request)
-        redirect_uri = self._redirect_uri(contract, claims)
-        challenge = self._challenge(claims, required=True)
+        contract, claims = self.app.auth(request)
+        redirect_uri = self.app._redirect_uri(contract, claims)
+        challenge = self.app._challenge(claims, required=True)
         if claims.get("response_type", "code") != "code":
             raise errors.validation("response_type must be 'code'")
-        state = self._state(claims)
-        body = _json_body(request)
+        state = self.app._state(claims)
+        body = json_body(request)
         user_id = None
         if claims.get("access_token") is not None:
             if not contract.ongoing:
                 raise errors.insufficient_scope()
-            user_id = self.user_for(contract, claims).user_id
+            user_id = self.app.user_for(contract, claims).user_id
         actions = body.get("actions")
         pull = actions.get("pull") if isinstance(actions, dict) else None
-        now = _now_ms()
+        now = now_ms()
         client_id = self.registry.client_id(contract)
         session = self.store.create_session(client_id, now, account_filter=_account_filter(pull))
         grant = self.store.create_grant(
@@ -419,7 +184,7 @@ class App:
 
     def token(self, request: Request, params: dict[str, str]) -> Response:
         """``POST oauth/token``: authorization_code (with PKCE) or refresh_token grants."""
-        contract, claims = self.auth(request)
+        contract, claims = self.app.auth(request)
         grant_type = require_str(claims, "grant_type")
         if grant_type not in ("authorization_code", "refresh_token"):
             raise errors.validation(f"unsupported grant_type {grant_type!r}")
@@ -429,13 +194,13 @@ class App:
                 require_str(claims, "code"),
                 require_str(claims, "code_verifier"),
                 client_id,
-                _now_ms(),
+                now_ms(),
                 oneoff=not contract.ongoing,
             )
         elif not contract.ongoing:
             raise errors.insufficient_scope()
         else:
-            pair = self.store.rotate(require_str(claims, "refresh_token"), client_id, _now_ms())
+            pair = self.store.rotate(require_str(claims, "refresh_token"), client_id, now_ms())
         payload = {
             "access_token": {"value": pair.access, "expires_on": pair.access_expires_on},
             "refresh_token": {"value": pair.refresh, "expires_on": pair.refresh_expires_on},
@@ -453,7 +218,7 @@ class App:
         An expired access token is accepted here (reauthorization is what one
         does once tokens have expired); an unknown one is not.
         """
-        contract, claims = self.auth(request)
+        contract, claims = self.app.auth(request)
         if not contract.ongoing:
             raise errors.insufficient_scope()
         client_id = self.registry.client_id(contract)
@@ -465,13 +230,13 @@ class App:
             or record.user_id not in self.store.users
         ):
             raise errors.invalid_token("access_token")
-        redirect_uri = self._redirect_uri(contract, claims)
-        challenge = self._challenge(claims, required=False)
-        state = self._state(claims)
-        body = _json_body(request)
+        redirect_uri = self.app._redirect_uri(contract, claims)
+        challenge = self.app._challenge(claims, required=False)
+        state = self.app._state(claims)
+        body = json_body(request)
         actions = body.get("actions")
         pull = actions.get("pull") if isinstance(actions, dict) else None
-        now = _now_ms()
+        now = now_ms()
         session = self.store.create_session(client_id, now, account_filter=_account_filter(pull))
         grant = self.store.create_grant(
             "reference", client_id, redirect_uri, state, challenge, session.key, record.user_id, now
@@ -487,8 +252,8 @@ class App:
 
     def storage_reference(self, request: Request, params: dict[str, str]) -> Response:
         """``POST reference``: store ``{type, value}`` (an account id) under a new id."""
-        self.auth(request)
-        body = _json_body(request)
+        self.app.auth(request)
+        body = json_body(request)
         ref_type, value = body.get("type"), body.get("value")
         if not isinstance(ref_type, str) or not isinstance(value, str) or not value:
             raise errors.validation("the body must be {type: string, value: string}")
@@ -497,15 +262,15 @@ class App:
     # -- data ------------------------------------------------------------------------
     def trigger(self, request: Request, params: dict[str, str]) -> Response:
         """``POST permission-access/trigger`` (protocol.md#sessions): a new session for a token."""
-        contract, claims = self.auth(request)
+        contract, claims = self.app.auth(request)
         if not contract.ongoing:
             raise errors.insufficient_scope()
-        user = self.user_for(contract, claims)
-        body = _json_body(request)
+        user = self.app.user_for(contract, claims)
+        body = json_body(request)
         self.store.count("counters", "triggers")
         session = self.store.create_session(
             self.registry.client_id(contract),
-            _now_ms(),
+            now_ms(),
             user_id=user.user_id,
             consented=True,
             account_filter=_account_filter(body),
@@ -519,19 +284,19 @@ class App:
         with its one-off token (bound to this session), or with no token at all:
         its signed JWT plus the consented session key suffice.
         """
-        contract, claims = self.auth(request)
-        now = _now_ms()
+        contract, claims = self.app.auth(request)
+        now = now_ms()
         session = self.store.session(key, now)
         client_id = self.registry.client_id(contract)
         if session.client_id != client_id or session.api != "v1.7":
             raise errors.not_found("InvalidSession", "The session is invalid or has expired")
         if contract.ongoing:
-            user = self.user_for(contract, claims)
+            user = self.app.user_for(contract, claims)
             if session.user_id is not None and session.user_id != user.user_id:
                 raise errors.not_found("InvalidSession", "The session is invalid or has expired")
             return contract, session, user
         if claims.get("access_token") is not None:
-            user, token = self.token_for(contract, claims)
+            user, token = self.app.token_for(contract, claims)
             if token.session_key != key:
                 raise errors.not_found("InvalidSession", "The session is invalid or has expired")
             return contract, session, user
@@ -541,36 +306,13 @@ class App:
     def file_list(self, request: Request, params: dict[str, str]) -> Response:
         """``GET permission-access/query/{sessionKey}`` (protocol.md#files)."""
         _contract, session, _user = self._session_user(request, params["session"])
-        return json_response(200, self.list_body(session))
-
-    def list_body(self, session: Any) -> dict[str, Any]:
-        """Count one list poll of a session and answer it (both API versions)."""
-        s = self.settings
-        consented, index = self.store.advance(session)
-        if not consented:
-            return {"status": {"state": "pending"}}
-        stage = min(index, filelist.final_stage(s.pending_polls, s.running_polls))
-        self.store.set_stage(session, stage)
-        user = self.store.users.get(session.user_id) if session.user_id else None
-        library = self.library
-        needs_reauth = set(self.store.revoked_accounts())
-        partial = library.partial_account_id
-        if partial is not None and (user is None or partial not in user.reauthorized):
-            needs_reauth.add(partial)
-        return filelist.status_body(
-            library,
-            stage,
-            s.pending_polls,
-            s.running_polls,
-            account_filter=session.account_filter,
-            needs_reauth=frozenset(needs_reauth),
-        )
+        return json_response(200, self.app.list_body(session))
 
     def file(self, request: Request, params: dict[str, str]) -> Response:
         """``GET``/``HEAD permission-access/query/{sessionKey}/{fileName}`` (protocol.md#files)."""
         contract, session, _user = self._session_user(request, params["session"])
         name = params["file"]
-        version = self._visible(session.stage, session.account_filter).get(name)
+        version = self.app._visible(session.stage, session.account_filter).get(name)
         if version is None:
             raise errors.not_found(
                 "FileNotFound", f"The file ({name}) was not found in this session"
@@ -593,29 +335,21 @@ class App:
         A one-off contract may call it without a token; the sandbox answers it
         from the signed JWT alone (there is one library for everyone here).
         """
-        contract, claims = self.auth(request)
+        contract, claims = self.app.auth(request)
         if contract.ongoing or claims.get("access_token") is not None:
-            self.user_for(contract, claims)
-        return json_response(200, self.account_list())
-
-    def account_list(self) -> list[dict[str, Any]]:
-        """The library's accounts; one whose permission was withdrawn is not authorized."""
-        revoked = self.store.revoked_accounts()
-        return [
-            {**a, "accessTokenStatus": {"authorized": False}} if a["id"] in revoked else a
-            for a in self.library.accounts
-        ]
+            self.app.user_for(contract, claims)
+        return json_response(200, self.app.account_list())
 
     def delete_user(self, request: Request, params: dict[str, str]) -> Response:
         """``DELETE user`` (protocol.md#other-calls): the user and their tokens and sessions go."""
-        contract, claims = self.auth(request)
-        user = self.user_for(contract, claims)
+        contract, claims = self.app.auth(request)
+        user = self.app.user_for(contract, claims)
         self.store.delete_user(user.user_id)
         return Response(204)
 
     def sample_datasets(self, request: Request, params: dict[str, str]) -> Response:
         """``GET permission-access/sample/datasets/{sourceId}`` (protocol.md#other-calls)."""
-        self.auth(request)
+        self.app.auth(request)
         source = params["source"]
         if not source.isdigit():
             raise errors.validation(f"sourceId must be a number, got {source!r}")
@@ -629,38 +363,17 @@ class App:
             },
         )
 
-    def jwks(self, request: Request, params: dict[str, str]) -> Response:
-        """``GET jwks/oauth``: the key that signs its tokens (protocol.md#server-tokens)."""
-        response = json_response(200, self.signer.jwks())
-        response.hold = next(self._jwks_served) == self.settings.hold_jwks
-        return response
-
     # -- discovery, account management, contract (protocol.md#discovery) ---------------------------
     def discovery_sources(self, request: Request, params: dict[str, str]) -> Response:
         """``POST discovery/sources``: application JWT, no user token; paged."""
-        self.auth(request)
-        return json_response(200, discovery.query_sources(_json_body(request)))
+        self.app.auth(request)
+        return json_response(200, discovery.query_sources(json_body(request)))
 
     def discovery_list(self, request: Request, params: dict[str, str]) -> Response:
         """``POST discovery/{countries,platforms,categories}``: application JWT."""
-        self.auth(request)
+        self.app.auth(request)
         kind = request.path.rsplit("/", 1)[-1]
-        return json_response(200, discovery.simple_query(kind, _json_body(request)))
-
-    def services(self, request: Request, params: dict[str, str]) -> Response:
-        """``GET discovery/services`` (the older discovery call): no Authorization.
-
-        An optional ``contractId`` header must name a registered contract.
-        """
-        contract_id = request.header("contractid")
-        if contract_id is not None and not any(
-            c.contract_id == contract_id for c in self.registry.contracts.values()
-        ):
-            raise errors.not_found("InvalidContractId", f"The contract ({contract_id}) is invalid")
-        flag = (request.param("includeSampleDataOnlySources") or "false").lower()
-        if flag not in ("true", "false"):
-            raise errors.validation("includeSampleDataOnlySources must be true or false")
-        return json_response(200, discovery.services_v1(include_sample=flag == "true"))
+        return json_response(200, discovery.simple_query(kind, json_body(request)))
 
     def _account_header(self, request: Request) -> str:
         """The ``accountId`` header (the SDK's ``h:accountId`` path means "from a header")."""
@@ -679,10 +392,10 @@ class App:
         The sandbox has one library for every user, so the account leaves every later
         list, the accounts answer and the ground truth.
         """
-        contract, claims = self.auth(request)
-        self.user_for(contract, claims)
+        contract, claims = self.app.auth(request)
+        self.app.user_for(contract, claims)
         account_id = self._account_header(request)
-        if not self.remove_account(account_id):  # deleted meanwhile by another request
+        if not self.app.remove_account(account_id):  # deleted meanwhile by another request
             raise errors.not_found(
                 "AccountNotFound", f"The account ({account_id}) was not found in this library"
             )
@@ -696,8 +409,8 @@ class App:
         the account's permission, then is sent to ``redirectUri`` (a header, on the
         contract's allow-list) with ``result=success`` or ``result=failed``.
         """
-        contract, claims = self.auth(request)
-        user = self.user_for(contract, claims)
+        contract, claims = self.app.auth(request)
+        user = self.app.user_for(contract, claims)
         account_id = self._account_header(request)
         redirect_uri = (request.header("redirecturi") or "").strip()
         if not redirect_uri:
@@ -712,7 +425,7 @@ class App:
             None,
             "",
             user.user_id,
-            _now_ms(),
+            now_ms(),
             account_id=account_id,
         )
         return json_response(201, {"location": f"{self.onboard_url}revoke?code={grant.code}"})
@@ -727,7 +440,7 @@ class App:
 
     def contract(self, request: Request, params: dict[str, str]) -> Response:
         """``GET permission-access/contract``: the JWT's contract (application JWT)."""
-        contract, _claims = self.auth(request)
+        contract, _claims = self.app.auth(request)
         return self._contract_details(contract)
 
     def contract_by_ids(self, request: Request, params: dict[str, str]) -> Response:
@@ -744,20 +457,20 @@ class App:
         page = params["page"]
         code = request.param("code")
         if not code:
-            return self._html(400, pages.message_page("Missing code", "The link has no code."))
+            return self.app._html(400, pages.message_page("Missing code", "The link has no code."))
         try:
-            grant = self.store.grant(code, _now_ms())
+            grant = self.store.grant(code, now_ms())
         except ApiError:
-            return self._html(
+            return self.app._html(
                 404, pages.message_page("Invalid link", "This code is unknown, used or expired.")
             )
         expected = "authorize" if page == "authorize" else "reference"
         if grant.kind != expected:
-            return self._html(
+            return self.app._html(
                 400, pages.message_page("Wrong page", f"This code is not for the {page} page.")
             )
         if page == "user-reauth" and grant.code_challenge is None:
-            return self._html(
+            return self.app._html(
                 400, pages.message_page("Wrong page", "user-reauth needs a code_challenge.")
             )
         account_ref = request.param("accountRef")
@@ -774,17 +487,17 @@ class App:
             accounts=self.library.accounts,
             account_ref=account_ref,
         )
-        return self._html(200, html)
+        return self.app._html(200, html)
 
     def revoke_page(self, request: Request, params: dict[str, str]) -> Response:
         """``GET {onboardUrl}revoke?code=…``: withdraw an account's permission, or not."""
         code = request.param("code") or ""
         try:
-            grant = self.store.grant(code, _now_ms())
+            grant = self.store.grant(code, now_ms())
         except ApiError:
             grant = None
         if grant is None or grant.kind != "revoke" or grant.account_id is None:
-            return self._html(
+            return self.app._html(
                 404, pages.message_page("Invalid link", "This code is unknown, used or expired.")
             )
         if self.settings.auto_consent:
@@ -793,14 +506,14 @@ class App:
         html = pages.revoke_page(
             code=code, action=ONBOARD_PREFIX + "consent", account=account or {"id": ""}
         )
-        return self._html(200, html)
+        return self.app._html(200, html)
 
     def _decide_revoke(self, code: str, decision: str) -> Response:
         """Withdraw (``share``) or keep (``cancel``) the permission; back to the redirectUri."""
         try:
-            grant = self.store.spend(code, _now_ms())
+            grant = self.store.spend(code, now_ms())
         except ApiError:
-            return self._html(
+            return self.app._html(
                 404, pages.message_page("Invalid link", "This code is unknown, used or expired.")
             )
         params: dict[str, str | None] = {"result": "success"}
@@ -812,7 +525,7 @@ class App:
             self.store.revoke_account(grant.account_id)
         else:  # the account was deleted since the link was made
             params = {"result": "failed", "error_message": "ACCOUNT_NOT_FOUND"}
-        return self._redirect(pages.callback_url(grant.redirect_uri, params))
+        return self.app._redirect(pages.callback_url(grant.redirect_uri, params))
 
     def consent(self, request: Request, params: dict[str, str]) -> Response:
         """``POST {onboardUrl}consent``: the Share or Cancel button."""
@@ -821,13 +534,13 @@ class App:
         page = (form.get("page") or ["authorize"])[0]
         decision = (form.get("decision") or [""])[0]
         if decision not in ("share", "cancel") or not code:
-            return self._html(400, pages.message_page("Bad form", "Choose Share or Cancel."))
+            return self.app._html(400, pages.message_page("Bad form", "Choose Share or Cancel."))
         try:
-            kind: str | None = self.store.grant(code, _now_ms()).kind
+            kind: str | None = self.store.grant(code, now_ms()).kind
         except ApiError:
             kind = None  # _decide and _decide_revoke answer the "invalid link" page
         if kind is not None and (page == "revoke") != (kind == "revoke"):
-            return self._html(
+            return self.app._html(
                 400, pages.message_page("Wrong page", f"This code is not for the {page} page.")
             )
         if page == "revoke":
@@ -835,7 +548,7 @@ class App:
         return self._decide(page, code, decision, (form.get("accountRef") or [None])[0])
 
     def _decide(self, page: str, code: str, decision: str, account_ref: str | None) -> Response:
-        now = _now_ms()
+        now = now_ms()
         try:
             if decision == "cancel":
                 grant = self.store.cancel(code, now)
@@ -844,11 +557,11 @@ class App:
                     "errorCode": "USER_CANCEL",
                     "state": grant.state,
                 }
-                return self._redirect(pages.callback_url(grant.redirect_uri, params))
+                return self.app._redirect(pages.callback_url(grant.redirect_uri, params))
             issue_code = page in ("authorize", "user-reauth")
             grant, user_id, auth_code = self.store.consent(code, now, issue_code=issue_code)
         except ApiError:
-            return self._html(
+            return self.app._html(
                 404, pages.message_page("Invalid link", "This code is unknown, used or expired.")
             )
         params = {"success": "true", "state": grant.state}
@@ -863,48 +576,4 @@ class App:
             account = account or self.library.partial_account_id
             if account:
                 self.store.reauthorize_account(user_id, account)
-        return self._redirect(pages.callback_url(grant.redirect_uri, params))
-
-    @staticmethod
-    def _html(status: int, text: str) -> Response:
-        return Response(status, [("Content-Type", "text/html; charset=utf-8")], text.encode())
-
-    @staticmethod
-    def _redirect(location: str) -> Response:
-        return Response(302, [("Location", location)], b"")
-
-    # -- sandbox-only ---------------------------------------------------------------------
-    def ground_truth(self) -> dict[str, str]:
-        """File name -> SHA-256 of the final plaintext of the library as now served."""
-        view = self._view
-        if view.truth is None:
-            view.truth = view.library.ground_truth()
-        return dict(view.truth)
-
-    def truth(self, request: Request, params: dict[str, str]) -> Response:
-        """``GET /_sandbox/ground-truth``."""
-        return json_response(200, self.ground_truth())
-
-    def stats_page(self, request: Request, params: dict[str, str]) -> Response:
-        """``GET /_sandbox/stats``."""
-        return json_response(200, self.store.stats())
-
-    def fault_log_page(self, request: Request, params: dict[str, str]) -> Response:
-        """``GET /_sandbox/fault-log``: which request (kind, file, attempt) got which faults."""
-        return json_response(200, self.store.faults())
-
-    def info(self, request: Request, params: dict[str, str]) -> Response:
-        """``GET /_sandbox/info``: ids and URLs, for tools that start against a running sandbox."""
-        return json_response(
-            200,
-            {
-                "application_id": self.registry.application_id,
-                "contracts": {
-                    c.name: {"contract_id": c.contract_id, "kind": c.kind}
-                    for c in self.registry.contracts.values()
-                },
-                "base_url": self.base_url,
-                "onboard_url": self.onboard_url,
-                "jwks_url": self.signer.jku,
-            },
-        )
+        return self.app._redirect(pages.callback_url(grant.redirect_uri, params))

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import base64
 import json
-import time
-from collections.abc import Callable
 from email.utils import formatdate
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
@@ -29,10 +27,10 @@ from .errors import ApiError
 from .jwts import ServerSigner, require_str
 from .messages import Request, Response, json_response
 from .registry import Contract
+from .routing import App, Route, RouteFactory, json_body, now_ms
 from .state import Grant, Session
 
 if TYPE_CHECKING:
-    from .app import App, Route
     from .library import Library
 
 V15_PREFIX = "/v1.5/"
@@ -42,12 +40,6 @@ APP_PREFIX = "/_sandbox/app/"
 ACCOUNTS_FILE = "accounts.json"
 #: The grant kind of a v1.5 pre-authorization code.
 GRANT_KIND = "authorize-v1.5"
-
-Handler = Callable[[Request, dict[str, str]], Response]
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def _b64url_json(value: Any) -> str:
@@ -83,7 +75,7 @@ class ApiV15:
         """The library as now served (the :class:`App`'s)."""
         return self.app.library
 
-    def routes(self, r: Callable[[str, str, str, str, Handler], Route]) -> list[Route]:
+    def routes(self, r: RouteFactory) -> list[Route]:
         """The routes, built with the app's route factory ``r(methods, path, name, kind, f)``."""
         import re
 
@@ -140,9 +132,8 @@ class ApiV15:
     # -- session (protocol.md#sessions) ------------------------------------------------------------
     def session(self, request: Request, params: dict[str, str]) -> Response:
         """``POST permission-access/session``: no Authorization; app, contract and SDK agent."""
-        from .app import _json_body
 
-        body = _json_body(request)
+        body = json_body(request)
         app_id, contract_id = body.get("appId"), body.get("contractId")
         for name, value in (("appId", app_id), ("contractId", contract_id)):
             if not isinstance(value, str) or not value:
@@ -176,7 +167,7 @@ class ApiV15:
         client_id = f"{app_id}_{contract_id}"
         if client_id not in self.registry.contracts:
             raise errors.not_found("InvalidContractId", f"The contract ({contract_id}) is invalid")
-        session = self.store.create_session(client_id, _now_ms(), api="v1.5")
+        session = self.store.create_session(client_id, now_ms(), api="v1.5")
         return json_response(
             201,
             {
@@ -205,7 +196,7 @@ class ApiV15:
             challenge,
             "",
             None,
-            _now_ms(),
+            now_ms(),
         )
         return json_response(
             201, {"token": self.signer.sign({"preauthorization_code": grant.code})}
@@ -229,11 +220,11 @@ class ApiV15:
                 require_str(claims, "code"),
                 verifier,
                 client_id,
-                _now_ms(),
+                now_ms(),
                 redirect_uri=redirect_uri,
             )
         else:
-            pair = self.store.rotate(require_str(claims, "refresh_token"), client_id, _now_ms())
+            pair = self.store.rotate(require_str(claims, "refresh_token"), client_id, now_ms())
         payload = {
             "access_token": pair.access,
             "refresh_token": pair.refresh,
@@ -249,7 +240,7 @@ class ApiV15:
             raise errors.insufficient_scope()
         self.app._redirect_uri(contract, claims)
         user = self.app.user_for(contract, claims)
-        session = self.store.session_v15(require_str(claims, "session_key"), _now_ms())
+        session = self.store.session_v15(require_str(claims, "session_key"), now_ms())
         if session.client_id != self.registry.client_id(contract):
             raise errors.not_found("InvalidSession", "The session is invalid or has expired")
         self.store.bind_session(session, user.user_id)
@@ -258,13 +249,13 @@ class ApiV15:
 
     def file_list(self, request: Request, params: dict[str, str]) -> Response:
         """``GET permission-access/query/{sessionKey}``: the session key is the credential."""
-        session = self.store.session_v15(params["session"], _now_ms())
+        session = self.store.session_v15(params["session"], now_ms())
         body = self.app.list_body(session)
         return json_response(200, filelist.v15_body(body))
 
     def file(self, request: Request, params: dict[str, str]) -> Response:
         """``GET .../{fileName}``: hashed (protocol.md#file-format)."""
-        session = self.store.session_v15(params["session"], _now_ms())
+        session = self.store.session_v15(params["session"], now_ms())
         contract = self.registry.contracts[session.client_id]
         name = params["file"]
         if name == ACCOUNTS_FILE:
@@ -326,7 +317,7 @@ class ApiV15:
         callback = request.param("callbackUrl") or ""
         try:
             session: Session | None = self.store.session_v15(
-                request.param("sessionExchangeToken") or "", _now_ms(), by_exchange_token=True
+                request.param("sessionExchangeToken") or "", now_ms(), by_exchange_token=True
             )
         except ApiError:
             session = None
@@ -340,7 +331,7 @@ class ApiV15:
         invalid = False
         try:
             session: Session | None = self.store.session_v15(
-                request.param("sessionKey") or "", _now_ms()
+                request.param("sessionKey") or "", now_ms()
             )
         except ApiError:
             session, invalid = None, True
@@ -350,7 +341,7 @@ class ApiV15:
         code = request.param("preauthorizationCode")
         if code is not None:
             try:
-                grant = self.store.grant(code, _now_ms())
+                grant = self.store.grant(code, now_ms())
             except ApiError:
                 invalid = True
             if grant is not None and (
@@ -414,7 +405,7 @@ class ApiV15:
         if decision not in ("share", "cancel") or not key or not callback:
             return self.app._html(400, pages.message_page("Bad form", "Choose Share or Cancel."))
         try:
-            session = self.store.session_v15(key, _now_ms())
+            session = self.store.session_v15(key, now_ms())
         except ApiError:
             session = None
         contract = self.registry.contracts.get(session.client_id) if session else None
@@ -425,7 +416,7 @@ class ApiV15:
         return self._decide(key, field("preauthorizationCode"), callback, decision)
 
     def _decide(self, key: str, code: str | None, callback: str, decision: str) -> Response:
-        now = _now_ms()
+        now = now_ms()
         if decision == "cancel":
             grant = None
             if code is not None:
