@@ -29,6 +29,7 @@ from typing import Any, NoReturn, TypeVar
 import msgspec
 
 from .api import AuthorizeStart, ConsentDenied, DigimeClient, FileDownload, needs_refresh
+from .config import command_hint
 from .errors import (
     AuthorizationRequired,
     DigimeError,
@@ -199,7 +200,8 @@ class TokenKeeper:
                 if stored is None:
                     raise AuthorizationRequired(
                         f"the token of user {self.user_id!r} was deleted during the run; run "
-                        f"`privateshare authorize --user {self.user_id}` again",
+                        f"`{command_hint('authorize', self.flow.config.source)} "
+                        f"--user {self.user_id}` again",
                         user_id=self.user_id,
                     )
                 if not force and stored != current and not self._expiring((stored, 0, time.time())):
@@ -220,7 +222,8 @@ class TokenKeeper:
             if exc.status_code == 401 or exc.code in ("InvalidToken", "InvalidGrant"):
                 raise AuthorizationRequired(
                     f"the token of user {self.user_id!r} can no longer be refreshed "
-                    f"({exc.code}); run `privateshare authorize --user {self.user_id}` again",
+                    f"({exc.code}); run `{command_hint('authorize', self.flow.config.source)} "
+                    f"--user {self.user_id}` again",
                     user_id=self.user_id,
                 ) from None
             raise
@@ -445,8 +448,8 @@ class Flow:
         token = self._load_token(user_id)
         if token is None:
             raise AuthorizationRequired(
-                f"user {user_id!r} has no saved token; run `privateshare authorize --user "
-                f"{user_id}` first",
+                f"user {user_id!r} has no saved token; run "
+                f"`{command_hint('authorize', self.config.source)} --user {user_id}` first",
                 user_id=user_id,
             )
         return TokenKeeper(self, user_id, token, save=True)
@@ -483,7 +486,12 @@ class Run:
         self.user_id = user_id
         self.session = session
         self.keeper = keeper
-        self.progress = progress or (lambda _event, _data: None)
+        # A progress receiver with ``for_user`` gets one callback per user (--all-users lines
+        # name their user); a plain callable gets every user's events.
+        for_user = getattr(progress, "for_user", None)
+        self.progress = (
+            for_user(user_id) if callable(for_user) else progress or (lambda _event, _data: None)
+        )
         self.info = RunInfo(uuid.uuid4().hex, user_id, time.time())
         self.summary = RunSummary(run_id=self.info.run_id, user_id=user_id)
         self._lock = threading.Lock()
