@@ -40,6 +40,7 @@ from .errors import (
 )
 from .framework import PrivateShare
 from .jws import InvalidServerToken
+from .logcontext import user_scope
 from .models import (
     FINAL_STATES,
     Account,
@@ -699,14 +700,18 @@ class Run:
 
     # delivering one file
     def _deliver(self, name: str, updated: int, previous: Future[None] | None) -> None:
-        with deadline_scope(self.deadline):  # a worker thread starts without one
+        # A worker thread starts without a deadline and without a user to name in logs.
+        with deadline_scope(self.deadline), user_scope(self.user_id):
             if previous is not None:  # an older version of this file is still on its way
                 previous.exception()
             if past_deadline():
                 self._failed(name, self._too_late("not started"), timed_out=True)
                 return
             try:
-                size = self.retry.call(lambda: self._download_once(name, updated), name)
+                size = self.retry.call(
+                    lambda: self._download_once(name, updated),
+                    f"file {name} of user {self.user_id}",
+                )
             except (PrivateShareError, OSError) as exc:
                 self._failed(name, exc)
                 return

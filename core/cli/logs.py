@@ -17,13 +17,27 @@ LEVELS = ("debug", "info", "warning", "error", "critical")
 
 #: The console of the live progress display, when one is shown (set by the Reporter).
 live_console: Any = None
+#: True under ``--log-format json``: progress lines become log records too (level info).
+json_mode = False
+#: True under ``-q`` (or a level above warning): no progress lines either.
+quiet = False
+
+
+def _user(record: logging.LogRecord) -> str | None:
+    from ..logcontext import current_user
+
+    return getattr(record, "user_id", None) or current_user.get()
 
 
 class PlainFormatter(logging.Formatter):
-    """``warning: message`` (and the traceback at debug level)."""
+    """``warning: message`` (and the traceback at debug level); names the user of a run."""
 
     def format(self, record: logging.LogRecord) -> str:
-        text = f"{record.levelname.lower()}: {record.getMessage()}"
+        message = record.getMessage()
+        user = _user(record)
+        if user and f"user {user}" not in message:
+            message = f"user {user}: {message}"
+        text = f"{record.levelname.lower()}: {message}"
         if record.exc_info and logging.getLogger().isEnabledFor(logging.DEBUG):
             text += "\n" + self.formatException(record.exc_info)
         return text
@@ -40,7 +54,10 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        for key in ("user_id", "file", "event"):
+        user = _user(record)
+        if user:
+            data["user_id"] = user
+        for key in ("file", "event"):
             if hasattr(record, key):
                 data[key] = getattr(record, key)
         if record.exc_info:
@@ -75,6 +92,9 @@ def level_for(verbose: int, quiet: int, log_level: str | None) -> int:
 
 def configure(level: int, fmt: str = "plain") -> CommandHandler:
     """Install the one handler (replacing one a previous command installed)."""
+    global json_mode, quiet
+    json_mode = fmt == "json"
+    quiet = level > logging.WARNING
     root = logging.getLogger()
     for handler in list(root.handlers):
         if isinstance(handler, CommandHandler):

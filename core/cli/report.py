@@ -7,6 +7,7 @@ handler (the flow logs it as a warning), and once more in the summary.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -25,7 +26,7 @@ class Reporter:
 
     def __init__(self, *, as_json: bool = False, quiet: bool = False) -> None:
         self.as_json = as_json
-        self.quiet = quiet or as_json
+        self.quiet = quiet or as_json or logs.quiet
         self.rich = sys.stderr.isatty() and not self.quiet
         self._lock = threading.Lock()
         self._progress: Any = None
@@ -97,10 +98,19 @@ class Reporter:
         who = f"user {user_id}: " if user_id else ""
         if event == "file":
             name, size = data
-            click.echo(f"{who}delivered {name} ({size} bytes)", err=True)
+            self._line(f"{who}delivered {name} ({size} bytes)", user_id, event, file=name)
         elif event == "status":
             assert isinstance(data, LibraryStatus)
-            click.echo(f"{who}library {data.state}", err=True)
+            self._line(f"{who}library {data.state}", user_id, event)
+
+    @staticmethod
+    def _line(text: str, user_id: str | None, event: str, file: str | None = None) -> None:
+        """A progress line on stderr; under ``--log-format json`` an info log record."""
+        if logs.json_mode:
+            extra = {"user_id": user_id, "event": event, **({"file": file} if file else {})}
+            logging.getLogger("privateshare.progress").info(text, extra=extra)
+        else:
+            click.echo(text, err=True)
 
     def summaries(self, summaries: list[RunSummary]) -> None:
         if self.as_json:
