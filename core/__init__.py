@@ -1,8 +1,14 @@
-"""privateshare: the digi.me Private Share flow, end to end, into your storage."""
+"""privateshare: the digi.me Private Share flow, end to end, into your storage.
+
+The framework, key and plugin classes load on first use (``privateshare --version``
+and ``--help`` must not pay for the HTTP client and the flow).
+"""
 
 from __future__ import annotations
 
+import importlib
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
 
 from . import _moved
 from .errors import (
@@ -23,12 +29,40 @@ from .errors import (
     UnsafeFileNameError,
     ValidationError,
 )
-from .framework import PrivateShare, load, loads
-from .hooks import Plugin, PluginContext, hookimpl
-from .keys import KeyHandle
+from .hooks.specs import hookimpl
 from .secrets import Secret
 
 _moved.install()
+
+if TYPE_CHECKING:
+    from .checks import Problem, check
+    from .framework import PrivateShare, load, loads
+    from .hooks.plugin import Plugin, PluginContext
+    from .keys import KeyHandle
+
+#: Where the documentation lives; error messages point at pages under it.
+DOCS_URL = "https://privateshare.readthedocs.io/en/latest/"
+
+_LAZY = {
+    "PrivateShare": "framework",
+    "load": "framework",
+    "loads": "framework",
+    "KeyHandle": "keys",
+    "Plugin": "hooks.plugin",
+    "PluginContext": "hooks.plugin",
+    "Problem": "checks",
+    "check": "checks",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'privateshare' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
 
 try:
     __version__ = version("privateshare")
@@ -36,6 +70,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0"
 
 __all__ = [
+    "DOCS_URL",
     "AuthorizationRequired",
     "ConfigError",
     "DigimeError",
@@ -48,6 +83,7 @@ __all__ = [
     "PluginError",
     "PrivateShare",
     "PrivateShareError",
+    "Problem",
     "ResponseTooLarge",
     "SDKInvalidError",
     "Secret",
@@ -58,6 +94,7 @@ __all__ = [
     "UnsafeFileNameError",
     "ValidationError",
     "__version__",
+    "check",
     "hookimpl",
     "load",
     "loads",

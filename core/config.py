@@ -30,6 +30,19 @@ from .secrets import Secret
 DEFAULT_CONFIG = "privateshare.toml"
 
 
+def command_hint(command: str, source: str | Path | None = None) -> str:
+    """``privateshare COMMAND``, with ``--config SOURCE`` unless it is the default file.
+
+    Hints in messages must work when pasted: a config given by path is named.
+    """
+    import shlex
+
+    text = f"privateshare {command}"
+    if source is None or str(source).startswith("<") or Path(source) == Path(DEFAULT_CONFIG):
+        return text
+    return f"{text} --config {shlex.quote(str(source))}"
+
+
 # --- value types with their accepted ranges ------------------------------------------
 #
 # Options use these (or their own ``msgspec.Meta`` constraints) so that a bad value is a

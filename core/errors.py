@@ -73,6 +73,14 @@ class ConfigError(PrivateShareError):
         super().__init__(message)
 
 
+class SecretUnavailable(ConfigError):
+    """A secret reference does not resolve: the variable is not set, the file is missing."""
+
+
+class OutputExists(PrivateShareError):
+    """A command would overwrite an existing output; it needs ``--force``."""
+
+
 class PluginError(PrivateShareError):
     """A plugin could not be found, loaded or run."""
 

@@ -39,6 +39,7 @@ from .client import (
     need,
     needs_refresh,
 )
+from .config import command_hint
 from .delivery import deliver
 from .errors import (
     AuthorizationRequired,
@@ -49,6 +50,7 @@ from .errors import (
     TransportError,
 )
 from .jws import InvalidServerToken
+from .logcontext import user_scope
 from .models import (
     FINAL_STATES,
     Account,
@@ -220,7 +222,8 @@ class TokenKeeper:
                 if stored is None:
                     raise AuthorizationRequired(
                         f"the token of user {self.user_id!r} was deleted during the run; run "
-                        f"`privateshare authorize --user {self.user_id}` again",
+                        f"`{command_hint('authorize', self.flow.config.source)} "
+                        f"--user {self.user_id}` again",
                         user_id=self.user_id,
                     )
                 if not force and stored != current and not self._expiring((stored, 0, time.time())):
@@ -241,7 +244,8 @@ class TokenKeeper:
             if exc.status_code == 401 or exc.code in ("InvalidToken", "InvalidGrant"):
                 raise AuthorizationRequired(
                     f"the token of user {self.user_id!r} can no longer be refreshed "
-                    f"({exc.code}); run `privateshare authorize --user {self.user_id}` again",
+                    f"({exc.code}); run `{command_hint('authorize', self.flow.config.source)} "
+                    f"--user {self.user_id}` again",
                     user_id=self.user_id,
                 ) from None
             raise
@@ -534,8 +538,8 @@ class Flow:
         token = self._load_token(user_id)
         if token is None:
             raise AuthorizationRequired(
-                f"user {user_id!r} has no saved token; run `privateshare authorize --user "
-                f"{user_id}` first",
+                f"user {user_id!r} has no saved token; run "
+                f"`{command_hint('authorize', self.config.source)} --user {user_id}` first",
                 user_id=user_id,
             )
         return TokenKeeper(self, user_id, token, save=True)
@@ -572,7 +576,12 @@ class Run:
         self.user_id = user_id
         self.session = session
         self.keeper = keeper
-        self.progress = progress or (lambda _event, _data: None)
+        # A progress receiver with ``for_user`` gets one callback per user (--all-users lines
+        # name their user); a plain callable gets every user's events.
+        for_user = getattr(progress, "for_user", None)
+        self.progress = (
+            for_user(user_id) if callable(for_user) else progress or (lambda _event, _data: None)
+        )
         self.info = RunInfo(uuid.uuid4().hex, user_id, time.time())
         self.summary = RunSummary(run_id=self.info.run_id, user_id=user_id)
         self._lock = threading.Lock()
@@ -781,14 +790,18 @@ class Run:
 
     # delivering one file
     def _deliver(self, name: str, updated: int, previous: Future[None] | None) -> None:
-        with deadline_scope(self.deadline):  # a worker thread starts without one
+        # A worker thread starts without a deadline and without a user to name in logs.
+        with deadline_scope(self.deadline), user_scope(self.user_id):
             if previous is not None:  # an older version of this file is still on its way
                 previous.exception()
             if past_deadline():
                 self._failed(name, self._too_late("not started"), timed_out=True)
                 return
             try:
-                size = self.retry.call(lambda: self._download_once(name, updated), name)
+                size = self.retry.call(
+                    lambda: self._download_once(name, updated),
+                    f"file {name} of user {self.user_id}",
+                )
             except (PrivateShareError, OSError) as exc:
                 self._failed(name, exc)
                 return

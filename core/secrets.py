@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from .errors import SecretUnavailable
 
 REFERENCE_HELP = (
     "a secret must not be written in the config file; reference it instead: "
@@ -80,13 +80,13 @@ class Secret:
         return path
 
     def reveal(self) -> str:
-        """Read the secret now. Raises :class:`ConfigError` saying where it looked."""
+        """Read the secret now; :class:`SecretUnavailable` (a ConfigError) says where it looked."""
         if self._value is not None:
             return self._value
         if self.env is not None:
             value = os.environ.get(self.env)
             if value is None:
-                raise ConfigError(
+                raise SecretUnavailable(
                     f"the secret {self.describe()} is not set; export it before running"
                 )
             return value
@@ -95,11 +95,11 @@ class Secret:
         try:
             return path.read_text(encoding="utf-8").strip("\r\n")
         except FileNotFoundError:
-            raise ConfigError(
+            raise SecretUnavailable(
                 f"the secret {self.describe()} does not exist; create it or fix the path"
             ) from None
         except OSError as exc:
-            raise ConfigError(
+            raise SecretUnavailable(
                 f"the secret {self.describe()} cannot be read ({exc.strerror}); "
                 "check its permissions"
             ) from None

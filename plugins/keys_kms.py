@@ -27,7 +27,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from privateshare.config import PathOption, path_problem
-from privateshare.errors import KeyStoreError, PrivateShareError
+from privateshare.errors import KeyStoreError, OutputExists, PrivateShareError
 from privateshare.hooks import Plugin, PluginContext, hookimpl
 from privateshare.keys import KeyHandle, KeyStore, handle_from_pem, public_key_fingerprint
 from privateshare.plugins.awscommon import AwsConnection, AwsSession, aws_error
@@ -178,6 +178,13 @@ class KmsKeyStore(KeyStore, Plugin):
 
     def __repr__(self) -> str:
         return f"KmsKeyStore({self.context.name}, blob from {self.source})"
+
+    def preflight(self, connect: bool) -> None:
+        """For ``config check``: the blob is readable; with ``connect``, KMS unwraps it."""
+        if connect:
+            self.privateshare_key_handle()
+        elif self.options.s3_uri is None:
+            self._read_blob()
 
     # reading the blob ---------------------------------------------------------------
 
@@ -378,7 +385,7 @@ def wrap_command(
     aws = AwsSession(options, "keys wrap", KeyStoreError, pool_size=2)
     target = _S3_URI.match(out)
     if target is None and Path(out).exists() and not force:
-        raise KeyStoreError(f"{out} exists; pass --force to overwrite it")
+        raise OutputExists(f"{out} exists; pass --force to overwrite it")
     try:
         blob = wrap_pem(aws.client("kms"), kms_key_id, pem, context)
     except PrivateShareError:
@@ -414,7 +421,10 @@ def wrap_command(
     else:
         path = Path(out)
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | (0 if force else os.O_EXCL)
-        fd = os.open(path, flags, 0o600)
+        try:
+            fd = os.open(path, flags, 0o600)
+        except FileExistsError:
+            raise OutputExists(f"{out} exists; pass --force to overwrite it") from None
         with os.fdopen(fd, "wb") as fh:
             fh.write(blob)
     public = fingerprint(pem)

@@ -29,7 +29,7 @@ import msgspec
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from privateshare.config import PathOption
-from privateshare.errors import ConfigError, KeyStoreError
+from privateshare.errors import ConfigError, KeyStoreError, OutputExists
 from privateshare.hooks import Plugin, PluginContext, hookimpl
 from privateshare.keys import (
     MIN_KEY_BITS,
@@ -223,7 +223,7 @@ def import_private_key(
     with module_lock(module):
         taken = list(session.get_objects({Attribute.LABEL: key_label}))
         if taken:
-            raise KeyStoreError(
+            raise OutputExists(
                 f"[{where}] token {token_label!r} already holds {len(taken)} object(s) labelled "
                 f"{key_label!r}; choose another --key-label or delete them first "
                 "(pkcs11-tool --delete-object)"
@@ -401,6 +401,17 @@ class Pkcs11KeyStore(KeyStore, Plugin):
     def __repr__(self) -> str:
         o = self.options
         return f"Pkcs11KeyStore({self.context.name}, token={o.token_label!r}, key={o.key_label!r})"
+
+    def preflight(self, connect: bool) -> None:
+        """For ``config check``: the module exists; with ``connect``, log in and find the key."""
+        if not Path(self.module).is_file():
+            raise KeyStoreError(
+                f"[{self.context.name}] the PKCS#11 module {self.module} does not exist; "
+                "install the HSM's client library or fix module"
+            )
+        if connect:
+            self.privateshare_key_handle()
+            self.close()
 
     def _open_key(self) -> Any:
         """Log in (again) and find the private key; returns the key object."""

@@ -113,6 +113,23 @@ class FileSink(Plugin):
 
     # plumbing -------------------------------------------------------------------
 
+    def preflight(self, connect: bool) -> None:
+        """For ``config check``: the root exists as a writable directory, or can be created."""
+        path = self.root
+        while not path.exists() and path != path.parent:
+            path = path.parent
+        if not path.is_dir():
+            raise SinkError(
+                f"sink {self.context.name}: {path} is not a directory, so the root {self.root} "
+                f"cannot be created there; change root in [{self.context.name}]"
+            )
+        if not os.access(path, os.W_OK | os.X_OK):
+            what = "the root" if path == self.root else f"{path}, where the root would be created,"
+            raise SinkError(
+                f"sink {self.context.name}: {what} is not writable; fix its permissions or "
+                f"change root in [{self.context.name}]"
+            )
+
     def _real_root(self, *, create: bool, fresh: bool = False) -> Path:
         """The root, created if asked and resolved; cached between runs' opens.
 

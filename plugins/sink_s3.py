@@ -164,6 +164,11 @@ class S3Sink(Plugin):
         assert isinstance(error, SinkError)
         return error
 
+    def preflight(self, connect: bool) -> None:
+        """For ``config check --connect``: the bucket is there and reachable."""
+        if connect:
+            self.check_bucket()
+
     def check_bucket(self) -> None:
         """Fail early, with the fix, when the bucket is missing or unreachable (once)."""
         with self._lock:

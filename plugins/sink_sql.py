@@ -207,6 +207,11 @@ class SqlSink(Plugin):
         """Close the pooled connections (called when the framework closes)."""
         self.db.dispose()
 
+    def preflight(self, connect: bool) -> None:
+        """For ``config check --connect``: the database answers."""
+        if connect:
+            self.db.connect("reach the database").close()
+
     def ensure_schema(self) -> None:
         """Create (or migrate) the tables; done once per process."""
         tables = [self.files, self.chunks, self.objects]

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import click
 
-from ..config import DEFAULT_CONFIG, inspect_config, read_toml
-from ..errors import ConfigError
-from ..hooks.loading import check_config
+from ..config import load_config
 from .exitcodes import ExitCode
+from .options import config_option, json_option
 
 
 @click.group("config")
@@ -20,23 +20,38 @@ def config_group() -> None:
 
 
 @config_group.command("check")
-@click.argument("file", type=click.Path(dir_okay=False, path_type=Path), default=DEFAULT_CONFIG)
-def config_check(file: Path) -> None:
-    """Report every problem in FILE (default ./privateshare.toml), then exit 2 if any."""
-    try:
-        raw = read_toml(file)
-    except ConfigError as exc:
-        _print_problems(str(file), exc.problems)
-        sys.exit(ExitCode.CONFIG)
-    config, problems = inspect_config(raw, str(file), file.resolve().parent)
-    problems += check_config(config)
+@click.argument(
+    "file", type=click.Path(dir_okay=False, path_type=Path), required=False, default=None
+)
+@config_option
+@click.option(
+    "--connect", is_flag=True, help="Also reach the databases, buckets, HSMs and KMS keys."
+)
+@json_option
+def config_check(file: Path | None, config_path: Path, connect: bool, as_json: bool) -> None:
+    """Check what a run needs, without contacting digi.me; exit 2 if anything is wrong.
+
+    The config decodes, extras are installed, files and secrets resolve, hook modules
+    import and match the hook specs, the contract key loads, sinks can open.
+    """
+    from ..checks import check
+
+    path = file or config_path
+    problems = check(path, connect=connect)
+    if as_json:
+        click.echo(json.dumps({"config": str(path), "problems": [asdict(p) for p in problems]}))
+        if problems:
+            sys.exit(ExitCode.CONFIG)
+        return
     if problems:
-        _print_problems(str(file), problems)
+        _print_problems(str(path), [str(p) for p in problems])
         sys.exit(ExitCode.CONFIG)
+    config = load_config(path)
     sinks = ", ".join(f"{s.name} ({s.type})" for s in config.sinks.values()) or "none"
     click.echo(
-        f"{file}: OK — keys {config.providers['keys'].type}, "
+        f"{path}: OK — keys {config.providers['keys'].type}, "
         f"tokens {config.providers['tokens'].type}, sinks {sinks}"
+        + (" (backends reached)" if connect else "")
     )
 
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from ..config import DEFAULT_CONFIG
+from ..config import DEFAULT_CONFIG, command_hint
 from .exitcodes import ExitCode
 
 if TYPE_CHECKING:
@@ -17,16 +17,28 @@ if TYPE_CHECKING:
     from ..models import RunSummary
 
 
+#: The environment variable that names the config file when --config is not given.
+CONFIG_ENV = "PRIVATESHARE_CONFIG"
+
+
 def config_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``-c/--config PATH``, else ``$PRIVATESHARE_CONFIG``, else ``./privateshare.toml``."""
     return click.option(
         "--config",
         "-c",
         "config_path",
         type=click.Path(dir_okay=False, path_type=Path),
         default=DEFAULT_CONFIG,
+        envvar=CONFIG_ENV,
         show_default=True,
+        show_envvar=True,
         help="The TOML config file.",
     )(func)
+
+
+def with_config(command: str, config_path: Path) -> str:
+    """``privateshare COMMAND`` with ``--config`` when it is not the default, for hints."""
+    return command_hint(command, config_path)
 
 
 def json_option(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -47,4 +59,4 @@ def exit_for(summaries: list[RunSummary]) -> None:
         raise SystemExit(ExitCode.PARTIAL)
 
 
-__all__ = ["config_option", "exit_for", "json_option", "open_flow"]
+__all__ = ["CONFIG_ENV", "config_option", "exit_for", "json_option", "open_flow", "with_config"]

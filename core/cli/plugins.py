@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import types
 import typing
+from pathlib import Path
 from typing import Any
 
 import click
@@ -12,6 +13,7 @@ import msgspec
 
 from ..hooks.families import FAMILIES
 from ..hooks.loading import discover
+from .options import config_option
 
 
 def _type_name(kind: Any) -> str:
@@ -53,40 +55,135 @@ def _options(struct: type[msgspec.Struct]) -> list[dict[str, Any]]:
     return rows
 
 
+def _hooks_of(obj: Any) -> list[str]:
+    from ..hooks.specs import PROJECT
+
+    return sorted(
+        name
+        for name in dir(obj)
+        if name.startswith("privateshare_") and hasattr(getattr(obj, name, None), f"{PROJECT}_impl")
+    )
+
+
+def _hook_plugin(name: str, source: str, load: Any, fix: str) -> dict[str, Any]:
+    """One hook plugin (entry point or module): the hooks it implements, or why it is broken."""
+    from ..checks import hook_problems
+
+    try:
+        plugin = load()
+    except Exception as exc:
+        return {"name": name, "source": source, "error": f"{type(exc).__name__}: {exc}", "fix": fix}
+    return {
+        "name": name,
+        "source": source,
+        "hooks": _hooks_of(plugin),
+        "problems": hook_problems(plugin),
+    }
+
+
+def hook_plugins(config_path: Path | None) -> dict[str, list[dict[str, Any]]]:
+    """Hook plugins of the entry-point group ``privateshare`` and of ``[plugins] modules``."""
+    import importlib
+    from importlib import metadata
+
+    from .root import main
+
+    commands = {p.name: p for p in main.load_plugin_commands()}
+    entries = []
+    for ep in sorted(metadata.entry_points(group="privateshare"), key=lambda e: e.name):
+        dist = ep.dist.name if ep.dist is not None else "unknown"
+        row = _hook_plugin(
+            ep.name,
+            f"{dist} (entry point)",
+            ep.load,
+            f"fix or uninstall {dist}, or add {ep.name!r} to [plugins] disable",
+        )
+        added = commands.get(ep.name)
+        row["commands"] = list(added.commands) if added else []
+        if added and added.error and "error" not in row:
+            row["problems"] = [*row["problems"], f"adding its commands failed: {added.error}"]
+        entries.append(row)
+    modules = []
+    if config_path is not None and Path(config_path).is_file():
+        from ..config import read_toml
+
+        try:  # only [plugins] modules matters here; config check reports the rest
+            names = read_toml(config_path).get("plugins", {}).get("modules", [])
+        except Exception:
+            names = []
+        names = [n for n in names if isinstance(n, str)] if isinstance(names, list) else []
+        for module_name in names:
+            modules.append(
+                _hook_plugin(
+                    module_name,
+                    f"{config_path} [plugins] modules",
+                    lambda m=module_name: importlib.import_module(m),
+                    "check the name and that it is on PYTHONPATH",
+                )
+            )
+    return {"entry_points": entries, "modules": modules}
+
+
 @click.command("plugins")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
-def plugins_command(as_json: bool) -> None:
+@config_option
+def plugins_command(as_json: bool, config_path: Path) -> None:
     """List installed plugins per family, with their options; and broken ones."""
+    from ..checks import missing_extra
+    from ..hooks.loading import EXTRAS, install_hint
+
     report: dict[str, Any] = {}
     for family in FAMILIES.values():
         found, broken = discover(family.key)
-        report[family.key] = {
-            "namespace": family.namespace,
-            "plugins": [
-                {
-                    "name": p.name,
-                    "distribution": p.distribution,
-                    "version": p.version,
-                    "description": p.description,
-                    "options": _options(p.options),
-                }
-                for p in found
-            ],
-            "broken": [
-                {"name": b.name, "distribution": b.distribution, "error": b.error} for b in broken
-            ],
-        }
+        plugins = []
+        for p in found:
+            row: dict[str, Any] = {
+                "name": p.name,
+                "distribution": p.distribution,
+                "version": p.version,
+                "description": p.description,
+                "options": _options(p.options),
+            }
+            absent = missing_extra(family.key, p.name) if p.distribution == "privateshare" else None
+            if absent:
+                row["needs"] = f"pip install 'privateshare[{absent[0]}]'"
+            plugins.append(row)
+        rows = []
+        for b in broken:
+            row = {"name": b.name, "distribution": b.distribution, "error": b.error}
+            if (family.key, b.name) in EXTRAS and "ModuleNotFoundError" in b.error:
+                row["needs"] = install_hint(family.key, b.name)
+                plugins.append({**row, "options": [], "description": "", "version": ""})
+                continue
+            row["fix"] = (
+                "reinstall privateshare and report it"
+                if b.distribution == "privateshare"
+                else f"reinstall or upgrade {b.distribution}, or report it to its authors"
+            )
+            rows.append(row)
+        report[family.key] = {"namespace": family.namespace, "plugins": plugins, "broken": rows}
+    hooks = hook_plugins(config_path)
+    report["hooks"] = {"namespace": "privateshare", **hooks}
     if as_json:
         click.echo(json.dumps(report, indent=2, default=str))
         return
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = Console(soft_wrap=True)
     for key, family in report.items():
+        if key == "hooks":
+            continue
         label = FAMILIES[key].label
         console.print(f"\n[bold]{label}s[/bold] ({family['namespace']})")
         for p in family["plugins"]:
+            if p.get("needs"):
+                console.print(
+                    f"  [yellow]{p['name']}[/yellow]  {p['distribution']}  needs its extra: "
+                    f"{escape(p['needs'])}"
+                )
+                continue
             console.print(
                 f"  [green]{p['name']}[/green]  {p['distribution']} {p['version']}"
                 f"  {p['description']}"
@@ -98,7 +195,25 @@ def plugins_command(as_json: bool) -> None:
                     table.add_row("     ", o["name"], o["type"], default)
                 console.print(table)
         for b in family["broken"]:
-            console.print(f"  [red]{b['name']} (broken)[/red]  {b['distribution']}: {b['error']}")
+            console.print(
+                f"  [red]{b['name']} (broken)[/red]  {b['distribution']}: {escape(b['error'])}; "
+                f"{b['fix']}"
+            )
+    console.print("\n[bold]hook plugins[/bold] (privateshare, \\[plugins] modules)")
+    for row in [*hooks["entry_points"], *hooks["modules"]]:
+        if "error" in row:
+            console.print(
+                f"  [red]{row['name']} (broken)[/red]  {escape(row['source'])}: "
+                f"{escape(row['error'])}; {row['fix']}"
+            )
+            continue
+        commands = f"; commands: {', '.join(row['commands'])}" if row.get("commands") else ""
+        console.print(
+            f"  [green]{row['name']}[/green]  {escape(row['source'])}  hooks: "
+            f"{', '.join(row['hooks']) or 'none'}{commands}"
+        )
+        for problem in row["problems"]:
+            console.print(f"    [red]problem:[/red] {escape(problem)}")
 
 
-__all__ = ["plugins_command"]
+__all__ = ["hook_plugins", "plugins_command"]

@@ -1,11 +1,16 @@
-"""How commands show progress: rich on a terminal, plain lines otherwise, JSON on request."""
+"""How commands show progress: rich on a terminal, plain lines otherwise, JSON on request.
+
+Every line about a file names its user. A failed file is printed once, by the log
+handler (the flow logs it as a warning), and once more in the summary.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -13,6 +18,7 @@ import click
 import msgspec
 
 from ..models import LibraryStatus, RunSummary
+from . import logs
 
 
 class Reporter:
@@ -20,7 +26,7 @@ class Reporter:
 
     def __init__(self, *, as_json: bool = False, quiet: bool = False) -> None:
         self.as_json = as_json
-        self.quiet = quiet or as_json
+        self.quiet = quiet or as_json or logs.quiet
         self.rich = sys.stderr.isatty() and not self.quiet
         self._lock = threading.Lock()
         self._progress: Any = None
@@ -51,41 +57,60 @@ class Reporter:
         ) as progress:
             self._progress = progress
             self._task = progress.add_task(label, total=None, files=0)
+            logs.live_console = progress.console
             try:
                 yield self
             finally:
+                logs.live_console = None
                 self._progress = None
 
+    def for_user(self, user_id: str) -> Callable[[str, Any], None]:
+        """The progress callback of one user's run (the flow asks for one per user)."""
+        return lambda event, data: self.event(user_id, event, data)
+
     def __call__(self, event: str, data: Any) -> None:
+        self.event(None, event, data)
+
+    def event(self, user_id: str | None, event: str, data: Any) -> None:
         if self.quiet:
             return
         with self._lock:
             if self._progress is not None:
-                self._rich_event(event, data)
+                self._rich_event(user_id, event, data)
             else:
-                self._plain_event(event, data)
+                self._plain_event(user_id, event, data)
 
-    def _rich_event(self, event: str, data: Any) -> None:
+    def _rich_event(self, user_id: str | None, event: str, data: Any) -> None:
         task = self._progress.tasks[0]
-        if event == "file":
-            _name, size = data
-            self._progress.update(self._task, advance=size, files=task.fields["files"] + 1)
-        elif event == "status":
-            self._progress.update(self._task, description=f"library {data.state}")
-        elif event == "failed":
-            name, error = data
-            self._progress.console.print(f"[red]failed[/red] {name}: {error}")
-
-    def _plain_event(self, event: str, data: Any) -> None:
+        who = f"user {user_id}: " if user_id else ""
         if event == "file":
             name, size = data
-            click.echo(f"delivered {name} ({size} bytes)", err=True)
+            self._progress.update(
+                self._task,
+                advance=size,
+                files=task.fields["files"] + 1,
+                description=f"{who}{name}",
+            )
+        elif event == "status":
+            self._progress.update(self._task, description=f"{who}library {data.state}")
+
+    def _plain_event(self, user_id: str | None, event: str, data: Any) -> None:
+        who = f"user {user_id}: " if user_id else ""
+        if event == "file":
+            name, size = data
+            self._line(f"{who}delivered {name} ({size} bytes)", user_id, event, file=name)
         elif event == "status":
             assert isinstance(data, LibraryStatus)
-            click.echo(f"library {data.state}", err=True)
-        elif event == "failed":
-            name, error = data
-            click.echo(f"failed {name}: {error}", err=True)
+            self._line(f"{who}library {data.state}", user_id, event)
+
+    @staticmethod
+    def _line(text: str, user_id: str | None, event: str, file: str | None = None) -> None:
+        """A progress line on stderr; under ``--log-format json`` an info log record."""
+        if logs.json_mode:
+            extra = {"user_id": user_id, "event": event, **({"file": file} if file else {})}
+            logging.getLogger("privateshare.progress").info(text, extra=extra)
+        else:
+            click.echo(text, err=True)
 
     def summaries(self, summaries: list[RunSummary]) -> None:
         if self.as_json:
@@ -99,7 +124,7 @@ class Reporter:
             )
             click.echo(line)
             for failure in s.files_failed:
-                click.echo(f"  failed {failure.name}: {failure.reason}")
+                click.echo(f"  user {s.user_id}: failed {failure.name}: {failure.reason}")
             if s.files_failed_total > len(s.files_failed):
                 unlisted = s.files_failed_total - len(s.files_failed)
                 click.echo(f"  … and {unlisted} more failed (see the log)")

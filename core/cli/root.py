@@ -8,15 +8,22 @@ Nothing heavy is imported until a command runs: ``--version`` needs click only, 
 from __future__ import annotations
 
 import importlib
+import logging
+import signal
+import threading
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import click
 
-from .. import __version__
+from .. import DOCS_URL, __version__
 from ..errors import PrivateShareError
-from .exitcodes import exit_code_for
+from .exitcodes import ExitCode, exit_code_for
 from .keys import keys_group
+from .logs import LEVELS, configure, level_for
 
 #: Built-in commands: name -> "module:attribute", imported when first resolved.
 BUILTIN_COMMANDS: dict[str, str] = {
@@ -30,6 +37,20 @@ BUILTIN_COMMANDS: dict[str, str] = {
     "plugins": "privateshare.cli.plugins:plugins_command",
     "config": "privateshare.cli.configcmd:config_group",
     "plugin": "privateshare.cli.scaffold:plugin_group",
+}
+
+#: The first line of each built-in command's help (a test keeps it equal to the command's).
+BUILTIN_HELP: dict[str, str] = {
+    "demo": "Run the whole flow against a local sandbox and show what arrived.",
+    "sandbox": "Run a local emulator of the digi.me Public API (v1.7 and v1.5).",
+    "authorize": "Get a user's consent; keep the token (ongoing) or read the data now (--once).",
+    "pull": "Receive new and updated files of a user (or all users) into every sink.",
+    "accounts": "List the source accounts a user shared.",
+    "users": "List the users that have a saved token.",
+    "delete-user": "Delete a user at digi.me and forget their token and checkpoint here.",
+    "plugins": "List installed plugins per family, with their options; and broken ones.",
+    "config": "Check a config file or print its JSON Schema.",
+    "plugin": "Create plugin distributions.",
 }
 
 #: The entry-point group of hook plugins (the same one ``PluginSet`` loads).
@@ -54,11 +75,43 @@ class Group(click.Group):
         self.command_plugins: list[CommandPlugin] | None = None
 
     def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except PrivateShareError as exc:
-            click.echo(f"error: {exc}", err=True)
-            ctx.exit(exit_code_for(exc))
+        with _restored_logging(), _sigterm_interrupts():
+            try:
+                return super().invoke(ctx)
+            except PrivateShareError as exc:
+                click.echo(f"error: {exc}", err=True)
+                ctx.exit(exit_code_for(exc))
+            except KeyboardInterrupt:
+                click.echo("interrupted: nothing was half-written; run the command again", err=True)
+                ctx.exit(ExitCode.INTERRUPTED)
+            except (click.exceptions.ClickException, click.exceptions.Exit, click.Abort):
+                raise
+            except Exception as exc:
+                if logging.getLogger("privateshare").isEnabledFor(logging.DEBUG):
+                    traceback.print_exc()
+                click.echo(
+                    f"internal error: {type(exc).__name__}: {exc}; this is a bug: rerun with -vv "
+                    f"for the traceback and report it (see {DOCS_URL}contributing/)",
+                    err=True,
+                )
+                ctx.exit(ExitCode.INTERNAL)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The command list from ``BUILTIN_HELP``, so ``--help`` imports no command module."""
+        self.load_plugin_commands()
+        rows = []
+        limit = formatter.width - 6 - max(len(n) for n in self.list_commands(ctx))
+        for name in self.list_commands(ctx):
+            command = self.commands.get(name)
+            if command is not None:
+                if command.hidden:
+                    continue
+                rows.append((name, command.get_short_help_str(limit)))
+            else:
+                rows.append((name, click.utils.make_default_short_help(BUILTIN_HELP[name], limit)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         self.load_plugin_commands()
@@ -120,12 +173,60 @@ def _all_command_paths(group: click.Group, prefix: str = "") -> list[str]:
     return paths
 
 
+@contextmanager
+def _restored_logging() -> Iterator[None]:
+    """Logging as it was before the command (for in-process runs: tests, notebooks)."""
+    root, ours = logging.getLogger(), logging.getLogger("privateshare")
+    before = (root.level, ours.level, list(root.handlers))
+    try:
+        yield
+    finally:
+        root.setLevel(before[0])
+        ours.setLevel(before[1])
+        for handler in list(root.handlers):
+            if handler not in before[2]:
+                root.removeHandler(handler)
+
+
+@contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM (systemd stop, kill) ends the command like Ctrl-C: cleanly, exit 130."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(_signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="privateshare")
-def main() -> None:
+@click.option("-v", "--verbose", count=True, help="More log lines: -v info (retries), -vv debug.")
+@click.option("-q", "--quiet", count=True, help="Fewer log lines: errors only.")
+@click.option(
+    "--log-level",
+    type=click.Choice(LEVELS, case_sensitive=False),
+    default=None,
+    help="Log level (overrides -v/-q).",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["plain", "json"]),
+    default="plain",
+    show_default=True,
+    help="Log lines as text or as one JSON object per line (for log shippers).",
+)
+def main(verbose: int, quiet: int, log_level: str | None, log_format: str) -> None:
     """Run the digi.me Private Share flow and deliver the data to your storage."""
+    configure(level_for(verbose, quiet, log_level), log_format)
 
 
 main.add_command(keys_group)
 
-__all__ = ["BUILTIN_COMMANDS", "CommandPlugin", "Group", "main"]
+__all__ = ["BUILTIN_COMMANDS", "DOCS_URL", "CommandPlugin", "Group", "main"]

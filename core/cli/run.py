@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 import msgspec
 
-from .options import config_option, exit_for, json_option, open_flow
+from .options import config_option, exit_for, json_option, open_flow, with_config
 from .report import Reporter
 
 
@@ -51,7 +51,7 @@ def authorize_command(
         if not once:
             click.echo(
                 f"Consent saved for user {user_id}. Pull the data with: "
-                f"privateshare pull --user {user_id}",
+                f"{with_config('pull', config_path)} --user {user_id}",
                 err=True,
             )
             return
@@ -114,7 +114,16 @@ def users_command(config_path: Path, as_json: bool) -> None:
     fw = load(config_path)
     with fw:
         users = fw.hooks.token_users()
-    click.echo(json.dumps(users) if as_json else "\n".join(users))
+    if as_json:
+        click.echo(json.dumps(users))
+    elif users:
+        click.echo("\n".join(users))
+    else:
+        click.echo(
+            f"no users have a saved token yet; add one with: "
+            f"{with_config('authorize', config_path)} --user ID",
+            err=True,
+        )
 
 
 @click.command("delete-user")

@@ -111,11 +111,12 @@ def test_plugins_shows_third_party_and_broken(hello_dist: Path) -> None:
     assert "broken (broken)  privateshare-hello: ModuleNotFoundError" in proc.stdout
 
 
-def test_config_check_ok(tmp_path: Path) -> None:
+def test_config_check_ok(tmp_path: Path, privateshare_test_key) -> None:
     path = tmp_path / "privateshare.toml"
     path.write_text(GOOD)
-    code, out, _ = run("config", "check", str(path))
-    assert code == 0, out
+    privateshare_test_key.write(tmp_path / "contract.pem")
+    code, out, err = run("config", "check", str(path))
+    assert code == 0, err
     assert "OK" in out and "sinks.local (file)" in out and "sinks.archive (file)" in out
 
 

@@ -119,7 +119,8 @@ def test_exit_codes_mean_something(start_sandbox: Callable[..., Sandbox], tmp_pa
     config = write_sandbox_config(sandbox, tmp_path)
     no_token = cli("pull", "--config", str(config), "--user", "ghost")
     assert no_token.returncode == ExitCode.AUTHORIZATION
-    assert "privateshare authorize --user ghost" in no_token.stderr
+    # The hint works when pasted: it names the config the command was given.
+    assert f"privateshare authorize --config {config} --user ghost" in no_token.stderr
 
     missing = cli("pull", "--config", str(tmp_path / "absent.toml"), "--user", "x")
     assert missing.returncode == ExitCode.CONFIG

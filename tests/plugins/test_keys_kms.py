@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from click.testing import CliRunner
 
-from privateshare.cli import main
+from privateshare.cli import ExitCode, main
 from privateshare.config import decode_options
 from privateshare.errors import ConfigError, KeyStoreError
 from privateshare.flow import Flow
@@ -247,15 +247,15 @@ def test_bad_credentials(
 def test_wrap_errors(aws_env: MotoServer, tmp_path: Path, privateshare_test_key: TestKey) -> None:
     pem = privateshare_test_key.write(tmp_path / "contract.pem")
     missing = wrap(aws_env, "alias/does-not-exist", pem, str(tmp_path / "x.kms"))
-    assert missing.exit_code == 5 and "the KMS key does not exist" in missing.output
+    assert missing.exit_code == ExitCode.SECRET and "the KMS key does not exist" in missing.output
     key_id = aws_env.make_kms_key()
     assert wrap(aws_env, key_id, pem, str(tmp_path / "x.kms")).exit_code == 0
     again = wrap(aws_env, key_id, pem, str(tmp_path / "x.kms"))
-    assert again.exit_code == 5 and "pass --force" in again.output
+    assert again.exit_code == ExitCode.CANT_CREATE and "pass --force" in again.output
     assert wrap(aws_env, key_id, pem, str(tmp_path / "x.kms"), "--force").exit_code == 0
     (tmp_path / "pub.pem").write_bytes(privateshare_test_key.public_pem)
     public = wrap(aws_env, key_id, tmp_path / "pub.pem", str(tmp_path / "y.kms"))
-    assert public.exit_code == 5 and "public key or certificate" in public.output
+    assert public.exit_code == ExitCode.SECRET and "public key or certificate" in public.output
     assert not (tmp_path / "y.kms").exists()
 
 

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from privateshare.cli import main
+from privateshare.cli import ExitCode, main
 from privateshare.errors import ConfigError, KeyStoreError
 from privateshare.flow import Flow
 from privateshare.framework import load
@@ -261,13 +261,13 @@ def test_import_command_refuses_a_taken_label_and_bad_input(
     again = runner.invoke(
         main, ["keys", *args, "--key-label", "migrated", "--in", str(pem), "--pin-env", "THE_PIN"]
     )
-    assert again.exit_code == 5
+    assert again.exit_code == ExitCode.CANT_CREATE
     assert "already holds 2 object(s) labelled 'migrated'" in again.output
     (tmp_path / "pub.pem").write_bytes(privateshare_test_key.public_pem)
     public = runner.invoke(
         main, ["keys", *args, "--in", str(tmp_path / "pub.pem"), "--pin-env", "THE_PIN"]
     )
-    assert public.exit_code == 5 and "public key or certificate" in public.output
+    assert public.exit_code == ExitCode.SECRET and "public key or certificate" in public.output
     store = make_store(
         hsm, token_label=hsm.tokens[1], key_label="migrated", pin=Secret(env="THE_PIN")
     )
@@ -330,7 +330,7 @@ def test_import_command_prompts_for_the_pin_and_shows_no_key(hsm: SoftHsm, tmp_p
         ],
         input="000000\n",
     )
-    assert bad.exit_code == 5 and "PIN" in bad.output and "wrong" in bad.output
+    assert bad.exit_code == ExitCode.SECRET and "PIN" in bad.output and "wrong" in bad.output
 
 
 # --- the whole flow ---------------------------------------------------------------------------
