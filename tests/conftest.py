@@ -43,6 +43,7 @@ SLOW_PATHS = ("contrib", "flow", "sandbox", "test_lint.py", "test_packaging.py")
 GROUPED_PATHS = {"contrib": "contrib-installs"}
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group marks
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         try:
