@@ -10,6 +10,56 @@ from pathlib import Path
 import pytest
 
 FIXTURES = Path(__file__).parent / "fixtures"
+TESTS = Path(__file__).parent
+
+# A test is `slow` when it starts a server, a database, an HSM or another process, and `unit`
+# otherwise: `python -m pytest -m unit` runs the fast layer alone (see CONTRIBUTING.md).
+SLOW_FIXTURES = frozenset(
+    {
+        "privateshare_sandbox",
+        "sandbox",
+        "make_sandbox",
+        "start_sandbox",
+        "client",
+        "moto_server",
+        "moto_auth_server",
+        "aws_env",
+        "softhsm",
+        "postgresql_database",
+        "mariadb_database",
+        "sql_db",
+        "shared_db",
+        "limited_user",
+        "hello_dist",
+        "with_hello",
+        "sinks_site",
+        "counting_site",
+        "docs_home",
+    }
+)
+SLOW_PATHS = ("contrib", "flow", "sandbox", "test_lint.py", "test_packaging.py")
+# Modules whose session-scoped set-up (pip installs into a target dir) is costly: their tests
+# stay on one xdist worker (`--dist loadgroup`), so the set-up runs once, not once per worker.
+GROUPED_PATHS = {"contrib": "contrib-installs"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group marks
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        try:
+            parts = item.path.relative_to(TESTS).parts
+        except ValueError:  # not one of ours (a conformance suite run from elsewhere)
+            continue
+        fixtures = set(getattr(item, "fixturenames", ()))
+        slow = (
+            item.get_closest_marker("slow") is not None
+            or parts[0] in SLOW_PATHS
+            or bool(fixtures & SLOW_FIXTURES)
+        )
+        item.add_marker(pytest.mark.slow if slow else pytest.mark.unit)
+        group = GROUPED_PATHS.get(parts[0])
+        if group and item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(scope="session")

@@ -63,8 +63,10 @@ def test_the_file_list_is_capped(
 def hostile_framework(
     privateshare_factory: Callable[..., PrivateShare], server: HostileServer, cap: int
 ) -> PrivateShare:
+    # Short backoffs: a retried 5xx must not make the test wait for seconds.
     return privateshare_factory(
         f'[digime]\nbase_url = "{server.url}/v1.7/"\nmax_answer_bytes = {cap}\n'
+        '[transport]\ntype = "requests"\nbackoff = 0.01\n[pull]\nretry_backoff = 0.01\n'
     )
 
 

@@ -378,7 +378,7 @@ def test_wrong_key(handle, other_key) -> None:
 @pytest.mark.parametrize(
     "body",
     [os.urandom(64) + bytes(16), b"\x1f\x8b" + os.urandom(62) + b"\x10" * 16],
-    ids=["random", "gzip-magic"],
+    ids=["random-zero-padded", "gzip-magic-random"],
 )
 def test_error_messages_carry_no_key_material(handle, rsa_key, body) -> None:
     """Bad padding / corrupt gzip: the message names the file, never the file key or IV."""
