@@ -14,10 +14,14 @@ are the child's CPU (and wall) per call, one thread, layers alternating in block
 1 s switch interval (fairness: ~0 when the work holds the GIL, so one thread starves; ~1 when
 it releases it, whatever the load). A pure-Python loop is the control.
 
+``--decompress``: the decryptor (RSA unwrap, AES, decompression with its caps) on the sandbox's
+15 MiB gzip and brotli JSON files from memory, against one-shot zlib/brotli on the same payload.
+
 ``--decrypt``: CPU per 20 KiB file through the decryption hook with the default 1 MiB
 ``chunk_size`` (one zero-filled buffer per file) and with 32 KiB, in 1 and 8 threads.
 
-    python benchmarks/micro.py [--http] [--decrypt] [--gil] [--calls 10000] [--blocks 5]
+    python benchmarks/micro.py [--http] [--decrypt] [--decompress] [--gil]
+                               [--calls 10000] [--blocks 5]
 """
 
 from __future__ import annotations
@@ -209,6 +213,83 @@ def run_decrypt(args: argparse.Namespace) -> None:
         print(f"{label:<36} {show(values):>22}")
 
 
+# --- decompression through the decryptor (child) ---------------------------------------------
+
+
+def child_decompress(spec: dict[str, Any]) -> dict[str, Any]:
+    """CPU of the decryptor (RSA unwrap, AES, decompression, caps) vs the bare decompressor.
+
+    The sandbox's 15 MiB JSON files, gzip and brotli, from memory: no HTTP, no sink, so
+    what is left is the pipeline's own cost over one-shot ``zlib``/``brotli`` on the
+    same payload.
+    """
+    import io
+    import zlib
+
+    import brotli
+
+    import privateshare
+    from privateshare.models import FileMetadata
+    from privateshare.sandbox.encrypt import iter_encrypt
+    from privateshare.sandbox.library import generate_library
+
+    fw = privateshare.load(spec["config"], base_dir=Path(spec["base_dir"]))
+    key = fw.key_handle()
+    library = generate_library(
+        5, files=3, size_distribution=f"fixed:{spec['size']}", updated_fraction=0
+    )
+    out: dict[str, Any] = {}
+    for lf in library.files:
+        version = lf.latest
+        kind = version.compression
+        if kind not in ("gzip", "brotli"):
+            continue
+        payload = b"".join(version.iter_payload())
+        blob = b"".join(iter_encrypt([payload], key.public_key()))
+        metadata = FileMetadata(compression=kind)
+        bare, ours = [], []
+        for _ in range(spec["blocks"]):
+            c = time.process_time()
+            if kind == "gzip":
+                size = len(zlib.decompressobj(wbits=16 + zlib.MAX_WBITS).decompress(payload))
+            else:
+                size = len(brotli.decompress(payload))
+            bare.append((time.process_time() - c) * 1000)
+            c = time.process_time()
+            got = 0
+            for chunk in fw.hooks.decrypt(io.BytesIO(blob), metadata, key, "bench.json"):
+                got += len(chunk)
+            ours.append((time.process_time() - c) * 1000)
+            assert got == size
+        out[kind] = {"bare_ms": bare, "ours_ms": ours, "size": size}
+    return out
+
+
+def run_decompress(args: argparse.Namespace) -> None:
+    from privateshare.sandbox import Sandbox, SandboxSettings
+    from privateshare.testing.sandboxed import sandbox_config
+
+    with tempfile.TemporaryDirectory() as tmp, Sandbox(SandboxSettings.instant(files=0)) as sb:
+        spec = {
+            "config": sandbox_config(sb, Path(tmp), sinks={"memory": {"type": "memory"}}),
+            "base_dir": str(sb.config_path().parent),
+            "size": 15 << 20,
+            "blocks": max(3, args.blocks),
+        }
+        result = child("decompress", spec)
+    print(
+        f"\ndecompression: the sandbox's 15 MiB JSON file, from memory, no HTTP and no sink; "
+        f"client CPU ms per file, median (min-max) of {spec['blocks']}; load average {loadavg()}"
+    )
+    for kind, r in result.items():
+        ratios = [b / o for b, o in zip(r["bare_ms"], r["ours_ms"], strict=True)]
+        print(
+            f"{kind:<7} bare {show(r['bare_ms'])} ms, through the decryptor {show(r['ours_ms'])} "
+            f"ms: the bare decompressor's speed x {statistics.median(ratios):.2f} "
+            f"({min(ratios):.2f}-{max(ratios):.2f})"
+        )
+
+
 # --- the GIL (child) ------------------------------------------------------------------------
 
 
@@ -359,7 +440,12 @@ def run_gil(args: argparse.Namespace) -> None:
 
 # --- plumbing -------------------------------------------------------------------------------
 
-CHILDREN = {"http": child_http, "gil": child_gil, "decrypt": child_decrypt}
+CHILDREN = {
+    "http": child_http,
+    "gil": child_gil,
+    "decrypt": child_decrypt,
+    "decompress": child_decompress,
+}
 
 
 def child(kind: str, spec: dict[str, Any]) -> dict[str, Any]:
@@ -386,6 +472,9 @@ def main() -> None:
     parser.add_argument("--http", action="store_true")
     parser.add_argument("--gil", action="store_true")
     parser.add_argument("--decrypt", action="store_true", help="the decryptor's buffer size")
+    parser.add_argument(
+        "--decompress", action="store_true", help="decryptor vs bare zlib/brotli, in memory"
+    )
     parser.add_argument("--calls", type=int, default=10000, help="HTTP calls per layer")
     parser.add_argument("--blocks", type=int, default=5)
     parser.add_argument("--scale", type=float, default=1.0, help="GIL runs' length factor")
@@ -396,11 +485,13 @@ def main() -> None:
         print(json.dumps(CHILDREN[kind](json.loads(spec))))
         return
     print(f"{os.cpu_count()} CPUs; python {sys.version.split()[0]}; load average {loadavg()}")
-    every = not (args.http or args.gil or args.decrypt)
+    every = not (args.http or args.gil or args.decrypt or args.decompress)
     if args.http or every:
         run_http(args)
     if args.decrypt or every:
         run_decrypt(args)
+    if args.decompress or every:
+        run_decompress(args)
     if args.gil or every:
         run_gil(args)
 

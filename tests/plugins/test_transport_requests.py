@@ -550,7 +550,7 @@ def test_closing_a_stalled_read_ahead_body_wakes_its_reader(
     ahead = response._ahead
     assert ahead is not None
     ahead._thread.join(0.2)  # the reader takes the 100 bytes and blocks for more
-    assert ahead._thread.is_alive() and ahead._filled.empty()
+    assert ahead._thread.is_alive() and ahead._pieces.empty()
     response.close()
     assert not ahead._thread.is_alive()
     del stream
