@@ -9,7 +9,7 @@ it; an observer's failure is logged and does not stop the run (unless strict).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -89,13 +89,25 @@ class Hooks:
     def token_lock(self, user_id: str) -> AbstractContextManager[None]:
         return self._first("tokens", "privateshare_token_lock", user_id=user_id)
 
-    def checkpoint_load(self, user_id: str) -> dict[str, int]:
+    def checkpoint_load(self, user_id: str) -> dict[str, dict[str, int]]:
         return dict(self.pm.hook.privateshare_checkpoint_load(user_id=user_id) or {})
 
-    def checkpoint_save(self, user_id: str, checkpoint: dict[str, int]) -> None:
+    def checkpoint_save(
+        self, user_id: str, changes: dict[str, dict[str, int]], *, replace: bool = False
+    ) -> None:
         self._first(
-            "tokens", "privateshare_checkpoint_save", user_id=user_id, checkpoint=checkpoint
+            "tokens",
+            "privateshare_checkpoint_save",
+            user_id=user_id,
+            changes=changes,
+            replace=replace,
         )
+
+    def run_record_load(self, user_id: str) -> dict[str, Any] | None:
+        return self.pm.hook.privateshare_run_record_load(user_id=user_id)
+
+    def run_record_save(self, user_id: str, record: dict[str, Any]) -> None:
+        self.pm.hook.privateshare_run_record_save(user_id=user_id, record=record)
 
     # decryption
     def decrypt(
@@ -133,13 +145,20 @@ class Hooks:
             except Exception as exc:
                 raise SinkError(f"sink {name} could not open the run: {exc}") from exc
 
-    def sink_writers(self, run: RunInfo, file: DataFile) -> list[tuple[str, FileWriter]]:
-        """One writer per sink; if any sink cannot take the file, none is left open."""
-        if self.broken_sinks:
-            name, error = next(iter(self.broken_sinks.items()))
-            raise SinkError(f"sink {name} is broken and cannot take files: {error}")
+    def sink_writers(
+        self, run: RunInfo, file: DataFile, only: Collection[str] | None = None
+    ) -> list[tuple[str, FileWriter]]:
+        """One writer per sink (of ``only``, if given); if one cannot take the file, none opens."""
+        broken = [n for n in self.broken_sinks if only is None or n in only]
+        if broken:
+            name = broken[0]
+            raise SinkError(
+                f"sink {name} is broken and cannot take files: {self.broken_sinks[name]}"
+            )
         writers: list[tuple[str, FileWriter]] = []
         for name, call in self._each("privateshare_sink_open_file"):
+            if only is not None and name not in only:
+                continue
             try:
                 writer = call(run=run, file=file)
             except Exception as exc:
@@ -150,15 +169,20 @@ class Hooks:
         return writers
 
     def deliver(
-        self, run: RunInfo, file: DataFile, chunks: Iterable[bytes | memoryview]
+        self,
+        run: RunInfo,
+        file: DataFile,
+        chunks: Iterable[bytes | memoryview],
+        only: Collection[str] | None = None,
     ) -> tuple[int, list[str]]:
-        """Stream one file through the transforms into every sink; commit all or abort all.
+        """Stream one file through the transforms into every sink (of ``only``, if given);
+        commit all or abort all.
 
         Returns the plaintext bytes written and the sinks that committed. Nothing is
         committed before ``chunks`` is exhausted, because decryption reports some
         failures (padding, hash) only at the end.
         """
-        writers = self.sink_writers(run, file)
+        writers = self.sink_writers(run, file, only)
         size = 0
         try:
             for chunk in self.transform(file, iter(chunks)):

@@ -29,6 +29,7 @@ from typing import Any, NoReturn, TypeVar
 import msgspec
 
 from .api import AuthorizeStart, ConsentDenied, DigimeClient, FileDownload, needs_refresh
+from .checkpoint import DeliveryState
 from .errors import (
     AuthorizationRequired,
     DigimeError,
@@ -366,18 +367,31 @@ class Flow:
         save_token: bool = True,
         session_options: Mapping[str, Any] | None = None,
         progress: Callable[[str, Any], None] | None = None,
+        full: bool = False,
+        since: int | None = None,
     ) -> RunSummary:
         """Read one session of a user's library into every sink.
 
         With no ``session``, a new one is triggered with the user's saved token.
         A ``session`` with no token and ``save_token=False`` is read with the session
         key alone (API v1.5 one-off consent). ``[pull] timeout`` bounds all of it,
-        the trigger and the downloads in flight included.
+        the trigger and the downloads in flight included. Each file goes only to the
+        sinks that lack its version (:mod:`privateshare.checkpoint`); ``full``
+        re-delivers every file to every sink; ``since`` (ms since the epoch, see
+        :func:`privateshare.checkpoint.parse_since`) leaves out files updated before it.
         """
         deadline = time.monotonic() + self.config.pull.timeout
         with deadline_scope(deadline):
             return self._pull(
-                user_id, token, session, save_token, session_options, progress, deadline
+                user_id,
+                token,
+                session,
+                save_token,
+                session_options,
+                progress,
+                deadline,
+                full=full,
+                since=since,
             )
 
     def _pull(
@@ -389,6 +403,9 @@ class Flow:
         session_options: Mapping[str, Any] | None,
         progress: Callable[[str, Any], None] | None,
         deadline: float,
+        *,
+        full: bool = False,
+        since: int | None = None,
     ) -> RunSummary:
         session_only = token is None and not save_token and session is not None and session.key
         if token is None and not session_only:
@@ -398,14 +415,25 @@ class Flow:
         if session is None or not session.key:
             session = keeper.call(lambda t: self.client.trigger(t, session_options))
         self.fw.hooks.session_established(user_id, session)
-        return Run(self, user_id, session, keeper, progress, deadline=deadline).execute()
+        run = Run(self, user_id, session, keeper, progress, deadline=deadline)
+        run.full, run.since = full, since
+        return run.execute()
 
-    def pull_all(self, *, progress: Callable[[str, Any], None] | None = None) -> list[RunSummary]:
+    def pull_all(
+        self,
+        *,
+        progress: Callable[[str, Any], None] | None = None,
+        full: bool = False,
+        since: int | None = None,
+    ) -> list[RunSummary]:
         """Pull every user with a saved token, a bounded number at once."""
         users = self.fw.hooks.token_users()
         results: list[RunSummary] = []
         with ThreadPoolExecutor(max(1, self.config.pull.user_concurrency)) as pool:
-            futures = {u: pool.submit(self.pull, u, progress=progress) for u in users}
+            futures = {
+                u: pool.submit(self.pull, u, progress=progress, full=full, since=since)
+                for u in users
+            }
             for user_id, future in futures.items():
                 try:
                     results.append(future.result())
@@ -487,7 +515,10 @@ class Run:
         self.info = RunInfo(uuid.uuid4().hex, user_id, time.time())
         self.summary = RunSummary(run_id=self.info.run_id, user_id=user_id)
         self._lock = threading.Lock()
-        self._checkpoint: dict[str, int] = {}
+        #: ``pull --full`` / ``--since``: set by the caller before :meth:`execute`.
+        self.full = False
+        self.since: int | None = None
+        self._state = DeliveryState({}, [])
         self._checkpoint_dirty = False
         self._checkpoint_saved_at = 0.0
         self._checkpoint_every = self.CHECKPOINT_EVERY
@@ -503,7 +534,17 @@ class Run:
 
     def execute(self) -> RunSummary:
         started = time.monotonic()
-        self._checkpoint = self.hooks.checkpoint_load(self.user_id)
+        self._state = state = DeliveryState(
+            self.hooks.checkpoint_load(self.user_id),
+            self.hooks.sink_names(),
+            full=self.full,
+            since_ms=self.since,
+        )
+        for note in state.messages():
+            log.warning("user %s: %s", self.user_id, note)
+            self.summary.notes.append(note)
+        self.summary.sinks_backfilled = list(state.new)
+        self._checkpoint_dirty = state.replace
         self.hooks.sinks_open_run(self.info)
         try:
             with deadline_scope(self.deadline):
@@ -606,22 +647,23 @@ class Run:
         """
         skipped = duplicates
         scheduled = False
-        checkpoint = self._checkpoint
+        state = self._state
         late: DigimeError | None = None
         undated = 0
         for name, updated in listing.items():
             taken = self._taken.get(name)
+            if state.too_old(updated):
+                skipped += 1  # pull --since: left out
+                continue
             if updated <= 0:
                 undated += 1
                 if not final or taken is not None:
                     continue
             elif taken is not None and updated <= taken:
                 continue  # this version or a later one was delivered, failed or is on its way
-            else:
-                done = checkpoint.get(name)
-                if taken is None and done is not None and updated <= done:
-                    skipped += 1
-                    continue
+            elif taken is None and not state.needs(name, updated):
+                skipped += 1  # every sink holds this version or a later one
+                continue
             self._taken[name] = updated
             scheduled = True
             if not self._submit(pool, name, updated):
@@ -697,8 +739,11 @@ class Run:
             if past_deadline():
                 self._failed(name, self._too_late("not started"), timed_out=True)
                 return
+            # Decided now, not when listed: a sink may have taken it since (an older version).
+            with self._lock:
+                only = self._state.needs(name, updated)
             try:
-                size = self.retry.call(lambda: self._download_once(name, updated), name)
+                size = self.retry.call(lambda: self._download_once(name, updated, only), name)
             except (PrivateShareError, OSError) as exc:
                 self._failed(name, exc)
                 return
@@ -706,9 +751,9 @@ class Run:
                 log.exception("unexpected error delivering %s", name)
                 self._failed(name, exc)
                 return
-            self._delivered(name, updated, size)
+            self._delivered(name, updated, size, only)
 
-    def _download_once(self, name: str, updated: int) -> int:
+    def _download_once(self, name: str, updated: int, only: list[str]) -> int:
         download: FileDownload = self.keeper.call(
             lambda t: self.client.open_file(self.session.key, name, t)
         )
@@ -726,19 +771,20 @@ class Run:
                 self.flow.fw.key_handle(),
                 name,
             )
-            size, sinks = self.hooks.deliver(self.info, file, chunks)
+            size, sinks = self.hooks.deliver(self.info, file, chunks, only)
         finally:
             download.response.close()
         self.hooks.file_written(self.user_id, file, size, sinks)
         return size
 
-    def _delivered(self, name: str, updated: int, size: int) -> None:
+    def _delivered(self, name: str, updated: int, size: int, sinks: list[str]) -> None:
         with self._lock:
             self.summary.files_delivered += 1
             self.summary.bytes_delivered += size
-            done = self._checkpoint.get(name)
-            if done is None or done < updated:
-                self._checkpoint[name] = updated
+            per_sink = self.summary.sinks_delivered
+            for sink in sinks:
+                per_sink[sink] = per_sink.get(sink, 0) + 1
+            if self._state.record(name, updated, sinks):
                 self._checkpoint_dirty = True
         self.progress("file", (name, size))
         self._save_checkpoint()
@@ -767,11 +813,11 @@ class Run:
             due = time.monotonic() - self._checkpoint_saved_at >= self._checkpoint_every
             if not self._checkpoint_dirty or not (force or due):
                 return
-            snapshot = dict(self._checkpoint)
+            changes, replace = self._state.take_changes()
             self._checkpoint_dirty = False
             began = time.monotonic()
-            # Saved under the lock so two snapshots can never land out of order.
-            self.hooks.checkpoint_save(self.user_id, snapshot)
+            # Saved under the lock so two saves can never land out of order.
+            self.hooks.checkpoint_save(self.user_id, changes, replace=replace)
             self._checkpoint_saved_at = now = time.monotonic()
             # A save of millions of names takes a while: keep saving to ~10% of the time.
             self._checkpoint_every = max(self.CHECKPOINT_EVERY, 10 * (now - began))
