@@ -196,6 +196,14 @@ class Hooks:
             raise
         return size, [name for name, _writer in writers]
 
+    def sinks_sync(self, run: RunInfo) -> None:
+        """Every sink's committed files made durable; a failure names the sink."""
+        for name, call in self._each("privateshare_sink_sync"):
+            try:
+                call(run=run)
+            except Exception as exc:
+                raise SinkError(f"sink {name} could not make its files durable: {exc}") from exc
+
     def sinks_close_run(self, run: RunInfo, summary: RunSummary) -> None:
         for name, call in self._each("privateshare_sink_close_run"):
             try:

@@ -36,6 +36,7 @@ from .errors import (
     FileDecryptionError,
     PrivateShareError,
     ServerError,
+    SinkError,
     TransportError,
 )
 from .framework import PrivateShare
@@ -816,6 +817,15 @@ class Run:
             changes, replace = self._state.take_changes()
             self._checkpoint_dirty = False
             began = time.monotonic()
+            # Checkpointed => on disk: the files of ``changes`` were committed before this
+            # sync, so it covers them (a sink may make commits durable in batches).
+            try:
+                self.hooks.sinks_sync(self.info)
+            except SinkError as exc:
+                log.error("user %s: %s; those files are delivered again", self.user_id, exc)
+                self.summary.notes.append(f"{exc}: the files since are not checkpointed")
+                self._state.replace = self._state.replace or replace
+                return
             # Saved under the lock so two saves can never land out of order.
             self.hooks.checkpoint_save(self.user_id, changes, replace=replace)
             self._checkpoint_saved_at = now = time.monotonic()

@@ -280,6 +280,24 @@ def privateshare_sink_open_file(run: RunInfo, file: DataFile) -> FileWriter | No
 
 
 @hookspec
+def privateshare_sink_sync(run: RunInfo) -> None:
+    """Make every file this sink committed so far in the run durable.
+
+    A sink whose ``commit`` is durable when it returns (one database transaction, an
+    S3 multipart completion) need not implement it. A sink that defers part of its
+    durability (the ``file`` sink syncs each directory once per batch) must finish it
+    here before returning: the flow checkpoints a file only after this returned.
+
+    :param run: the current run.
+    :returns: nothing; raise if the files cannot be made durable (they are then not
+        checkpointed and are delivered again on the next run).
+    :result: called for every sink.
+    :called: before each checkpoint save (about once a second) and at the end of the run,
+        with only files whose ``commit`` returned before the call to be covered by it.
+    """
+
+
+@hookspec
 def privateshare_sink_close_run(run: RunInfo, summary: RunSummary) -> None:
     """Finish a run (flush, close connections).
 
