@@ -201,8 +201,16 @@ def _attach_commands() -> None:
     from .keycommands import keys_group
     from .sandbox.command import sandbox_command
     from .scaffold import plugin_group
+    from .status import status_command
 
-    for command in (*COMMANDS, demo_command, sandbox_command, plugin_group, keys_group):
+    for command in (
+        *COMMANDS,
+        demo_command,
+        sandbox_command,
+        plugin_group,
+        keys_group,
+        status_command,
+    ):
         main.add_command(command)
 
 

@@ -382,18 +382,36 @@ class Flow:
         :func:`privateshare.checkpoint.parse_since`) leaves out files updated before it.
         """
         deadline = time.monotonic() + self.config.pull.timeout
-        with deadline_scope(deadline):
-            return self._pull(
-                user_id,
-                token,
-                session,
-                save_token,
-                session_options,
-                progress,
-                deadline,
-                full=full,
-                since=since,
-            )
+        started = time.time()
+        try:
+            with deadline_scope(deadline):
+                summary = self._pull(
+                    user_id,
+                    token,
+                    session,
+                    save_token,
+                    session_options,
+                    progress,
+                    deadline,
+                    full=full,
+                    since=since,
+                )
+        except PrivateShareError as exc:
+            self._record_run(user_id, None, started, str(exc))
+            raise
+        self._record_run(user_id, summary, started, None)
+        return summary
+
+    def _record_run(
+        self, user_id: str, summary: RunSummary | None, started: float, error: str | None
+    ) -> None:
+        """Save what ``privateshare status`` shows of this pull; a failure here is only logged."""
+        from .status import run_record
+
+        try:
+            self.fw.hooks.run_record_save(user_id, run_record(summary, user_id, started, error))
+        except Exception as exc:  # the pull's outcome stands whatever the record's fate
+            log.warning("user %s: the record of this run was not saved: %s", user_id, exc)
 
     def _pull(
         self,

@@ -13,6 +13,7 @@ from .manager import BrokenPlugin, PluginSet
 
 if TYPE_CHECKING:
     from .keys import KeyHandle
+    from .status import UserStatus
 
 
 class PrivateShare:
@@ -46,6 +47,13 @@ class PrivateShare:
             if self._key is None:
                 self._key = self.hooks.key_handle()
             return self._key
+
+    def status(self, user_ids: list[str] | None = None) -> list[UserStatus]:
+        """Per user (every user with a token, or ``user_ids``): token state and expiry, the
+        last run and the accounts needing reauthorization; read locally, nothing is sent."""
+        from .status import user_statuses
+
+        return user_statuses(self, user_ids)
 
     def close(self) -> None:
         for name in list(self.plugins):
