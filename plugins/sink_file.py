@@ -69,6 +69,7 @@ class FileSink(Plugin):
         #: Directories whose entries changed since the last sync: (dev, inode) -> an open fd.
         self._dirty: dict[tuple[int, int], int] = {}
         self._dirty_lock = threading.Lock()
+        self._sync_lock = threading.Lock()
 
     def _changed(self, dir_fd: int) -> None:
         """Remember that ``dir_fd``'s entries changed; :meth:`sync` makes them durable."""
@@ -81,20 +82,25 @@ class FileSink(Plugin):
                 self._dirty[key] = os.dup(dir_fd)
 
     def sync(self) -> None:
-        """fsync each directory changed since the last call, once."""
-        with self._dirty_lock:
-            dirty, self._dirty = self._dirty, {}
-        try:
-            for fd in dirty.values():
-                os.fsync(fd)
-        except OSError as exc:
-            raise SinkError(
-                f"sink {self.context.name}: cannot sync a directory under {self.root}: "
-                f"{exc.strerror}"
-            ) from None
-        finally:
-            for fd in dirty.values():
-                os.close(fd)
+        """fsync each directory changed since the last call, once.
+
+        Syncs are serialised: a caller (another user's run) that finds nothing left to
+        sync must not return while an earlier call is still syncing what it took.
+        """
+        with self._sync_lock:
+            with self._dirty_lock:
+                dirty, self._dirty = self._dirty, {}
+            try:
+                for fd in dirty.values():
+                    os.fsync(fd)
+            except OSError as exc:
+                raise SinkError(
+                    f"sink {self.context.name}: cannot sync a directory under {self.root}: "
+                    f"{exc.strerror}"
+                ) from None
+            finally:
+                for fd in dirty.values():
+                    os.close(fd)
 
     def __repr__(self) -> str:
         return f"FileSink({self.context.name}, root={str(self.root)!r})"
