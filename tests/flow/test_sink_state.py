@@ -132,3 +132,23 @@ def test_a_per_user_checkpoint_migrates_to_every_configured_sink(
     assert migrated.files_delivered == 0 and migrated.files_skipped == len(truth)
     assert any("every sink" in n or "counts as delivered" in n for n in migrated.notes)
     assert fw.hooks.checkpoint_load("di") == {"sinks.a": dates, "sinks.b": dates}
+
+
+def test_the_pull_summary_names_the_backfilled_sink_and_counts_per_sink(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    truth = sandbox.ground_truth()
+    runner = CliRunner()
+    config = sandbox.config_path("ongoing", "v1.7").parent / "state-summary.toml"
+    config.write_text(dump_toml(sandbox_config(sandbox, tmp_path, sinks=sinks(tmp_path, "a"))))
+    consent(Flow(framework_for(sandbox, tmp_path, sinks=sinks(tmp_path, "a"))), "eli")
+    first = runner.invoke(main, ["pull", "--user", "eli", "-c", str(config)])
+    assert first.exit_code == 0, first.output
+    assert "note:" not in first.stdout
+    config.write_text(dump_toml(sandbox_config(sandbox, tmp_path, sinks=sinks(tmp_path, "a", "b"))))
+    second = runner.invoke(main, ["pull", "--user", "eli", "-c", str(config)])
+    assert second.exit_code == 0, second.output
+    assert f"user eli: {len(truth)} delivered" in second.stdout
+    assert f"delivered per sink: sinks.b {len(truth)}" in second.stdout
+    assert "note: sink(s) sinks.b have no delivery state" in second.stdout
+    assert "renamed" in second.stdout
