@@ -386,7 +386,7 @@ class SealedRecordStore:
             raise TokenStoreError(
                 f"{self.label}{place} holds the record of another user; {self.record_fix}"
             )
-        state = {sink: dict(names) for sink, names in record.sinks.items()}
+        state = dict(record.sinks)  # the decoded dicts are this call's own: no copies
         if record.checkpoint:
             state.setdefault(LEGACY_SINKS, {}).update(record.checkpoint)
         torn, size = False, 0
