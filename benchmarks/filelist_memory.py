@@ -217,7 +217,9 @@ def seed_checkpoint(config: dict[str, object], workdir: Path, count: int, downlo
     import privateshare
 
     with privateshare.load(config, base_dir=workdir) as fw:
-        fw.hooks.checkpoint_save("bench", {entry_name(i): UPDATED for i in range(download, count)})
+        done = {entry_name(i): UPDATED for i in range(download, count)}
+        state = {name: done for name in fw.hooks.sink_names()}
+        fw.hooks.checkpoint_save("bench", state, replace=True)
 
 
 def mib(value: float) -> str:

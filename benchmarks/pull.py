@@ -13,7 +13,7 @@ the median with min-max. Parts (all by default; pick some with their flags):
                   Target: CPU per file <= 2.5x the floor (file sink).
 ``--memory``      peak RSS of a pull and of a re-pull (nothing new) at 2,000 and 50,000 files,
                   each in a fresh process. Target: 50k within 1.2x of 2k.
-``--checkpoint``  time per checkpoint save with one entry changed, at 2,000 and 50,000
+``--checkpoint``  CPU (and wall) per checkpoint save with one entry changed, at 2,000 and 50,000
                   entries (the file token store). Target: O(what changed): 50k within 1.5x of 2k.
 ``--sql``         the sql sink's client CPU per small file on SQLite and PostgreSQL against the
                   file sink's. Target: <= 1.5x.
@@ -244,7 +244,12 @@ def child_floor(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def child_checkpoint(spec: dict[str, Any]) -> dict[str, Any]:
-    """Milliseconds per checkpoint save (wall and CPU) with one entry changed each time."""
+    """Milliseconds per checkpoint save (wall and CPU) with one entry changed each time.
+
+    A save passes what changed (``privateshare_checkpoint_save(changes, replace=False)``),
+    as the flow does; the store appends it to its journal and compacts now and then, so
+    the median is an append; compactions (and fsync stalls) show in the mean.
+    """
     import privateshare
 
     entries, saves = spec["entries"], spec["saves"]
@@ -253,21 +258,23 @@ def child_checkpoint(spec: dict[str, Any]) -> dict[str, Any]:
     }
     names = list(checkpoint)
     with privateshare.load(spec["config"], base_dir=Path(spec["base_dir"])) as fw:
-        fw.hooks.checkpoint_save("bench", checkpoint)
+        fw.hooks.checkpoint_save("bench", {"sinks.local": checkpoint}, replace=True)
         walls, cpus = [], []
         for i in range(saves):
-            checkpoint[names[i % entries]] += 1
+            name = names[i % entries]
+            checkpoint[name] += 1
             cpu, wall = cpu_seconds(), time.perf_counter()
-            fw.hooks.checkpoint_save("bench", checkpoint)
+            fw.hooks.checkpoint_save("bench", {"sinks.local": {name: checkpoint[name]}})
             walls.append(time.perf_counter() - wall)
             cpus.append(cpu_seconds() - cpu)
         wall = time.perf_counter()
         loaded = fw.hooks.checkpoint_load("bench")
         load_ms = (time.perf_counter() - wall) * 1000
-    assert loaded == checkpoint, "the checkpoint did not round-trip"
+    assert loaded == {"sinks.local": checkpoint}, "the checkpoint did not round-trip"
     return {
         "save_ms": statistics.median(walls) * 1000,
         "save_cpu_ms": statistics.median(cpus) * 1000,
+        "mean_ms": statistics.fmean(walls) * 1000,
         "load_ms": load_ms,
     }
 
@@ -569,28 +576,38 @@ def part_checkpoint(bench: Bench) -> None:
     )
     with bench.sandbox(files=0) as sb:
         costs: dict[int, Figure] = {}
+        cpus: dict[int, Figure] = {}
         for r in range(args.repeat):
             for entries in args.rss_files:
                 spec = bench.spec(sb, f"cp{entries}", {}, entries=entries, saves=args.saves)
                 result = run_child("checkpoint", spec)
                 shutil.rmtree(spec["root"], ignore_errors=True)
                 costs.setdefault(entries, Figure()).add(result["save_ms"])
+                cpus.setdefault(entries, Figure()).add(result["save_cpu_ms"])
                 say(
                     f"  round {r + 1}: {entries:>6} entries: save {result['save_ms']:.2f} ms "
-                    f"(CPU {result['save_cpu_ms']:.2f} ms), load {result['load_ms']:.1f} ms; "
+                    f"(CPU {result['save_cpu_ms']:.2f} ms, mean "
+                    f"{result['mean_ms']:.2f} ms), load {result['load_ms']:.1f} ms; "
                     f"load average {loadavg()}"
                 )
     low, high = min(args.rss_files), max(args.rss_files)
     bench.results["checkpoint"] = {str(k): v.values for k, v in costs.items()}
+    bench.results["checkpoint_cpu"] = {str(k): v.values for k, v in cpus.items()}
+    # CPU is the store's own work; the wall time adds one fsync's latency, which is the
+    # disk's (and, on a shared machine, the neighbours'), the same at any size.
     bench.targets.append(
         Target(
             "checkpoint",
-            f"time per checkpoint save at {high:,} entries vs {low:,}",
+            f"CPU per checkpoint save at {high:,} entries vs {low:,}",
             "<= 1.5x (O(changed))",
-            f"{costs[high].show()} ms vs {costs[low].show()} ms",
-            costs[high].median / costs[low].median,
+            f"{cpus[high].show()} ms vs {cpus[low].show()} ms",
+            cpus[high].median / cpus[low].median,
             1.5,
         )
+    )
+    say(
+        f"  wall per save (one fsync's latency included): {costs[high].show()} ms at "
+        f"{high:,} entries vs {costs[low].show()} ms at {low:,}"
     )
 
 

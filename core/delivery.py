@@ -12,7 +12,7 @@ only once the stream is exhausted, because decryption reports some failures
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import TYPE_CHECKING
 
 from .errors import SinkError
@@ -28,18 +28,22 @@ __all__ = ["abort_all", "deliver", "sink_writers"]
 log = logging.getLogger(__name__)
 
 
-def sink_writers(hooks: Hooks, run: RunInfo, file: DataFile) -> list[tuple[str, FileWriter]]:
-    """One writer per sink; if any sink cannot take the file, none is left open.
+def sink_writers(
+    hooks: Hooks, run: RunInfo, file: DataFile, only: Collection[str] | None = None
+) -> list[tuple[str, FileWriter]]:
+    """One writer per sink (of ``only``, if given); if any sink cannot take the file, none
+    is left open.
 
     An unsafe user id or file name fails here, before any sink is asked.
     """
-    if hooks.broken_sinks:
-        name, error = next(iter(hooks.broken_sinks.items()))
-        raise SinkError(f"sink {name} is broken and cannot take files: {error}")
+    broken = [n for n in hooks.broken_sinks if only is None or n in only]
+    if broken:
+        name = broken[0]
+        raise SinkError(f"sink {name} is broken and cannot take files: {hooks.broken_sinks[name]}")
     writers: list[tuple[str, FileWriter]] = []
     with names_checked(run, file):
         try:
-            for name, writer in hooks.sink_open_file(run, file):
+            for name, writer in hooks.sink_open_file(run, file, only):
                 if writer is not None:
                     writers.append((name, writer))
         except BaseException:
@@ -49,13 +53,18 @@ def sink_writers(hooks: Hooks, run: RunInfo, file: DataFile) -> list[tuple[str, 
 
 
 def deliver(
-    hooks: Hooks, run: RunInfo, file: DataFile, chunks: Iterable[bytes | memoryview]
+    hooks: Hooks,
+    run: RunInfo,
+    file: DataFile,
+    chunks: Iterable[bytes | memoryview],
+    only: Collection[str] | None = None,
 ) -> tuple[int, list[str]]:
-    """Stream one file through the transforms into every sink; commit all or abort all.
+    """Stream one file through the transforms into every sink (of ``only``, if given: the
+    sinks that lack it); commit all or abort all.
 
     Returns the plaintext bytes written and the sinks that committed.
     """
-    writers = sink_writers(hooks, run, file)
+    writers = sink_writers(hooks, run, file, only)
     size = 0
     try:
         for chunk in hooks.transform(file, iter(chunks)):

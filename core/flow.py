@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import msgspec
 
+from .checkpoint import DeliveryState
 from .client import (
     AuthorizeStart,
     Client,
@@ -47,6 +48,7 @@ from .errors import (
     FileDecryptionError,
     PrivateShareError,
     ServerError,
+    SinkError,
     TransportError,
 )
 from .jws import InvalidServerToken
@@ -420,19 +422,50 @@ class Flow:
         save_token: bool = True,
         session_options: Mapping[str, Any] | None = None,
         progress: Callable[[str, Any], None] | None = None,
+        full: bool = False,
+        since: int | None = None,
     ) -> RunSummary:
         """Read one session of a user's library into every sink.
 
         With no ``session``, a new one is triggered with the user's saved token.
         A ``session`` with no token and ``save_token=False`` is read with the session
         key alone (API v1.5 one-off consent). ``[pull] timeout`` bounds all of it,
-        the trigger and the downloads in flight included.
+        the trigger and the downloads in flight included. Each file goes only to the
+        sinks that lack its version (:mod:`privateshare.checkpoint`); ``full``
+        re-delivers every file to every sink; ``since`` (ms since the epoch, see
+        :func:`privateshare.checkpoint.parse_since`) leaves out files updated before it.
         """
         deadline = time.monotonic() + self.config.pull.timeout
-        with deadline_scope(deadline):
-            return self._pull(
-                user_id, token, session, save_token, session_options, progress, deadline
-            )
+        started = time.time()
+        try:
+            with deadline_scope(deadline):
+                summary = self._pull(
+                    user_id,
+                    token,
+                    session,
+                    save_token,
+                    session_options,
+                    progress,
+                    deadline,
+                    full=full,
+                    since=since,
+                )
+        except PrivateShareError as exc:
+            self._record_run(user_id, None, started, str(exc))
+            raise
+        self._record_run(user_id, summary, started, None)
+        return summary
+
+    def _record_run(
+        self, user_id: str, summary: RunSummary | None, started: float, error: str | None
+    ) -> None:
+        """Save what ``privateshare status`` shows of this pull; a failure here is only logged."""
+        from .status import run_record
+
+        try:
+            self.fw.hooks.run_record_save(user_id, run_record(summary, user_id, started, error))
+        except Exception as exc:  # the pull's outcome stands whatever the record's fate
+            log.warning("user %s: the record of this run was not saved: %s", user_id, exc)
 
     def _pull(
         self,
@@ -443,6 +476,9 @@ class Flow:
         session_options: Mapping[str, Any] | None,
         progress: Callable[[str, Any], None] | None,
         deadline: float,
+        *,
+        full: bool = False,
+        since: int | None = None,
     ) -> RunSummary:
         session_only = token is None and not save_token and session is not None and session.key
         if token is None and not session_only:
@@ -452,14 +488,25 @@ class Flow:
         if session is None or not session.key:
             session = keeper.call(lambda t: self.client.trigger(t, session_options))
         self.fw.hooks.session_established(user_id, session)
-        return Run(self, user_id, session, keeper, progress, deadline=deadline).execute()
+        run = Run(self, user_id, session, keeper, progress, deadline=deadline)
+        run.full, run.since = full, since
+        return run.execute()
 
-    def pull_all(self, *, progress: Callable[[str, Any], None] | None = None) -> list[RunSummary]:
+    def pull_all(
+        self,
+        *,
+        progress: Callable[[str, Any], None] | None = None,
+        full: bool = False,
+        since: int | None = None,
+    ) -> list[RunSummary]:
         """Pull every user with a saved token, a bounded number at once."""
         users = self.fw.hooks.token_users()
         results: list[RunSummary] = []
         with ThreadPoolExecutor(max(1, self.config.pull.user_concurrency)) as pool:
-            futures = {u: pool.submit(self.pull, u, progress=progress) for u in users}
+            futures = {
+                u: pool.submit(self.pull, u, progress=progress, full=full, since=since)
+                for u in users
+            }
             for user_id, future in futures.items():
                 try:
                     results.append(future.result())
@@ -585,7 +632,10 @@ class Run:
         self.info = RunInfo(uuid.uuid4().hex, user_id, time.time())
         self.summary = RunSummary(run_id=self.info.run_id, user_id=user_id)
         self._lock = threading.Lock()
-        self._checkpoint: dict[str, int] = {}
+        #: ``pull --full`` / ``--since``: set by the caller before :meth:`execute`.
+        self.full = False
+        self.since: int | None = None
+        self._state = DeliveryState({}, [])
         self._checkpoint_dirty = False
         self._checkpoint_saved_at = 0.0
         self._checkpoint_every = self.CHECKPOINT_EVERY
@@ -601,7 +651,17 @@ class Run:
 
     def execute(self) -> RunSummary:
         started = time.monotonic()
-        self._checkpoint = self.hooks.checkpoint_load(self.user_id)
+        self._state = state = DeliveryState(
+            self.hooks.checkpoint_load(self.user_id),
+            self.hooks.sink_names(),
+            full=self.full,
+            since_ms=self.since,
+        )
+        for note in state.messages():
+            log.warning("user %s: %s", self.user_id, note)
+            self.summary.notes.append(note)
+        self.summary.sinks_backfilled = list(state.new)
+        self._checkpoint_dirty = state.replace
         self.hooks.sinks_open_run(self.info)
         try:
             with deadline_scope(self.deadline):
@@ -704,22 +764,23 @@ class Run:
         """
         skipped = duplicates
         scheduled = False
-        checkpoint = self._checkpoint
+        state = self._state
         late: DigimeError | None = None
         undated = 0
         for name, updated in listing.items():
             taken = self._taken.get(name)
+            if state.too_old(updated):
+                skipped += 1  # pull --since: left out
+                continue
             if updated <= 0:
                 undated += 1
                 if not final or taken is not None:
                     continue
             elif taken is not None and updated <= taken:
                 continue  # this version or a later one was delivered, failed or is on its way
-            else:
-                done = checkpoint.get(name)
-                if taken is None and done is not None and updated <= done:
-                    skipped += 1
-                    continue
+            elif taken is None and not state.needs(name, updated):
+                skipped += 1  # every sink holds this version or a later one
+                continue
             self._taken[name] = updated
             scheduled = True
             if not self._submit(pool, name, updated):
@@ -797,9 +858,12 @@ class Run:
             if past_deadline():
                 self._failed(name, self._too_late("not started"), timed_out=True)
                 return
+            # Decided now, not when listed: a sink may have taken it since (an older version).
+            with self._lock:
+                only = self._state.needs(name, updated)
             try:
                 size = self.retry.call(
-                    lambda: self._download_once(name, updated),
+                    lambda: self._download_once(name, updated, only),
                     f"file {name} of user {self.user_id}",
                 )
             except (PrivateShareError, OSError) as exc:
@@ -809,9 +873,9 @@ class Run:
                 log.exception("unexpected error delivering %s", name)
                 self._failed(name, exc)
                 return
-            self._delivered(name, updated, size)
+            self._delivered(name, updated, size, only)
 
-    def _download_once(self, name: str, updated: int) -> int:
+    def _download_once(self, name: str, updated: int, only: list[str]) -> int:
         download: FileDownload = self.keeper.call(
             lambda t: self.client.open_file(self.session.key, name, t)
         )
@@ -829,19 +893,20 @@ class Run:
                 self.flow.fw.key_handle(),
                 name,
             )
-            size, sinks = deliver(self.hooks, self.info, file, chunks)
+            size, sinks = deliver(self.hooks, self.info, file, chunks, only)
         finally:
             download.response.close()
         self.hooks.file_written(self.user_id, file, size, sinks)
         return size
 
-    def _delivered(self, name: str, updated: int, size: int) -> None:
+    def _delivered(self, name: str, updated: int, size: int, sinks: list[str]) -> None:
         with self._lock:
             self.summary.files_delivered += 1
             self.summary.bytes_delivered += size
-            done = self._checkpoint.get(name)
-            if done is None or done < updated:
-                self._checkpoint[name] = updated
+            per_sink = self.summary.sinks_delivered
+            for sink in sinks:
+                per_sink[sink] = per_sink.get(sink, 0) + 1
+            if self._state.record(name, updated, sinks):
                 self._checkpoint_dirty = True
         self.progress("file", (name, size))
         self._save_checkpoint()
@@ -870,11 +935,20 @@ class Run:
             due = time.monotonic() - self._checkpoint_saved_at >= self._checkpoint_every
             if not self._checkpoint_dirty or not (force or due):
                 return
-            snapshot = dict(self._checkpoint)
+            changes, replace = self._state.take_changes()
             self._checkpoint_dirty = False
             began = time.monotonic()
-            # Saved under the lock so two snapshots can never land out of order.
-            self.hooks.checkpoint_save(self.user_id, snapshot)
+            # Checkpointed => on disk: the files of ``changes`` were committed before this
+            # sync, so it covers them (a sink may make commits durable in batches).
+            try:
+                self.hooks.sinks_sync(self.info)
+            except SinkError as exc:
+                log.error("user %s: %s; those files are delivered again", self.user_id, exc)
+                self.summary.notes.append(f"{exc}: the files since are not checkpointed")
+                self._state.replace = self._state.replace or replace
+                return
+            # Saved under the lock so two saves can never land out of order.
+            self.hooks.checkpoint_save(self.user_id, changes, replace=replace)
             self._checkpoint_saved_at = now = time.monotonic()
             # A save of millions of names takes a while: keep saving to ~10% of the time.
             self._checkpoint_every = max(self.CHECKPOINT_EVERY, 10 * (now - began))

@@ -24,6 +24,7 @@ from .models import (
 if TYPE_CHECKING:
     from .flow import Flow
     from .keys import KeyHandle
+    from .status import UserStatus
 
 
 class PrivateShare:
@@ -130,6 +131,13 @@ class PrivateShare:
     def contract(self) -> ContractDetails:
         """What the configured contract allows: its type, time range and data request."""
         return self.flow.contract()
+
+    def status(self, user_ids: list[str] | None = None) -> list[UserStatus]:
+        """Per user (every user with a token, or ``user_ids``): token state and expiry, the
+        last run and the accounts needing reauthorization; read locally, nothing is sent."""
+        from .status import user_statuses
+
+        return user_statuses(self, user_ids)
 
     def close(self) -> None:
         for name in list(self.plugins):

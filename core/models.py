@@ -196,6 +196,12 @@ class RunSummary(msgspec.Struct):
     duration_s: float = 0.0
     #: Why the run stopped early (polling limits, server errors), if it did.
     error: str | None = None
+    #: Sink name -> files this run delivered there (a file goes only to the sinks lacking it).
+    sinks_delivered: dict[str, int] = {}
+    #: Sinks that had no delivery state (new or renamed) and were backfilled.
+    sinks_backfilled: list[str] = []
+    #: What the operator should know about this run's sinks (backfill, forgotten state).
+    notes: list[str] = []
 
     @property
     def ok(self) -> bool:

@@ -1,9 +1,11 @@
 """The ``file`` sink: each user's files under ``root/<user>/<name>``, written atomically.
 
 Every file goes to a temp file in its final directory (prefix
-``.privateshare-tmp-``), is fsynced, then ``os.replace``-d over the old version
-and the directory is fsynced, so a reader (or a crash) sees the old file or the
-new one, never a mix. Server-supplied names and user ids are checked before
+``.privateshare-tmp-``), is fsynced, then ``os.replace``-d over the old version,
+so a reader (or a crash) sees the old file or the new one, never a mix. The
+directories are fsynced once per batch (``privateshare_sink_sync``, which the flow
+calls before each checkpoint save), not once per file: a file is checkpointed only
+after its directory entry is on disk. Server-supplied names and user ids are checked before
 anything touches the disk, and the directories are walked with
 ``O_NOFOLLOW`` directory descriptors, so no name and no planted symlink can
 make the sink write outside ``root``. Layout, commit order and guarantees are
@@ -70,6 +72,41 @@ class FileSink(Plugin):
         super().__init__(options, context)
         self.root: Path = context.resolve(options.root)
         self._resolved_root: Path | None = None
+        #: Directories whose entries changed since the last sync: (dev, inode) -> an open fd.
+        self._dirty: dict[tuple[int, int], int] = {}
+        self._dirty_lock = threading.Lock()
+        self._sync_lock = threading.Lock()
+
+    def _changed(self, dir_fd: int) -> None:
+        """Remember that ``dir_fd``'s entries changed; :meth:`sync` makes them durable."""
+        if not self.options.fsync:
+            return
+        st = os.fstat(dir_fd)
+        key = (st.st_dev, st.st_ino)
+        with self._dirty_lock:
+            if key not in self._dirty:
+                self._dirty[key] = os.dup(dir_fd)
+
+    def sync(self) -> None:
+        """fsync each directory changed since the last call, once.
+
+        Syncs are serialised: a caller (another user's run) that finds nothing left to
+        sync must not return while an earlier call is still syncing what it took.
+        """
+        with self._sync_lock:
+            with self._dirty_lock:
+                dirty, self._dirty = self._dirty, {}
+            try:
+                for fd in dirty.values():
+                    os.fsync(fd)
+            except OSError as exc:
+                raise SinkError(
+                    f"sink {self.context.name}: cannot sync a directory under {self.root}: "
+                    f"{exc.strerror}"
+                ) from None
+            finally:
+                for fd in dirty.values():
+                    os.close(fd)
 
     def __repr__(self) -> str:
         return f"FileSink({self.context.name}, root={str(self.root)!r})"
@@ -108,8 +145,14 @@ class FileSink(Plugin):
         return FileSinkWriter(self, dir_fd, target, file)  # owns dir_fd from here on
 
     @hookimpl
+    def privateshare_sink_sync(self, run: RunInfo) -> None:
+        """Make the renames of the files committed so far durable: one fsync per directory."""
+        self.sync()
+
+    @hookimpl
     def privateshare_sink_close_run(self, run: RunInfo, summary: RunSummary) -> None:
-        """Nothing to flush: every file was made durable when it was committed."""
+        """Sync what the last batch changed (the flow has synced before its last save)."""
+        self.sync()
 
     # plumbing -------------------------------------------------------------------
 
@@ -158,8 +201,12 @@ class FileSink(Plugin):
             here = root
             for part in parts:
                 here = here / part
-                with contextlib.suppress(FileExistsError):
+                try:
                     os.mkdir(part, 0o700, dir_fd=fd)
+                except FileExistsError:
+                    pass
+                else:
+                    self._changed(fd)  # the new directory's entry, synced with the batch
                 try:
                     child = os.open(part, _DIR_FLAGS, dir_fd=fd)
                 except OSError as exc:
@@ -213,13 +260,15 @@ def _verify_inside(root: Path, target: Path, name: str, user: str) -> None:
 class FileSinkWriter(SinkWriter):
     """One file on its way to disk: a temp file that ``commit`` renames into place.
 
-    Commit order: the data temp file is written and fsynced while chunks arrive;
-    at commit the metadata temp file is written and fsynced, then the data file
-    is renamed into place, the directory fsynced, then the metadata file renamed
-    and the directory fsynced again. The metadata is the last thing to change,
-    so it never claims a newer ``updated_date`` than the data beside it; a crash
-    between the renames leaves new data with old metadata, and the rerun (the
-    checkpoint did not advance) delivers the file again.
+    Commit order: the data temp file is written while chunks arrive and fsynced at
+    commit; the metadata temp file is written and fsynced; then the data file is
+    renamed into place, then the metadata file. The metadata is the last thing to
+    change, so it never claims a newer ``updated_date`` than the data beside it; a
+    crash between the renames leaves new data with old metadata, and the rerun (the
+    checkpoint did not advance) delivers the file again. The directory is fsynced
+    with the batch (:meth:`FileSink.sync`), before the checkpoint names the file.
+    Within a batch, a power cut may undo a rename (the old version is back) but
+    never leaves a file half-written, and such files are not checkpointed.
     """
 
     def __init__(self, sink: FileSink, dir_fd: int, target: Path, file: DataFile) -> None:
@@ -278,8 +327,6 @@ class FileSinkWriter(SinkWriter):
                 meta_temp = self._write_metadata(fsync)
             os.replace(self._data_temp, name, src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd)
             self._forget(self._data_temp)
-            if fsync:
-                os.fsync(self._dir_fd)
             if meta_temp is not None:
                 os.replace(
                     meta_temp,
@@ -288,8 +335,7 @@ class FileSinkWriter(SinkWriter):
                     dst_dir_fd=self._dir_fd,
                 )
                 self._forget(meta_temp)
-                if fsync:
-                    os.fsync(self._dir_fd)
+            self._sink._changed(self._dir_fd)
         except OSError as exc:
             raise self._fail("commit", exc) from None
         self._close_dir()

@@ -4,7 +4,9 @@ Layout, one directory per contract under ``path``::
 
     <path>/<contract>/store.key            the store key, wrapped to the contract's public key
     <path>/<contract>/<digest>.token       a user's access + refresh token (AES-256-GCM)
-    <path>/<contract>/<digest>.checkpoint  a user's checkpoint (AES-256-GCM)
+    <path>/<contract>/<digest>.checkpoint  a user's delivery state: base snapshot (AES-256-GCM)
+    <path>/<contract>/<digest>.<gen>.journal  changes since that base, each sealed on its own
+    <path>/<contract>/<digest>.run         the user's last run record (AES-256-GCM)
     <path>/<contract>/locks/<digest>.lock  the per-user refresh lock (empty)
 
 ``<digest>`` is an HMAC of the user id under a key derived from the store key,
@@ -13,6 +15,12 @@ dots, emoji) maps to a safe name. The store key is 32 random bytes, wrapped with
 RSA-OAEP-SHA1 to the contract key and unwrapped once per process through the
 key handle, so the same code works when the private key lives in KMS or an HSM.
 A copy of the directory without the contract private key is useless.
+
+A checkpoint save appends one sealed entry (a 4-byte length, then the sealed
+changes) to the journal and fsyncs it: O(what changed). When the journal outgrows
+the base it is folded into a new base naming a new generation; a journal whose
+generation is not the base's is left over from a crash and ignored, and a torn
+last entry (a crash mid-append) is ignored, never misread.
 """
 
 from __future__ import annotations
@@ -24,13 +32,14 @@ import logging
 import os
 import re
 import stat
+import struct
 import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import filelock
 import msgspec
@@ -246,7 +255,7 @@ class FileTokenStore(SealedRecordStore, Plugin):
         return sorted(
             self.directory / name
             for name in names
-            if not name.startswith(".") and name.endswith((".token", ".checkpoint"))
+            if not name.startswith(".") and name.endswith((".token", ".checkpoint", ".run"))
         )
 
     def _public_key(self) -> rsa.RSAPublicKey:
@@ -371,6 +380,73 @@ class FileTokenStore(SealedRecordStore, Plugin):
     def _file_lock(self, path: Path, what: str) -> AbstractContextManager[None]:
         return _TimedLock(path, self.options.lock_timeout, what)
 
+    # --- the checkpoint journal -----------------------------------------------
+
+    def _journal_path(self, digest: str, journal: str) -> Path:
+        return self.directory / f"{digest}.{journal}.journal"
+
+    def _checkpoint_marker(self, digest: str) -> Any:
+        try:
+            st = self._path(digest, "checkpoint").stat()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise _unreadable(self._path(digest, "checkpoint"), exc, "the checkpoint") from None
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def _journal_read(self, digest: str, journal: str, who: str) -> tuple[list[bytes], bool, int]:
+        path = self._journal_path(digest, journal)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return [], False, 0
+        except OSError as exc:
+            raise _unreadable(path, exc, f"the checkpoint journal of {who}") from None
+        blobs: list[bytes] = []
+        at = 0
+        while at < len(data):
+            if at + 4 > len(data):
+                return blobs, True, len(data)
+            (size,) = struct.unpack_from(">I", data, at)
+            if size == 0 or at + 4 + size > len(data):
+                return blobs, True, len(data)
+            blobs.append(data[at + 4 : at + 4 + size])
+            at += 4 + size
+        return blobs, False, len(data)
+
+    def _journal_append(self, digest: str, journal: str, who: str, blob: bytes) -> int:
+        path = self._journal_path(digest, journal)
+        entry = struct.pack(">I", len(blob)) + blob
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                created = os.fstat(fd).st_size == 0
+                view = memoryview(entry)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+                size = os.fstat(fd).st_size
+            finally:
+                os.close(fd)
+            if created:
+                _fsync_dir(self.directory)
+        except OSError as exc:
+            raise TokenStoreError(
+                f"cannot append to the checkpoint journal of {who} at {path} ({exc.strerror}); "
+                f"check free space and permissions of {self.directory}"
+            ) from None
+        return size
+
+    def _checkpoint_rewrite(self, digest: str, who: str, blob: bytes, old: str | None) -> None:
+        self._write(digest, "checkpoint", who, blob)
+        if old:
+            with contextlib.suppress(FileNotFoundError):
+                self._journal_path(digest, old).unlink()
+
+    def _checkpoint_lock(self, digest: str) -> AbstractContextManager[Any]:
+        path = self.directory / "locks" / f"{digest}.checkpoint.lock"
+        return self._file_lock(path, "a checkpoint")
+
     # --- hooks ---------------------------------------------------------------
 
     @hookimpl
@@ -378,8 +454,11 @@ class FileTokenStore(SealedRecordStore, Plugin):
         """Remove the user's token and checkpoint; ``False`` when there was nothing."""
         digest = self._digest(self._open(), user_id)
         deleted = False
-        for kind in ("token", "checkpoint"):
-            path = self._path(digest, kind)
+        paths = [self._path(digest, kind) for kind in ("token", "checkpoint", "run")]
+        paths += self.directory.glob(f"{digest}.*.journal")
+        self._checkpoint_cache().pop(digest, None)
+        for path in paths:
+            kind = path.suffix[1:]
             try:
                 path.unlink()
                 deleted = True

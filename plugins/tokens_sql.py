@@ -54,7 +54,7 @@ from privateshare.plugins.tokenseal import (
 log = logging.getLogger("privateshare.tokens")
 
 SCHEMA_COMPONENT = "tokens"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # v2: the checkpoint journal table
 _FORGET_HINT = (
     "delete that row (the user then consents again), or restore the token tables together "
     "with the contract key they were created with"
@@ -94,6 +94,21 @@ def token_tables(prefix: str) -> tuple[sa.MetaData, sa.Table, sa.Table, sa.Table
     return metadata, keys, records, locks
 
 
+def journal_table(metadata: sa.MetaData, prefix: str) -> sa.Table:
+    """``<prefix>token_journal``: checkpoint changes since each user's base, one row per save."""
+    return sa.Table(
+        f"{prefix}token_journal",
+        metadata,
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+        sa.Column("contract", sa.String(255), nullable=False),
+        sa.Column("digest", sa.String(64), nullable=False),
+        sa.Column("generation", sa.String(32), nullable=False),
+        sa.Column("sealed", LongBlob, nullable=False),
+        sa.Column("saved_at", sa.Float, nullable=False),
+        sa.Index(f"{prefix}token_journal_user", "contract", "digest"),
+    )
+
+
 class SqlTokenStore(SealedRecordStore, Plugin):
     """Users' tokens and checkpoints in SQL tables, sealed with a wrapped store key."""
 
@@ -115,6 +130,8 @@ class SqlTokenStore(SealedRecordStore, Plugin):
         self.metadata, self.keys_table, self.records, self.locks = token_tables(
             options.table_prefix
         )
+        self.journal = journal_table(self.metadata, options.table_prefix)
+        self._journal_lock = threading.Lock()
         contract = context.contract_id
         self.contract = (
             contract
@@ -155,7 +172,12 @@ class SqlTokenStore(SealedRecordStore, Plugin):
                         f"[{self.context.name}] the sql token store needs the contract id; set "
                         "contract_id in the [digime] table"
                     )
-                self.db.ensure_schema(SCHEMA_COMPONENT, SCHEMA_VERSION, self.metadata)
+                self.db.ensure_schema(
+                    SCHEMA_COMPONENT,
+                    SCHEMA_VERSION,
+                    self.metadata,
+                    {2: lambda conn: self.journal.create(conn, checkfirst=True)},
+                )
                 row = self._key_row() or self._key_row_unless_lost()
                 if row is None:
                     self._keys = StoreKeys(self._create_store_key())
@@ -310,9 +332,74 @@ class SqlTokenStore(SealedRecordStore, Plugin):
     def privateshare_token_delete(self, user_id: str) -> bool:
         """Remove the user's token and checkpoint; ``False`` when there was nothing."""
         digest = self._digest(self._open(), user_id)
+        j = self.journal.c
+        self._checkpoint_cache().pop(digest, None)
         with self.db.transaction(f"delete the records of user {user_id!r}") as conn:
             result = conn.execute(self.records.delete().where(self._where(digest)))
+            conn.execute(
+                self.journal.delete().where(
+                    sa.and_(j.contract == self.contract, j.digest == digest)
+                )
+            )
         return bool(result.rowcount)
+
+    # --- the checkpoint journal -----------------------------------------------
+
+    def _checkpoint_marker(self, digest: str) -> Any:
+        with self.db.transaction("read the checkpoint", write=False) as conn:
+            return conn.execute(
+                sa.select(self.records.c.saved_at).where(self._where(digest, "checkpoint"))
+            ).scalar()
+
+    def _journal_read(self, digest: str, journal: str, who: str) -> tuple[list[bytes], bool, int]:
+        j = self.journal.c
+        with self.db.transaction(f"read the checkpoint journal of {who}", write=False) as conn:
+            rows = conn.execute(
+                sa.select(j.sealed)
+                .where(
+                    sa.and_(
+                        j.contract == self.contract, j.digest == digest, j.generation == journal
+                    )
+                )
+                .order_by(j.id)
+            ).scalars()
+            blobs = [bytes(blob) for blob in rows]
+        return blobs, False, sum(len(blob) for blob in blobs)
+
+    def _journal_append(self, digest: str, journal: str, who: str, blob: bytes) -> int:
+        row = {
+            "contract": self.contract,
+            "digest": digest,
+            "generation": journal,
+            "sealed": blob,
+            "saved_at": time.time(),
+        }
+        with self.db.transaction(f"save the checkpoint of {who}") as conn:
+            conn.execute(self.journal.insert().values(row))
+        where = self._checkpoint_cache().get(digest)
+        return (where.journal_size if where else 0) + len(blob)
+
+    def _checkpoint_rewrite(self, digest: str, who: str, blob: bytes, old: str | None) -> None:
+        j = self.journal.c
+        row = {
+            "contract": self.contract,
+            "digest": digest,
+            "kind": "checkpoint",
+            "sealed": blob,
+            "saved_at": time.time(),
+        }
+        with self.db.transaction(f"save the checkpoint of {who}") as conn:
+            self.db.upsert(conn, self.records, row, ["contract", "digest", "kind"])
+            conn.execute(
+                self.journal.delete().where(
+                    sa.and_(j.contract == self.contract, j.digest == digest)
+                )
+            )
+
+    def _checkpoint_lock(self, digest: str) -> AbstractContextManager[Any]:
+        # Each append and rewrite is one transaction; saves racing from two processes can
+        # only lose progress (files delivered again), never corrupt the state.
+        return self._journal_lock
 
     @hookimpl
     def privateshare_token_lock(self, user_id: str) -> AbstractContextManager[None]:

@@ -19,6 +19,7 @@ import logging
 import secrets
 import time
 from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager
 from typing import Any, Literal
 
 import msgspec
@@ -28,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from privateshare.checkpoint import LEGACY_SINKS
 from privateshare.errors import PrivateShareError, TokenStoreError
 from privateshare.hooks import PluginContext, hookimpl
 from privateshare.keys import OAEP_SHA1_PADDING, KeyHandle, public_key_fingerprint
@@ -41,7 +43,9 @@ RECORD_MAGIC_V1 = b"PSTOK\x01"  # magic, nonce, ciphertext
 RECORD_MAGIC = b"PSTOK\x02"  # magic, store key id, nonce, ciphertext
 KEY_ID_BYTES = 8
 NONCE_BYTES = 12
-Kind = Literal["token", "checkpoint"]
+Kind = Literal["token", "checkpoint", "journal", "run"]
+#: Journal bytes past which a save folds the journal into a new base (and at least the base's size).
+COMPACT_AT = 1 << 20
 
 
 class TokenRecord(msgspec.Struct, frozen=True):
@@ -51,9 +55,42 @@ class TokenRecord(msgspec.Struct, frozen=True):
 
 
 class CheckpointRecord(msgspec.Struct, frozen=True):
+    """The base snapshot of a user's delivery state; changes since are in its journal.
+
+    ``checkpoint`` is the one mapping of records written before per-sink state
+    (loaded as sink :data:`LEGACY_SINKS`); ``sinks`` maps sink -> name -> date;
+    ``journal`` names the journal generation that belongs to this base.
+    """
+
     user_id: str
     checkpoint: dict[str, int] = {}
     saved_at: float = 0.0
+    sinks: dict[str, dict[str, int]] = {}
+    journal: str = ""
+
+
+class JournalEntry(msgspec.Struct, frozen=True):
+    """One checkpoint save: sink -> name -> updatedDate, applied over the base in order."""
+
+    changes: dict[str, dict[str, int]]
+
+
+class RunRecord(msgspec.Struct, frozen=True):
+    user_id: str
+    run: dict[str, Any]
+    saved_at: float = 0.0
+
+
+class CheckpointState:
+    """A loaded checkpoint's place in storage: its journal generation and sizes."""
+
+    __slots__ = ("base_size", "journal", "journal_size", "marker")
+
+    def __init__(self, journal: str, base_size: int, journal_size: int, marker: Any) -> None:
+        self.journal = journal
+        self.base_size = base_size
+        self.journal_size = journal_size
+        self.marker = marker
 
 
 class MalformedRecord(ValueError):
@@ -306,26 +343,182 @@ class SealedRecordStore:
             f"{named} from a backup, or {self.key_fix}"
         )
 
-    @hookimpl
-    def privateshare_checkpoint_load(self, user_id: str) -> dict[str, int]:
-        """The user's checkpoint (file name -> updatedDate ms); empty when none was saved."""
-        record = self._load(user_id, "checkpoint", CheckpointRecord)
-        return {} if record is None else dict(record.checkpoint)
+    # --- checkpoints: a sealed base snapshot and a journal of sealed changes ------
+
+    def _checkpoint_marker(self, digest: str) -> Any:
+        """Something that changes whenever the base snapshot is rewritten (None: no base)."""
+        raise NotImplementedError
+
+    def _journal_read(self, digest: str, journal: str, who: str) -> tuple[list[bytes], bool, int]:
+        """The journal's sealed entries, whether its tail was torn, and its size in bytes."""
+        raise NotImplementedError
+
+    def _journal_append(self, digest: str, journal: str, who: str, blob: bytes) -> int:
+        """Append one sealed entry durably; the journal's size afterwards."""
+        raise NotImplementedError
+
+    def _checkpoint_rewrite(self, digest: str, who: str, blob: bytes, old: str | None) -> None:
+        """Replace the base atomically and durably, then drop journal ``old``."""
+        raise NotImplementedError
+
+    def _checkpoint_lock(self, digest: str) -> AbstractContextManager[Any]:
+        """Serialises appends and rewrites of one user's checkpoint (across processes if it can)."""
+        raise NotImplementedError
+
+    def _checkpoint_cache(self) -> dict[str, CheckpointState]:
+        cache = self.__dict__.get("_checkpoint_states")
+        if cache is None:
+            cache = self.__dict__.setdefault("_checkpoint_states", {})
+        return cache
+
+    def _checkpoint_read(
+        self, keys: StoreKeys, user_id: str, digest: str
+    ) -> tuple[dict[str, dict[str, int]], CheckpointState | None, bool]:
+        """The state (base + journal), where it is, and whether the journal's tail was torn."""
+        who = f"user {user_id!r}"
+        marker = self._checkpoint_marker(digest)
+        blob, place = self._read(digest, "checkpoint", who)
+        if blob is None:
+            return {}, None, False
+        record = self._unseal(keys, "checkpoint", digest, blob, place, CheckpointRecord)
+        if record.user_id != user_id:
+            raise TokenStoreError(
+                f"{self.label}{place} holds the record of another user; {self.record_fix}"
+            )
+        state = dict(record.sinks)  # the decoded dicts are this call's own: no copies
+        if record.checkpoint:
+            state.setdefault(LEGACY_SINKS, {}).update(record.checkpoint)
+        torn, size = False, 0
+        if record.journal:
+            blobs, torn, size = self._journal_read(digest, record.journal, who)
+            bound = f"{digest}.{record.journal}"
+            for index, entry_blob in enumerate(blobs):
+                where = f"entry {index + 1} of the checkpoint journal of {who}"
+                try:
+                    entry = self._unseal(keys, "journal", bound, entry_blob, where, JournalEntry)
+                except ForeignKeyError:
+                    raise
+                except TokenStoreError:
+                    if index < len(blobs) - 1:
+                        raise
+                    torn = True  # a save cut short by a crash: its changes were never promised
+                    break
+                for sink, names in entry.changes.items():
+                    state.setdefault(sink, {}).update(names)
+        return state, CheckpointState(record.journal, len(blob), size, marker), torn
+
+    def _checkpoint_write(
+        self,
+        keys: StoreKeys,
+        user_id: str,
+        digest: str,
+        state: dict[str, dict[str, int]],
+        old: str | None,
+    ) -> CheckpointState:
+        """A new base holding ``state`` and naming a fresh, empty journal."""
+        journal = secrets.token_hex(8)
+        record = CheckpointRecord(user_id, {}, time.time(), state, journal)
+        blob = keys.seal(self.context.contract_id, "checkpoint", digest, record)
+        self._checkpoint_rewrite(digest, f"user {user_id!r}", blob, old)
+        return CheckpointState(journal, len(blob), 0, self._checkpoint_marker(digest))
 
     @hookimpl
-    def privateshare_checkpoint_save(self, user_id: str, checkpoint: dict[str, int]) -> bool:
-        """Replace the user's checkpoint, durably, before returning."""
-        try:
-            record = msgspec.convert(
-                {"user_id": user_id, "checkpoint": checkpoint, "saved_at": time.time()},
-                CheckpointRecord,
+    def privateshare_checkpoint_load(self, user_id: str) -> dict[str, dict[str, int]]:
+        """The user's delivery state: sink -> file name -> updatedDate ms (base + journal).
+
+        A record written before per-sink state comes back under sink ``"*"``. A journal
+        whose last entry was torn by a crash is read up to that entry and compacted.
+        """
+        keys = self._open()
+        digest = self._digest(keys, user_id)
+        state, where, torn = self._checkpoint_read(keys, user_id, digest)
+        if torn:
+            log.warning(
+                "%sthe checkpoint journal of user %r ends in a save cut short (a crash?); it is "
+                "ignored and the journal compacted: those files are delivered again",
+                self.label,
+                user_id,
             )
+            with self._checkpoint_lock(digest):
+                state, where, _ = self._checkpoint_read(keys, user_id, digest)
+                where = self._checkpoint_write(
+                    keys, user_id, digest, state, where.journal if where else None
+                )
+        cache = self._checkpoint_cache()
+        if where is None:
+            cache.pop(digest, None)
+        else:
+            cache[digest] = where
+        return state
+
+    @hookimpl
+    def privateshare_checkpoint_save(
+        self, user_id: str, changes: dict[str, dict[str, int]], replace: bool
+    ) -> bool:
+        """Append ``changes`` to the user's journal durably (O(changes)); compact now and then.
+
+        ``replace`` writes ``changes`` as the whole state instead: sinks not in it are
+        forgotten.
+        """
+        try:
+            changes = msgspec.convert(changes, dict[str, dict[str, int]])
         except msgspec.ValidationError as exc:
             raise TokenStoreError(
-                f"the checkpoint of user {user_id!r} must map file names to integer "
-                f"updatedDate values in ms: {exc}"
+                f"the checkpoint changes of user {user_id!r} must map sink names to mappings "
+                f"of file names to integer updatedDate values in ms: {exc}"
             ) from None
-        self._save(user_id, "checkpoint", record)
+        keys = self._open()
+        digest = self._digest(keys, user_id)
+        cache = self._checkpoint_cache()
+        with self._checkpoint_lock(digest):
+            where = cache.get(digest)
+            if replace:
+                cache[digest] = self._checkpoint_write(
+                    keys, user_id, digest, changes, where.journal if where else None
+                )
+                return True
+            changes = {sink: names for sink, names in changes.items() if names}
+            if not changes:
+                return True
+            if where is None or where.marker != self._checkpoint_marker(digest):
+                # First save of this process, or another one rewrote the base meanwhile.
+                state, where, torn = self._checkpoint_read(keys, user_id, digest)
+                if where is None or torn:
+                    for sink, names in changes.items():
+                        state.setdefault(sink, {}).update(names)
+                    cache[digest] = self._checkpoint_write(
+                        keys, user_id, digest, state, where.journal if where else None
+                    )
+                    return True
+            blob = keys.seal(
+                self.context.contract_id,
+                "journal",
+                f"{digest}.{where.journal}",
+                JournalEntry(changes),
+            )
+            where.journal_size = self._journal_append(
+                digest, where.journal, f"user {user_id!r}", blob
+            )
+            cache[digest] = where
+            if where.journal_size > max(COMPACT_AT, where.base_size):
+                state, where, _ = self._checkpoint_read(keys, user_id, digest)
+                cache[digest] = self._checkpoint_write(
+                    keys, user_id, digest, state, where.journal if where else None
+                )
+        return True
+
+    # --- the record of the last run ---------------------------------------------
+
+    @hookimpl
+    def privateshare_run_record_load(self, user_id: str) -> dict[str, Any] | None:
+        """The user's last run record as saved, or ``None``."""
+        record = self._load(user_id, "run", RunRecord)
+        return None if record is None else dict(record.run)
+
+    @hookimpl
+    def privateshare_run_record_save(self, user_id: str, record: dict[str, Any]) -> bool:
+        """Replace the user's last run record, durably."""
+        self._save(user_id, "run", RunRecord(user_id, dict(record), time.time()))
         return True
 
 

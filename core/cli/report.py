@@ -123,6 +123,11 @@ class Reporter:
                 f"{s.files_failed_total} failed; library {s.final_state}; {s.duration_s:.1f}s"
             )
             click.echo(line)
+            if len(s.sinks_delivered) > 1 or s.sinks_backfilled:
+                per_sink = ", ".join(f"{k} {v}" for k, v in sorted(s.sinks_delivered.items()))
+                click.echo(f"  delivered per sink: {per_sink or 'none'}")
+            for note in s.notes:
+                click.echo(f"  note: {note}")
             for failure in s.files_failed:
                 click.echo(f"  user {s.user_id}: failed {failure.name}: {failure.reason}")
             if s.files_failed_total > len(s.files_failed):

@@ -37,6 +37,7 @@ BUILTIN_COMMANDS: dict[str, str] = {
     "plugins": "privateshare.cli.plugins:plugins_command",
     "config": "privateshare.cli.configcmd:config_group",
     "plugin": "privateshare.cli.scaffold:plugin_group",
+    "status": "privateshare.cli.status:status_command",
 }
 
 #: The first line of each built-in command's help (a test keeps it equal to the command's).
@@ -51,6 +52,7 @@ BUILTIN_HELP: dict[str, str] = {
     "plugins": "List installed plugins per family, with their options; and broken ones.",
     "config": "Check a config file or print its JSON Schema.",
     "plugin": "Create plugin distributions.",
+    "status": "Per user: token state and expiry, the last run, accounts needing reauthorization.",
 }
 
 #: The entry-point group of hook plugins (the same one ``PluginSet`` loads).

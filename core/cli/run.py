@@ -67,20 +67,35 @@ def authorize_command(
 @click.command("pull")
 @click.option("--user", "user_id", help="Pull this user.")
 @click.option("--all-users", is_flag=True, help="Pull every user with a saved token.")
+@click.option("--full", is_flag=True, help="Deliver every file to every sink again.")
+@click.option("--since", help="Only files updated at or after DATE (ISO date/time, or epoch ms).")
 @config_option
 @json_option
-def pull_command(user_id: str | None, all_users: bool, config_path: Path, as_json: bool) -> None:
+def pull_command(
+    user_id: str | None,
+    all_users: bool,
+    config_path: Path,
+    as_json: bool,
+    full: bool = False,
+    since: str | None = None,
+) -> None:
     """Receive new and updated files of a user (or all users) into every sink."""
+    from ..checkpoint import parse_since
+
     if bool(user_id) == all_users:
         raise click.UsageError("give exactly one of --user ID or --all-users")
+    try:
+        since_ms = None if since is None else parse_since(since)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--since") from None
     fw, flow = open_flow(config_path)
     reporter = Reporter(as_json=as_json)
     with fw, reporter.live("pulling"):
         if all_users:
-            summaries = flow.pull_all(progress=reporter)
+            summaries = flow.pull_all(progress=reporter, full=full, since=since_ms)
         else:
             assert user_id is not None
-            summaries = [flow.pull(user_id, progress=reporter)]
+            summaries = [flow.pull(user_id, progress=reporter, full=full, since=since_ms)]
     reporter.summaries(summaries)
     exit_for(summaries)
 

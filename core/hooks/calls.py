@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
@@ -107,14 +107,28 @@ class Hooks:
         return self._first("tokens", "privateshare_token_lock", user_id=user_id)
 
     @calls("privateshare_checkpoint_load")
-    def checkpoint_load(self, user_id: str) -> dict[str, int]:
+    def checkpoint_load(self, user_id: str) -> dict[str, dict[str, int]]:
         return dict(self.pm.hook.privateshare_checkpoint_load(user_id=user_id) or {})
 
     @calls("privateshare_checkpoint_save")
-    def checkpoint_save(self, user_id: str, checkpoint: dict[str, int]) -> None:
+    def checkpoint_save(
+        self, user_id: str, changes: dict[str, dict[str, int]], *, replace: bool = False
+    ) -> None:
         self._first(
-            "tokens", "privateshare_checkpoint_save", user_id=user_id, checkpoint=checkpoint
+            "tokens",
+            "privateshare_checkpoint_save",
+            user_id=user_id,
+            changes=changes,
+            replace=replace,
         )
+
+    @calls("privateshare_run_record_load")
+    def run_record_load(self, user_id: str) -> dict[str, Any] | None:
+        return self.pm.hook.privateshare_run_record_load(user_id=user_id)
+
+    @calls("privateshare_run_record_save")
+    def run_record_save(self, user_id: str, record: dict[str, Any]) -> None:
+        self.pm.hook.privateshare_run_record_save(user_id=user_id, record=record)
 
     # decryption
     @calls("privateshare_decrypt")
@@ -157,35 +171,53 @@ class Hooks:
 
     @calls("privateshare_sink_open_file")
     def sink_open_file(
-        self, run: RunInfo, file: DataFile
+        self, run: RunInfo, file: DataFile, only: Collection[str] | None = None
     ) -> Iterator[tuple[str, FileWriter | None]]:
-        """Each sink's writer for ``file``, in config order; a failure names the sink.
+        """Each sink's writer for ``file`` (of ``only``, if given), in config order; a
+        failure names the sink.
 
         :mod:`privateshare.delivery` consumes this and aborts the writers already
         opened when a later sink cannot take the file.
         """
         for name, call in self._each("privateshare_sink_open_file"):
+            if only is not None and name not in only:
+                continue
             try:
                 writer = call(run=run, file=file)
             except Exception as exc:
                 raise SinkError(f"sink {name} could not open {file.name}: {exc}") from exc
             yield name, writer
 
-    def sink_writers(self, run: RunInfo, file: DataFile) -> list[tuple[str, FileWriter]]:
+    def sink_writers(
+        self, run: RunInfo, file: DataFile, only: Collection[str] | None = None
+    ) -> list[tuple[str, FileWriter]]:
         """Deprecated: use :func:`privateshare.delivery.sink_writers`."""
         _moved("sink_writers", "privateshare.delivery.sink_writers(hooks, run, file)")
         from ..delivery import sink_writers
 
-        return sink_writers(self, run, file)
+        return sink_writers(self, run, file, only)
 
     def deliver(
-        self, run: RunInfo, file: DataFile, chunks: Iterable[bytes | memoryview]
+        self,
+        run: RunInfo,
+        file: DataFile,
+        chunks: Iterable[bytes | memoryview],
+        only: Collection[str] | None = None,
     ) -> tuple[int, list[str]]:
         """Deprecated: use :func:`privateshare.delivery.deliver`."""
         _moved("deliver", "privateshare.delivery.deliver(hooks, run, file, chunks)")
         from ..delivery import deliver
 
-        return deliver(self, run, file, chunks)
+        return deliver(self, run, file, chunks, only)
+
+    @calls("privateshare_sink_sync")
+    def sinks_sync(self, run: RunInfo) -> None:
+        """Every sink's committed files made durable; a failure names the sink."""
+        for name, call in self._each("privateshare_sink_sync"):
+            try:
+                call(run=run)
+            except Exception as exc:
+                raise SinkError(f"sink {name} could not make its files durable: {exc}") from exc
 
     @calls("privateshare_sink_close_run")
     def sinks_close_run(self, run: RunInfo, summary: RunSummary) -> None:

@@ -80,6 +80,8 @@ FAMILIES: Mapping[str, Family] = MappingProxyType(
                     "privateshare_token_lock",
                     "privateshare_checkpoint_load",
                     "privateshare_checkpoint_save",
+                    "privateshare_run_record_load",
+                    "privateshare_run_record_save",
                 ),
                 default="file",
                 extras={"sql": "sql"},
@@ -98,6 +100,7 @@ FAMILIES: Mapping[str, Family] = MappingProxyType(
                 hooks=(
                     "privateshare_sink_open_run",
                     "privateshare_sink_open_file",
+                    "privateshare_sink_sync",
                     "privateshare_sink_close_run",
                 ),
                 provider=False,

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import pluggy
 
@@ -125,7 +125,7 @@ def privateshare_token_save(user_id: str, token: UserAccessToken) -> bool | None
 
 @hookspec(firstresult=True)
 def privateshare_token_delete(user_id: str) -> bool | None:
-    """Forget a user: token and checkpoint.
+    """Forget a user: token, checkpoint (base and journal) and last run record.
 
     :param user_id: the user.
     :returns: ``True`` if something was deleted, ``False`` if there was nothing.
@@ -157,25 +157,62 @@ def privateshare_token_lock(user_id: str) -> AbstractContextManager[None] | None
 
 
 @hookspec(firstresult=True)
-def privateshare_checkpoint_load(user_id: str) -> dict[str, int] | None:
-    """Load a user's checkpoint: file name -> last delivered ``updatedDate`` (ms).
+def privateshare_checkpoint_load(user_id: str) -> dict[str, dict[str, int]] | None:
+    """Load a user's delivery state: sink name -> file name -> last delivered ``updatedDate``.
 
     :param user_id: the user.
-    :returns: the mapping, empty when nothing was delivered yet.
+    :returns: the mapping (the saved base with every saved change applied in order),
+        empty when nothing was delivered yet. A checkpoint saved before state was kept
+        per sink is returned under the sink name ``"*"`` (``privateshare.checkpoint.
+        LEGACY_SINKS``): the flow reads it as "delivered to every sink configured now"
+        and replaces it.
     :result: firstresult.
-    :called: at the start of each pull, to skip files already delivered.
+    :called: at the start of each pull, to deliver to each sink only what it lacks.
     """
 
 
 @hookspec(firstresult=True)
-def privateshare_checkpoint_save(user_id: str, checkpoint: dict[str, int]) -> bool | None:
-    """Save a user's checkpoint atomically.
+def privateshare_checkpoint_save(
+    user_id: str, changes: dict[str, dict[str, int]], replace: bool
+) -> bool | None:
+    """Save what changed in a user's delivery state, durably, at a cost of O(``changes``).
 
     :param user_id: the user.
-    :param checkpoint: the whole mapping, replacing the saved one.
+    :param changes: sink name -> file name -> ``updatedDate`` now delivered there; merged
+        over the saved state (a later save of the same sink and name wins). Sinks and
+        names not in ``changes`` keep their saved values.
+    :param replace: ``True``: ``changes`` is the whole state; sinks not in it are forgotten
+        (used when sinks are removed from the config and to migrate a ``"*"`` record).
+    :returns: ``True`` once saved. A crash during a save may lose that save (those files
+        are delivered again), never an earlier one, and never leaves a state that fails
+        to load.
+    :result: firstresult.
+    :called: about once a second during a pull with the files delivered since the last
+        save, once more at its end; with ``replace`` when the configured sinks changed.
+    """
+
+
+@hookspec(firstresult=True)
+def privateshare_run_record_load(user_id: str) -> dict[str, Any] | None:
+    """Load the record of a user's last run (what ``privateshare status`` shows).
+
+    :param user_id: the user.
+    :returns: the JSON-able mapping last saved by ``privateshare_run_record_save``, or ``None``.
+    :result: firstresult.
+    :called: by ``privateshare status`` and ``PrivateShare.status()``.
+    """
+
+
+@hookspec(firstresult=True)
+def privateshare_run_record_save(user_id: str, record: dict[str, Any]) -> bool | None:
+    """Replace the record of a user's last run.
+
+    :param user_id: the user.
+    :param record: a JSON-able mapping: when the run started and ended, its final state,
+        files delivered and failed (also per sink), accounts needing reauthorization.
     :returns: ``True`` once saved.
     :result: firstresult.
-    :called: after each file has reached every sink.
+    :called: once at the end of every pull of the user.
     """
 
 
@@ -247,6 +284,24 @@ def privateshare_sink_open_file(run: RunInfo, file: DataFile) -> FileWriter | No
     :result: called for every sink; each returns its own writer.
     :called: once per file to deliver; the flow then streams the plaintext to
         every writer and commits them all, or aborts them all.
+    """
+
+
+@hookspec
+def privateshare_sink_sync(run: RunInfo) -> None:
+    """Make every file this sink committed so far in the run durable.
+
+    A sink whose ``commit`` is durable when it returns (one database transaction, an
+    S3 multipart completion) need not implement it. A sink that defers part of its
+    durability (the ``file`` sink syncs each directory once per batch) must finish it
+    here before returning: the flow checkpoints a file only after this returned.
+
+    :param run: the current run.
+    :returns: nothing; raise if the files cannot be made durable (they are then not
+        checkpointed and are delivered again on the next run).
+    :result: called for every sink.
+    :called: before each checkpoint save (about once a second) and at the end of the run,
+        with only files whose ``commit`` returned before the call to be covered by it.
     """
 
 

@@ -508,7 +508,9 @@ class TokenStoreConformance:
 
     def test_delete_forgets_token_and_checkpoint(self) -> None:
         self.store.privateshare_token_save(user_id="alice", token=_token("a"))
-        self.store.privateshare_checkpoint_save(user_id="alice", checkpoint={"f.json": 5})
+        self.store.privateshare_checkpoint_save(
+            user_id="alice", changes={"files": {"f.json": 5}}, replace=False
+        )
         self.store.privateshare_token_save(user_id="bob", token=_token("b"))
         assert self.store.privateshare_token_delete(user_id="alice") is True
         assert self.store.privateshare_token_load(user_id="alice") is None
@@ -520,14 +522,43 @@ class TokenStoreConformance:
         result = self.store.privateshare_checkpoint_load(user_id="nobody")
         assert result is None or result == {}
 
-    def test_checkpoint_round_trips_and_replaces(self) -> None:
-        first = {"a.json": 1_700_000_000_000, "b.json": 1_700_000_000_001}
-        assert self.store.privateshare_checkpoint_save(user_id="alice", checkpoint=first) is True
-        assert self.store.privateshare_checkpoint_load(user_id="alice") == first
-        second = {"a.json": 1_800_000_000_000}
-        self.store.privateshare_checkpoint_save(user_id="alice", checkpoint=second)
-        assert self.store.privateshare_checkpoint_load(user_id="alice") == second
-        assert not self.store.privateshare_checkpoint_load(user_id="bob")
+    def test_checkpoint_changes_merge_and_replace_replaces(self) -> None:
+        save = self.store.privateshare_checkpoint_save
+        load = self.store.privateshare_checkpoint_load
+        first = {"files": {"a.json": 1_700_000_000_000, "b.json": 1_700_000_000_001}}
+        assert save(user_id="alice", changes=first, replace=False) is True
+        assert load(user_id="alice") == first
+        # Changes merge per sink and name: what they do not name keeps its saved value.
+        save(
+            user_id="alice",
+            changes={"files": {"a.json": 1_800_000_000_000}, "db": {"a.json": 7}},
+            replace=False,
+        )
+        assert load(user_id="alice") == {
+            "files": {"a.json": 1_800_000_000_000, "b.json": 1_700_000_000_001},
+            "db": {"a.json": 7},
+        }
+        # Many small saves (a journal, in the built-in stores) all land, in order.
+        for i in range(200):
+            save(user_id="alice", changes={"db": {f"n{i % 50}.json": i}}, replace=False)
+        loaded = load(user_id="alice")
+        assert loaded["db"] == {"a.json": 7, **{f"n{i}.json": 150 + i for i in range(50)}}
+        # replace: the mapping is the whole state; sinks not in it are forgotten.
+        save(user_id="alice", changes={"db": {"z.json": 9}}, replace=True)
+        assert load(user_id="alice") == {"db": {"z.json": 9}}
+        save(user_id="alice", changes={"db": {"y.json": 3}}, replace=False)
+        assert load(user_id="alice") == {"db": {"z.json": 9, "y.json": 3}}
+        assert not load(user_id="bob")
+
+    def test_run_record_round_trips(self) -> None:
+        load = getattr(self.store, "privateshare_run_record_load", None)
+        if load is None:
+            pytest.skip("the store keeps no run record (privateshare status shows no last run)")
+        assert load(user_id="alice") is None
+        record = {"run_id": "r1", "final_state": "completed", "sinks": {"files": 3}, "ok": True}
+        assert self.store.privateshare_run_record_save(user_id="alice", record=record) is True
+        assert load(user_id="alice") == record
+        assert load(user_id="bob") is None
 
     def test_lock_is_a_context_manager_that_serialises_threads(self) -> None:
         spans: list[tuple[float, float]] = []

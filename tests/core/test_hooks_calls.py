@@ -38,7 +38,7 @@ class Recorder:
     def __init__(self) -> None:
         self.calls: list[tuple[str, Any]] = []
         self.tokens: dict[str, UserAccessToken] = {}
-        self.checkpoints: dict[str, dict[str, int]] = {}
+        self.checkpoints: dict[str, dict[str, dict[str, int]]] = {}
 
     @hookimpl
     def privateshare_transport_send(self, request: HttpRequest) -> str:
@@ -72,12 +72,14 @@ class Recorder:
         return contextlib.nullcontext()
 
     @hookimpl
-    def privateshare_checkpoint_load(self, user_id: str) -> dict[str, int]:
+    def privateshare_checkpoint_load(self, user_id: str) -> dict[str, dict[str, int]]:
         return self.checkpoints.get(user_id, {})
 
     @hookimpl
-    def privateshare_checkpoint_save(self, user_id: str, checkpoint: dict[str, int]) -> bool:
-        self.checkpoints[user_id] = dict(checkpoint)
+    def privateshare_checkpoint_save(
+        self, user_id: str, changes: dict[str, dict[str, int]], replace: bool
+    ) -> bool:
+        self.checkpoints[user_id] = dict(changes)
         return True
 
     @hookimpl
@@ -148,8 +150,8 @@ def test_every_hook_through_the_facade(tmp_path: Path) -> None:
     assert hooks.token_users() == ["alice"]
     with hooks.token_lock("alice"):
         pass
-    hooks.checkpoint_save("alice", {"a": 1})
-    assert hooks.checkpoint_load("alice") == {"a": 1}
+    hooks.checkpoint_save("alice", {"s": {"a": 1}}, replace=True)
+    assert hooks.checkpoint_load("alice") == {"s": {"a": 1}}
     assert list(hooks.decrypt(io.BytesIO(b"x"), FileMetadata(), "key", "f")) == [b"x"]
     hooks.sinks_open_run(RUN)
     assert sink_writers(hooks, RUN, FILE) == []

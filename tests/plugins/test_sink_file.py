@@ -420,3 +420,52 @@ def test_unknown_option_is_a_config_error(privateshare_factory) -> None:
         ConfigError, match=r"\[sinks.local\]: unknown key 'rot'; did you mean 'root'"
     ):
         privateshare_factory('[sinks.local]\ntype = "file"\nrot = "data"\n')
+
+
+def test_directories_are_synced_once_per_batch_not_per_file(tmp_path, monkeypatch) -> None:
+    sink = make_sink(tmp_path)
+    run = make_run("alice")
+    sink.privateshare_sink_open_run(run)
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def spying_fsync(fd: int) -> None:
+        kind = "dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file"
+        synced.append(kind)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", spying_fsync)
+    for i in range(5):
+        writer = sink.privateshare_sink_open_file(run, make_file("alice", f"sub/{i}.json"))
+        writer.write(b"[1]")
+        writer.commit()
+    # Each file's data and metadata are fsynced before their renames (old or new, never a mix);
+    # no directory yet: the renames are made durable by the batch's sync.
+    assert synced == ["file"] * 10
+    synced.clear()
+    sink.privateshare_sink_sync(run)
+    # root/ (the new alice/), alice/ (the new sub/) and alice/sub/ (ten entries): each once.
+    assert synced == ["dir", "dir", "dir"]
+    synced.clear()
+    sink.privateshare_sink_sync(run)
+    assert synced == []  # nothing changed since
+    assert sorted(p.name for p in (tmp_path / "root" / "alice" / "sub").iterdir()) == sorted(
+        [f"{i}.json" for i in range(5)] + [f"{i}.json{METADATA_SUFFIX}" for i in range(5)]
+    )
+
+
+def test_without_fsync_nothing_is_synced(tmp_path, monkeypatch) -> None:
+    sink = make_sink(tmp_path, fsync=False)
+    run = make_run("bob")
+    sink.privateshare_sink_open_run(run)
+    calls: list[int] = []
+    monkeypatch.setattr(os, "fsync", calls.append)
+    deliver_to(sink, run, "a.json")
+    sink.privateshare_sink_sync(run)
+    assert calls == []
+
+
+def deliver_to(sink: FileSink, run, name: str) -> None:
+    writer = sink.privateshare_sink_open_file(run, make_file(run.user_id, name))
+    writer.write(b"{}")
+    writer.commit()

@@ -591,7 +591,7 @@ def test_the_flow_delivers_every_file_and_a_rerun_adds_no_rows(
         assert results[0] and results[1] and results[2]  # posts, transactions, services
 
     # Forget the checkpoint: the rerun delivers every file again, into the same rows.
-    fw.hooks.checkpoint_save("alice", {})
+    fw.hooks.checkpoint_save("alice", {}, replace=True)
     again = flow.pull("alice")
     assert again.files_delivered >= len(truth) and not again.files_failed  # (+ old versions)
     assert _table_state(sink) == before

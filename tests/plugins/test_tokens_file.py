@@ -161,7 +161,7 @@ def test_save_replaces_not_duplicates(tmp_path, handle) -> None:
 def test_delete(tmp_path, handle) -> None:
     store = make_store(tmp_path, handle)
     store.privateshare_token_save(USER, token())
-    store.privateshare_checkpoint_save(USER, {"a.json": 1})
+    store.privateshare_checkpoint_save(USER, {"files": {"a.json": 1}}, False)
     store.privateshare_token_save("bob", token("b1", "b2"))
     assert store.privateshare_token_delete(USER) is True
     assert store.privateshare_token_load(USER) is None
@@ -176,7 +176,7 @@ def test_users_listing_with_any_user_id(tmp_path, handle) -> None:
     assert store.privateshare_token_users() == []
     for i, user in enumerate(ODD_USERS):
         store.privateshare_token_save(user, token(f"a{i}", f"r{i}"))
-    store.privateshare_checkpoint_save("only-a-checkpoint", {"f": 1})
+    store.privateshare_checkpoint_save("only-a-checkpoint", {"files": {"f": 1}}, False)
     assert store.privateshare_token_users() == sorted(ODD_USERS)
     for i, user in enumerate(ODD_USERS):
         assert store.privateshare_token_load(user) == token(f"a{i}", f"r{i}")
@@ -190,10 +190,11 @@ def test_checkpoint_round_trip(tmp_path, handle) -> None:
     store = make_store(tmp_path, handle)
     assert store.privateshare_checkpoint_load(USER) == {}
     checkpoint = {"18_1_a.json": 1_700_000_000_123, "ünï/name.json": 2**53}
-    assert store.privateshare_checkpoint_save(USER, checkpoint) is True
-    assert store.privateshare_checkpoint_load(USER) == checkpoint
-    store.privateshare_checkpoint_save(USER, {"only.json": 5})
-    assert make_store(tmp_path, handle).privateshare_checkpoint_load(USER) == {"only.json": 5}
+    assert store.privateshare_checkpoint_save(USER, {"files": checkpoint}, False) is True
+    assert store.privateshare_checkpoint_load(USER) == {"files": checkpoint}
+    store.privateshare_checkpoint_save(USER, {"files": {"only.json": 5}}, True)
+    reopened = make_store(tmp_path, handle).privateshare_checkpoint_load(USER)
+    assert reopened == {"files": {"only.json": 5}}
     # A checkpoint is not a token: the user has none, and is not listed.
     assert store.privateshare_token_load(USER) is None
     assert store.privateshare_token_users() == []
@@ -202,7 +203,7 @@ def test_checkpoint_round_trip(tmp_path, handle) -> None:
 def test_checkpoint_rejects_bad_values(tmp_path, handle) -> None:
     store = make_store(tmp_path, handle)
     with pytest.raises(TokenStoreError, match="integer updatedDate"):
-        store.privateshare_checkpoint_save(USER, {"a.json": "yesterday"})
+        store.privateshare_checkpoint_save(USER, {"files": {"a.json": "yesterday"}}, False)
 
 
 def test_empty_user_id_and_wrong_token_type_are_rejected(tmp_path, handle) -> None:
@@ -221,7 +222,7 @@ def test_file_and_directory_modes(tmp_path, handle) -> None:
     try:
         store = make_store(tmp_path, handle, path="tokens")
         store.privateshare_token_save(USER, token())
-        store.privateshare_checkpoint_save(USER, {"a": 1})
+        store.privateshare_checkpoint_save(USER, {"files": {"a": 1}}, False)
         with store.privateshare_token_lock(USER):
             pass
     finally:
@@ -254,7 +255,8 @@ def test_nothing_readable_on_disk(tmp_path, handle) -> None:
     store = make_store(tmp_path, handle)
     for user in ODD_USERS:
         store.privateshare_token_save(user, token())
-        store.privateshare_checkpoint_save(user, {"secret-photo-name.json": 1_700_000_000_000})
+        changes = {"files": {"secret-photo-name.json": 1_700_000_000_000}}
+        store.privateshare_checkpoint_save(user, changes, False)
     with store.privateshare_token_lock(USER):
         pass
     needles = [ACCESS, REFRESH, "dm-user", "consent-1", "secret-photo-name"]
@@ -296,7 +298,7 @@ def _record(store: FileTokenStore, kind: str = "token") -> Path:
 def test_tampered_record_is_detected(tmp_path, handle, kind) -> None:
     store = make_store(tmp_path, handle)
     store.privateshare_token_save(USER, token())
-    store.privateshare_checkpoint_save(USER, {"a.json": 1})
+    store.privateshare_checkpoint_save(USER, {"files": {"a.json": 1}}, False)
     path = _record(store, kind)
     blob = bytearray(path.read_bytes())
     blob[len(blob) // 2] ^= 0x01
@@ -356,7 +358,7 @@ def test_record_moved_to_another_user_is_detected(tmp_path, handle) -> None:
 
 def test_record_moved_to_another_kind_is_detected(tmp_path, handle) -> None:
     store = make_store(tmp_path, handle)
-    store.privateshare_checkpoint_save(USER, {"a": 1})
+    store.privateshare_checkpoint_save(USER, {"files": {"a": 1}}, False)
     checkpoint = _record(store, "checkpoint")
     checkpoint.rename(checkpoint.with_suffix(".token"))
     with pytest.raises(TokenStoreError, match="cannot be decrypted"):
@@ -455,7 +457,7 @@ def test_store_key_is_unwrapped_once_per_process(tmp_path, handle) -> None:
     for _ in range(3):
         store.privateshare_token_load(USER)
         store.privateshare_token_save(USER, token())
-        store.privateshare_checkpoint_save(USER, {"a": 1})
+        store.privateshare_checkpoint_save(USER, {"files": {"a": 1}}, False)
         store.privateshare_checkpoint_load(USER)
         store.privateshare_token_users()
         with store.privateshare_token_lock(USER):
@@ -671,8 +673,9 @@ def test_hooks_match_hookspecs(tmp_path, handle) -> None:
     assert hook.privateshare_token_save(user_id=USER, token=token()) is True
     assert hook.privateshare_token_load(user_id=USER) == token()
     assert hook.privateshare_token_users() == [USER]
-    assert hook.privateshare_checkpoint_save(user_id=USER, checkpoint={"f": 3}) is True
-    assert hook.privateshare_checkpoint_load(user_id=USER) == {"f": 3}
+    changes = {"s": {"f": 3}}
+    assert hook.privateshare_checkpoint_save(user_id=USER, changes=changes, replace=False) is True
+    assert hook.privateshare_checkpoint_load(user_id=USER) == {"s": {"f": 3}}
     with hook.privateshare_token_lock(user_id=USER):
         pass
     assert hook.privateshare_token_delete(user_id=USER) is True
@@ -717,7 +720,7 @@ class TestFileTokenStoreConformance(TokenStoreConformance):
 def test_a_deleted_store_key_is_not_silently_replaced(tmp_path, handle) -> None:
     store = make_store(tmp_path, handle)
     store.privateshare_token_save(USER, token())
-    store.privateshare_checkpoint_save(USER, {"a.json": 1})
+    store.privateshare_checkpoint_save(USER, {"files": {"a.json": 1}}, False)
     store.privateshare_token_save("bob", token("b1", "b2"))
     key = store.key_path.read_bytes()
     store.key_path.unlink()
@@ -790,7 +793,7 @@ def test_records_of_format_1_are_read_and_rewritten_as_format_2(tmp_path) -> Non
     )
     assert store.privateshare_token_users() == ["alice"]
     assert store.privateshare_token_load("alice") == expected
-    assert store.privateshare_checkpoint_load("alice") == {"a.json": 1_700_000_000_000}
+    assert store.privateshare_checkpoint_load("alice") == {"*": {"a.json": 1_700_000_000_000}}
     record = store.directory / f"{store._open().digest('alice')}.token"
     assert record.read_bytes().startswith(b"PSTOK\x01")
     store.privateshare_token_save("alice", expected)
@@ -807,7 +810,7 @@ def open_dir() -> Iterator[Path]:
 def _open_store(root: Path, handle) -> FileTokenStore:
     store = make_store(root, handle, path=str(root / "tokens"))
     store.privateshare_token_save(USER, token())
-    store.privateshare_checkpoint_save(USER, {"a.json": 1})
+    store.privateshare_checkpoint_save(USER, {"files": {"a.json": 1}}, False)
     store.privateshare_token_save("bob", token("b1", "b2"))
     with store.privateshare_token_lock(USER):
         pass
@@ -875,3 +878,114 @@ def test_one_unreadable_record_is_left_out_of_users(open_dir: Path, handle) -> N
     assert listed == ["bob"]
     (warning,) = warnings
     assert f"cannot read the token record at {record}" in warning and "Permission denied" in warning
+
+
+# --- the checkpoint journal -------------------------------------------------------------
+
+
+def _journals(store: FileTokenStore) -> list[Path]:
+    return sorted(store.directory.glob("*.journal"))
+
+
+def test_checkpoint_saves_append_what_changed_not_the_whole_state(tmp_path, handle) -> None:
+    store = make_store(tmp_path, handle)
+    big = {f"file-{i:05d}.json": 1_700_000_000_000 + i for i in range(5_000)}
+    store.privateshare_checkpoint_save(USER, {"files": big}, True)
+    base = _record(store, "checkpoint")
+    base_stat = base.stat()
+    sizes = []
+    for i in range(20):
+        store.privateshare_checkpoint_save(USER, {"files": {f"new-{i}.json": i + 1}}, False)
+        [journal] = _journals(store)
+        sizes.append(journal.stat().st_size)
+    # The base is not rewritten; each save adds one small sealed entry, whatever the state's size.
+    assert base.stat().st_ino == base_stat.st_ino and base.stat().st_size == base_stat.st_size
+    steps = {b - a for a, b in itertools.pairwise(sizes)}
+    assert max(steps) < 200, steps
+    loaded = make_store(tmp_path, handle).privateshare_checkpoint_load(USER)
+    assert loaded == {"files": {**big, **{f"new-{i}.json": i + 1 for i in range(20)}}}
+
+
+@pytest.mark.parametrize("cut", [1, 20, 50])
+def test_a_torn_journal_tail_is_ignored_and_compacted_away(tmp_path, handle, caplog, cut) -> None:
+    store = make_store(tmp_path, handle)
+    store.privateshare_checkpoint_save(USER, {"files": {"a.json": 1}}, False)
+    store.privateshare_checkpoint_save(USER, {"files": {"b.json": 2}}, False)
+    store.privateshare_checkpoint_save(USER, {"files": {"c.json": 3}}, False)
+    [journal] = _journals(store)
+    data = journal.read_bytes()
+    journal.write_bytes(data[: len(data) - cut])  # a crash in the middle of the last append
+    fresh = make_store(tmp_path, handle)
+    with caplog.at_level("WARNING"):
+        assert fresh.privateshare_checkpoint_load(USER) == {"files": {"a.json": 1, "b.json": 2}}
+    assert "cut short" in caplog.text
+    # Compacted: the torn bytes are gone, and later saves land after good ones.
+    assert not journal.exists()
+    fresh.privateshare_checkpoint_save(USER, {"files": {"d.json": 4}}, False)
+    again = make_store(tmp_path, handle).privateshare_checkpoint_load(USER)
+    assert again == {"files": {"a.json": 1, "b.json": 2, "d.json": 4}}
+
+
+def test_a_damaged_journal_entry_before_the_tail_is_an_error(tmp_path, handle) -> None:
+    store = make_store(tmp_path, handle)
+    store.privateshare_checkpoint_save(USER, {"files": {"a.json": 1}}, False)
+    store.privateshare_checkpoint_save(USER, {"files": {"b.json": 2}}, False)
+    store.privateshare_checkpoint_save(USER, {"files": {"c.json": 3}}, False)
+    [journal] = _journals(store)
+    data = bytearray(journal.read_bytes())
+    data[-150] ^= 1  # inside the second of three entries (each ~100 bytes)
+    journal.write_bytes(bytes(data))
+    with pytest.raises(TokenStoreError, match="checkpoint journal of user"):
+        make_store(tmp_path, handle).privateshare_checkpoint_load(USER)
+
+
+def test_a_journal_left_by_a_crash_during_compaction_is_ignored(tmp_path, handle) -> None:
+    store = make_store(tmp_path, handle)
+    store.privateshare_checkpoint_save(USER, {"s": {"a.json": 1}, "gone": {"a.json": 1}}, False)
+    store.privateshare_checkpoint_save(USER, {"gone": {"b.json": 2}}, False)
+    [old] = _journals(store)
+    kept = old.read_bytes()
+    store.privateshare_checkpoint_save(USER, {"s": {"a.json": 1}}, True)  # forgets "gone"
+    old.write_bytes(kept)  # as if the crash came between the new base and the unlink
+    assert make_store(tmp_path, handle).privateshare_checkpoint_load(USER) == {"s": {"a.json": 1}}
+
+
+def test_the_journal_is_compacted_once_it_outgrows_the_base(tmp_path, handle, monkeypatch) -> None:
+    from privateshare.plugins import tokenseal
+
+    monkeypatch.setattr(tokenseal, "COMPACT_AT", 1_000)
+    store = make_store(tmp_path, handle)
+    store.privateshare_checkpoint_save(USER, {"s": {"a.json": 1}}, True)
+    generations = set()
+    for i in range(60):
+        store.privateshare_checkpoint_save(USER, {"s": {f"{i}.json": i}}, False)
+        generations.update(p.name for p in _journals(store))
+        assert len(_journals(store)) <= 1
+    assert len(generations) > 2  # compacted more than once; each journal under ~1 KB + base
+    expected = {"a.json": 1, **{f"{i}.json": i for i in range(60)}}
+    assert make_store(tmp_path, handle).privateshare_checkpoint_load(USER) == {"s": expected}
+
+
+def test_a_second_process_appends_after_another_compacted(tmp_path, handle) -> None:
+    one, two = make_store(tmp_path, handle), make_store(tmp_path, handle)
+    one.privateshare_checkpoint_save(USER, {"s": {"a.json": 1}}, False)
+    assert two.privateshare_checkpoint_load(USER) == {"s": {"a.json": 1}}
+    one.privateshare_checkpoint_save(USER, {"s": {"a.json": 1}, "t": {"x": 1}}, True)
+    two.privateshare_checkpoint_save(USER, {"s": {"b.json": 2}}, False)  # sees the new base
+    assert make_store(tmp_path, handle).privateshare_checkpoint_load(USER) == {
+        "s": {"a.json": 1, "b.json": 2},
+        "t": {"x": 1},
+    }
+
+
+def test_run_record_is_sealed_and_forgotten_with_the_user(tmp_path, handle) -> None:
+    store = make_store(tmp_path, handle)
+    assert store.privateshare_run_record_load(USER) is None
+    record = {"run_id": "r1", "final_state": "completed", "secret-photo-name.json": 1}
+    store.privateshare_token_save(USER, token())
+    assert store.privateshare_run_record_save(USER, record) is True
+    assert make_store(tmp_path, handle).privateshare_run_record_load(USER) == record
+    assert b"secret-photo-name" not in _record(store, "run").read_bytes()
+    assert store.privateshare_token_delete(USER) is True
+    assert store.privateshare_run_record_load(USER) is None
+    assert [p.name for p in store.directory.iterdir() if p.is_file()] == ["store.key"]

@@ -94,7 +94,8 @@ def dump(store: SqlTokenStore) -> list[bytes]:
 def test_nothing_readable_in_the_tables(sql_db: SqlDb, privateshare_test_key: Any) -> None:
     store = make_store(sql_db, privateshare_test_key.handle)
     store.privateshare_token_save(USER, token())
-    store.privateshare_checkpoint_save(USER, {"secret-photo-name.json": 1_700_000_000_000})
+    changes = {"files": {"secret-photo-name.json": 1_700_000_000_000}}
+    store.privateshare_checkpoint_save(USER, changes, False)
     with store.privateshare_token_lock(USER):
         pass
     values = dump(store)
@@ -264,7 +265,7 @@ def test_a_deleted_store_key_row_is_not_silently_replaced(
 ) -> None:
     store = make_store(sql_db, privateshare_test_key.handle)
     store.privateshare_token_save(USER, token())
-    store.privateshare_checkpoint_save(USER, {"a.json": 1})
+    store.privateshare_checkpoint_save(USER, {"files": {"a.json": 1}}, False)
     store.privateshare_token_save("bob", token("b1", "b2"))
     keys_table = store.keys_table
     with store.db.engine.begin() as conn:
@@ -347,7 +348,7 @@ def test_records_of_format_1_are_read_and_rewritten_as_format_2(sql_db: SqlDb) -
     )
     assert store.privateshare_token_users() == ["alice"]
     assert store.privateshare_token_load("alice") == expected
-    assert store.privateshare_checkpoint_load("alice") == {"a.json": 1_700_000_000_000}
+    assert store.privateshare_checkpoint_load("alice") == {"*": {"a.json": 1_700_000_000_000}}
     store.privateshare_token_save("alice", expected)
     with store.db.engine.connect() as conn:
         sealed = conn.execute(
@@ -555,3 +556,32 @@ def test_workers_racing_on_an_expired_token_refresh_it_once(
     got = {n: hashlib.sha256(sink.read_content("alice", n) or b"").hexdigest() for n in names}
     assert got == sandbox.ground_truth()
     fw.close()
+
+
+def test_tokens_schema_v1_gains_the_journal_and_saves_cost_one_row(
+    sql_db: SqlDb, privateshare_test_key
+) -> None:
+    from privateshare.plugins.sqlcommon import schema_version_table
+    from privateshare.plugins.tokens_sql import token_tables
+
+    store = make_store(sql_db, privateshare_test_key.handle)
+    metadata, *_ = token_tables(store.options.table_prefix)  # the v1 tables: no journal
+    versions = schema_version_table(metadata, store.options.table_prefix)
+    with store.db.engine.begin() as conn:
+        metadata.create_all(conn)
+        conn.execute(versions.insert().values(component="tokens", version=1))
+    store.privateshare_checkpoint_save(USER, {"s": {"a.json": 1}}, True)
+    for i in range(5):
+        store.privateshare_checkpoint_save(USER, {"s": {f"{i}.json": i}}, False)
+    with store.db.engine.connect() as conn:
+        rows = conn.execute(sa.select(sa.func.count()).select_from(store.journal)).scalar()
+        version = conn.execute(sa.select(versions.c.version)).scalar()
+    assert rows == 5 and version == 2  # one row per save; the base row is not rewritten
+    expected = {"s": {"a.json": 1, **{f"{i}.json": i for i in range(5)}}}
+    assert make_store(sql_db, privateshare_test_key.handle).privateshare_checkpoint_load(USER) == (
+        expected
+    )
+    assert store.privateshare_token_delete(USER) is True  # the base row and the journal go
+    with store.db.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(store.journal)).scalar() == 0
+    store.close()
