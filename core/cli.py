@@ -22,6 +22,7 @@ from .errors import (
     PrivateShareError,
 )
 from .manager import FAMILIES, check_config, discover
+from .scale import check as scale_check
 
 
 class ExitCode(enum.IntEnum):
@@ -171,6 +172,7 @@ def config_check(file: Path) -> None:
         sys.exit(ExitCode.CONFIG)
     config, problems = inspect_config(raw, str(file), file.resolve().parent)
     problems += check_config(config)
+    problems += scale_check(config)
     if problems:
         _print_problems(str(file), problems)
         sys.exit(ExitCode.CONFIG)
@@ -201,8 +203,16 @@ def _attach_commands() -> None:
     from .keycommands import keys_group
     from .sandbox.command import sandbox_command
     from .scaffold import plugin_group
+    from .scale.commands import COMMANDS as SCALE_COMMANDS
 
-    for command in (*COMMANDS, demo_command, sandbox_command, plugin_group, keys_group):
+    for command in (
+        *COMMANDS,
+        *SCALE_COMMANDS,
+        demo_command,
+        sandbox_command,
+        plugin_group,
+        keys_group,
+    ):
         main.add_command(command)
 
 

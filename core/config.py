@@ -169,6 +169,8 @@ class Config:
     #: Provider families by family key; sinks by their config name.
     providers: dict[str, PluginSpec] = field(default_factory=dict)
     sinks: dict[str, PluginSpec] = field(default_factory=dict)
+    #: ``[scale]`` (:class:`privateshare.scale.settings.ScaleSettings`), if present.
+    scale: Any = None
 
     def plugin_specs(self) -> list[PluginSpec]:
         return [*self.providers.values(), *self.sinks.values()]
@@ -181,7 +183,7 @@ PROVIDER_DEFAULTS: dict[str, str | None] = {
     "transport": "requests",
     "decryption": "digime",
 }
-CORE_TABLES = {"digime", "pull", "plugins", "sinks", *PROVIDER_DEFAULTS}
+CORE_TABLES = {"digime", "pull", "plugins", "sinks", "scale", *PROVIDER_DEFAULTS}
 
 
 # --- reading -----------------------------------------------------------------
@@ -243,6 +245,9 @@ def inspect_config(raw: dict[str, Any], source: str, base_dir: Path) -> tuple[Co
     digime = _decode_table(raw, "digime", DigimeConfig, problems, base_dir, required=True)
     pull = _decode_table(raw, "pull", PullConfig, problems, base_dir) or PullConfig()
     plugins = _decode_table(raw, "plugins", PluginsConfig, problems, base_dir) or PluginsConfig()
+    from .scale.settings import ScaleSettings  # the scale package imports this module
+
+    scale = _decode_table(raw, "scale", ScaleSettings, problems, base_dir)
 
     providers: dict[str, PluginSpec] = {}
     for family, default in PROVIDER_DEFAULTS.items():
@@ -280,7 +285,7 @@ def inspect_config(raw: dict[str, Any], source: str, base_dir: Path) -> tuple[Co
 
     # A broken [digime] still yields a config, so plugin tables can be checked too.
     digime = digime or DigimeConfig(application_id="", contract_id="")
-    return Config(source, base_dir, digime, pull, plugins, providers, sinks), problems
+    return Config(source, base_dir, digime, pull, plugins, providers, sinks, scale), problems
 
 
 def _decode_table(

@@ -9,6 +9,7 @@ import msgspec
 
 from .config import DigimeConfig, PluginsConfig, PullConfig
 from .manager import FAMILIES, discover
+from .scale.settings import ScaleSettings
 from .secrets import Secret
 
 SECRET_SCHEMA: dict[str, Any] = {
@@ -68,6 +69,7 @@ def config_schema() -> dict[str, Any]:
         "digime": struct_schema(DigimeConfig, "core.", defs),
         "pull": struct_schema(PullConfig, "core.", defs),
         "plugins": struct_schema(PluginsConfig, "core.", defs),
+        "scale": struct_schema(ScaleSettings, "core.", defs),
     }
     for family in ("keys", "tokens", "transport", "decryption"):
         properties[family] = plugin_table_schema(family, defs)
