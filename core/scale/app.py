@@ -22,7 +22,7 @@ from typing import Any
 import msgspec
 from celery import Celery, Task
 from celery.exceptions import Retry, SoftTimeLimitExceeded
-from celery.signals import worker_process_shutdown
+from celery.signals import worker_process_init, worker_process_shutdown
 from kombu.exceptions import OperationalError
 
 from ..config import Config, load_config
@@ -128,6 +128,7 @@ def register(app: Celery, config: ConfigSource) -> dict[str, Task]:
     loaded = _config(config)
     settings = scale_settings(loaded)
     path = _source(loaded)
+    _registered.add(path)
 
     @app.task(
         name=PULL_TASK,
@@ -158,6 +159,7 @@ def register(app: Celery, config: ConfigSource) -> dict[str, Task]:
 
 _runtimes: dict[str, Runtime] = {}
 _runtimes_lock = threading.Lock()
+_registered: set[str] = set()
 
 
 def runtime(path: str) -> Runtime:
@@ -167,6 +169,16 @@ def runtime(path: str) -> Runtime:
         if found is None or found.pid != os.getpid():
             found = _runtimes[path] = Runtime(path)
         return found
+
+
+@worker_process_init.connect
+def _assemble_runtimes(**_: Any) -> None:
+    """Assemble the framework as each pool process starts, not on its first task."""
+    for path in list(_registered):
+        try:
+            runtime(path)
+        except Exception as exc:  # the first task tries again and reports it
+            log.error("cannot assemble privateshare from %s: %s", path, exc)
 
 
 @worker_process_shutdown.connect
@@ -370,12 +382,22 @@ def enqueue_users(
 
 
 def queue_length(app: Celery, queue: str) -> int | None:
-    """Messages waiting in ``queue`` on the broker (None if it cannot be asked)."""
+    """Messages waiting in ``queue`` on the broker (None if the broker cannot be asked).
+
+    A queue the broker does not know (Redis drops an empty list) holds nothing.
+    """
+    from kombu.exceptions import ChannelError
+
     try:
         with app.connection_for_write() as conn:
             conn.ensure_connection(max_retries=1, timeout=5)
-            return int(conn.default_channel.queue_declare(queue, passive=True).message_count)
-    except Exception:
+            try:
+                declared = conn.default_channel.queue_declare(queue, passive=True)
+            except ChannelError:
+                return 0
+            return int(declared.message_count)
+    except Exception as exc:
+        log.debug("cannot read the length of queue %s: %s", queue, exc)
         return None
 
 

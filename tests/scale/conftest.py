@@ -120,6 +120,15 @@ class Deployment:
             if proc.poll() is None:
                 self.kill(proc)
 
+    def wait_ready(self, timeout: float = 60) -> None:
+        """Until every worker started says it is ready (its pool assembled the framework)."""
+        deadline = time.monotonic() + timeout
+        names = [p.args[p.args.index("-n") + 1].split("@")[0] for p in self.workers]
+        while not all(b" ready." in (self.root / f"worker-{n}.log").read_bytes() for n in names):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"workers not ready in {timeout}s")
+            time.sleep(0.1)
+
     def state(self) -> ScaleState:
         return ScaleState(self.fw).ready()
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 import pytest
+from click.testing import CliRunner
 
+from privateshare.cli import main
 from privateshare.scale import enqueue_users
 from privateshare.scale.app import create_app, queue_length
 
@@ -55,8 +58,33 @@ def test_every_user_exactly_once_per_round(deploy, broker):
     assert d.overlaps() == []
     assert d.sandbox.stats()["triggers"] == 2 * USERS
 
+    shown = CliRunner().invoke(main, ["scale-status", "--json", "-c", str(d.config_path)])
+    assert shown.exit_code == 0, shown.output
+    report = json.loads(shown.output)
+    assert report["counts"] == {"done": USERS}
+    assert report["queue_length"] == 0
+    assert {u["user_id"] for u in report["users"]} == set(users)
+
 
 def first_task(outcome, user):
     from privateshare.scale.state import task_id_for
 
     return task_id_for(outcome.batch, user)
+
+
+def test_a_new_consent_can_enqueue_its_first_pull(deploy):
+    from privateshare.flow import Flow
+    from privateshare.scale.hooks import after_consent
+    from privateshare.testing.sandboxed import consent
+
+    d = deploy("redis", sandbox={"files": 2}, scale={"enqueue_on_authorize": True})
+    consent(Flow(d.fw), "newcomer")
+    assert after_consent(d.fw, "newcomer", None)  # [scale] enqueue_on_authorize
+    assert not after_consent(d.fw, "newcomer", None), "already queued: not sent twice"
+    assert not after_consent(d.fw, "newcomer", False)
+    app = create_app(d.config_path)
+    assert queue_length(app, d.raw["scale"]["queue"]) == 1
+    d.start_worker("w", concurrency=1)
+    rows = d.wait_for(["newcomer"], lambda r: r.state == "done")
+    assert d.delivered("newcomer") == d.sandbox.ground_truth()
+    assert rows["newcomer"].result["ok"]
