@@ -188,3 +188,27 @@ def test_one_refresh_per_user_across_workers(deploy):
         assert all(r.get("ok") or "being pulled by another worker" in r["skipped"] for r in mine)
         assert d.delivered(user) == d.sandbox.ground_truth()
     assert d.overlaps() == []
+
+
+def test_tasks_that_keep_failing_end_in_the_dead_letters(deploy):
+    d = deploy(
+        "redis",
+        sandbox={"files": 2, "error_rate": 1.0, "fault_endpoints": frozenset({"trigger"})},
+        scale={"max_retries": 2, "retry_delay": 0.1},
+        pull={"file_attempts": 1},
+    )
+    users = d.consent_users(2)
+    d.start_worker("w", concurrency=2)
+    enqueue_users(d.config_path, all_users=True)
+    rows = d.wait_for(users, lambda r: r.state == "dead")
+    for user in users:
+        assert rows[user].attempts == 2, "two retries after the first attempt"
+        assert "ServerError" in rows[user].error
+        assert rows[user].result["dead"] is True
+    # The schedule leaves dead users alone; naming a user takes it out of the dead letters.
+    outcome = enqueue_users(d.config_path, all_users=True)
+    assert outcome.enqueued == [] and outcome.busy == {u: "dead" for u in users}
+    assert enqueue_users(d.config_path, [users[0]]).enqueued == [users[0]]
+    result = CliRunner().invoke(main, ["scale-status", "--state", "dead", "-c", str(d.config_path)])
+    assert result.exit_code == 0, result.output
+    assert f"{users[1]}  dead" in result.output
