@@ -84,7 +84,7 @@ def test_a_new_consent_can_enqueue_its_first_pull(deploy):
     assert not after_consent(d.fw, "newcomer", False)
     app = create_app(d.config_path)
     assert queue_length(app, d.raw["scale"]["queue"]) == 1
-    d.start_worker("w", concurrency=1)
+    d.start_worker("w", concurrency=4, extra=("--pool", "threads"))  # one framework, threads
     rows = d.wait_for(["newcomer"], lambda r: r.state == "done")
     assert d.delivered("newcomer") == d.sandbox.ground_truth()
     assert rows["newcomer"].result["ok"]
