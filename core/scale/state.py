@@ -75,9 +75,9 @@ def scale_table(prefix: str) -> tuple[sa.MetaData, sa.Table]:
         sa.Column("batch", sa.String(36)),
         sa.Column("task_id", sa.String(80)),
         sa.Column("worker", sa.String(255)),
-        sa.Column("queued_at", sa.Float),
-        sa.Column("started_at", sa.Float),
-        sa.Column("finished_at", sa.Float),
+        sa.Column("queued_at", sa.Double),
+        sa.Column("started_at", sa.Double),
+        sa.Column("finished_at", sa.Double),
         sa.Column("attempts", sa.Integer, nullable=False, default=0),
         sa.Column("error", sa.Text),
         sa.Column("result", sa.Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")),
@@ -160,7 +160,14 @@ class ScaleState:
                             sa.and_(t.c.state == RUNNING, t.c.started_at < stale),
                         ),
                     )
-                    .values(state=QUEUED, batch=batch, queued_at=now, attempts=0, worker=None)
+                    .values(
+                        state=QUEUED,
+                        batch=batch,
+                        task_id=None,  # task_id_for(batch, user): no statement per user
+                        queued_at=now,
+                        attempts=0,
+                        worker=None,
+                    )
                 )
                 rows = conn.execute(
                     sa.select(t.c.user_id).where(
@@ -168,12 +175,6 @@ class ScaleState:
                     )
                 )
                 claimed += [r.user_id for r in rows]
-            for user_id in claimed:
-                conn.execute(
-                    t.update()
-                    .where(t.c.contract == self.contract, t.c.user_id == user_id)
-                    .values(task_id=task_id_for(batch, user_id))
-                )
         order = {u: i for i, u in enumerate(users)}
         claimed.sort(key=order.__getitem__)
         return batch, claimed
@@ -271,7 +272,7 @@ class ScaleState:
             UserState(
                 user_id=r.user_id,
                 state=r.state,
-                task_id=r.task_id,
+                task_id=r.task_id or (task_id_for(r.batch, r.user_id) if r.batch else None),
                 worker=r.worker,
                 queued_at=r.queued_at,
                 started_at=r.started_at,

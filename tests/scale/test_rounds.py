@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections import Counter
 
 import pytest
@@ -84,7 +86,27 @@ def test_a_new_consent_can_enqueue_its_first_pull(deploy):
     assert not after_consent(d.fw, "newcomer", False)
     app = create_app(d.config_path)
     assert queue_length(app, d.raw["scale"]["queue"]) == 1
-    d.start_worker("w", concurrency=4, extra=("--pool", "threads"))  # one framework, threads
-    rows = d.wait_for(["newcomer"], lambda r: r.state == "done")
+
+    # Task events carry the user id (what Flower shows): listen before the worker starts.
+    events: list[dict] = []
+    with app.connection_for_read() as conn:
+        receiver = app.events.Receiver(conn, handlers={"*": events.append})
+        listening = threading.Thread(target=receiver.capture, kwargs={"wakeup": False})
+        listening.start()
+        try:
+            d.start_worker("w", concurrency=4, extra=("--pool", "threads"))  # threads pool
+            rows = d.wait_for(["newcomer"], lambda r: r.state == "done")
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and not any(
+                e["type"] == "task-succeeded" for e in events
+            ):
+                time.sleep(0.1)
+        finally:
+            receiver.should_stop = True
+            listening.join(10)
     assert d.delivered("newcomer") == d.sandbox.ground_truth()
     assert rows["newcomer"].result["ok"]
+    kinds = {e["type"]: e for e in events if e["type"].startswith("task-")}
+    assert "'user_id': 'newcomer'" in kinds["task-received"]["kwargs"]
+    assert kinds["task-pulling"]["user_id"] == "newcomer"
+    assert "'user_id': 'newcomer'" in kinds["task-succeeded"]["result"]
