@@ -206,10 +206,34 @@ class Runtime:
         self.fw.close()
 
     def run(self, task: Task, user_id: str) -> dict[str, Any]:
+        """Pull ``user_id`` under the user lock; retry what raised, then give up (dead)."""
         request = task.request
         task_id = request.id or "-"
         worker = request.hostname or socket.gethostname()
         attempt = request.retries or 0
+        try:
+            return self._locked_pull(task, user_id, task_id, worker, attempt)
+        except (Retry, SoftTimeLimitExceeded):
+            raise
+        except Exception as exc:  # the database, digi.me or a sink unreachable: try again
+            error = f"{type(exc).__name__}: {exc}"
+            if attempt < self.settings.max_retries:
+                delay = self.settings.retry_delay * (2**attempt)
+                log.warning(
+                    "pull of user %s failed (%s); retry %d of %d in %g s",
+                    user_id,
+                    error,
+                    attempt + 1,
+                    self.settings.max_retries,
+                    delay,
+                )
+                self._record(user_id, task_id, QUEUED, error=error)
+                raise task.retry(exc=exc, countdown=delay) from None
+            return self._dead(user_id, task_id, worker, error)
+
+    def _locked_pull(
+        self, task: Task, user_id: str, task_id: str, worker: str, attempt: int
+    ) -> dict[str, Any]:
         with self.state.user_lock(user_id) as held:
             if not held:
                 reason = (
@@ -233,23 +257,6 @@ class Runtime:
                 result = _failure(user_id, task_id, worker, error)
                 self.state.finished(user_id, task_id, FAILED, result=result, error=error)
                 return result
-            except Retry:
-                raise
-            except Exception as exc:
-                error = f"{type(exc).__name__}: {exc}"
-                if attempt < self.settings.max_retries:
-                    delay = self.settings.retry_delay * (2**attempt)
-                    log.warning(
-                        "pull of user %s failed (%s); retry %d of %d in %g s",
-                        user_id,
-                        error,
-                        attempt + 1,
-                        self.settings.max_retries,
-                        delay,
-                    )
-                    self.state.finished(user_id, task_id, QUEUED, error=error)
-                    raise task.retry(exc=exc, countdown=delay) from None
-                return self._dead(user_id, task_id, worker, error)
             result = {**msgspec.to_builtins(summary), "task_id": task_id, "worker": worker}
             result["ok"] = summary.ok
             self.state.finished(
@@ -261,11 +268,18 @@ class Runtime:
             )
             return result
 
+    def _record(self, user_id: str, task_id: str, state: str, **fields: Any) -> None:
+        """Record a state on the way out of a failure; the database may be what failed."""
+        try:
+            self.state.finished(user_id, task_id, state, **fields)
+        except Exception as exc:
+            log.error("cannot record that user %s is %s: %s", user_id, state, exc)
+
     def _dead(self, user_id: str, task_id: str, worker: str, error: str) -> dict[str, Any]:
         log.error("pull of user %s put in the dead letters: %s", user_id, error)
         result = _failure(user_id, task_id, worker, error)
         result["dead"] = True
-        self.state.finished(user_id, task_id, DEAD, result=result, error=error)
+        self._record(user_id, task_id, DEAD, result=result, error=error)
         return result
 
     def _event(self, task: Task, kind: str, user_id: str) -> None:

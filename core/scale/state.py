@@ -169,6 +169,7 @@ class ScaleState:
                         worker=None,
                     )
                 )
+                self._claim_orphans(conn, chunk, batch, now)
                 rows = conn.execute(
                     sa.select(t.c.user_id).where(
                         t.c.contract == self.contract, t.c.user_id.in_(chunk), t.c.batch == batch
@@ -178,6 +179,42 @@ class ScaleState:
         order = {u: i for i, u in enumerate(users)}
         claimed.sort(key=order.__getitem__)
         return batch, claimed
+
+    def _claim_orphans(self, conn: sa.Connection, users: list[str], batch: str, now: float) -> None:
+        """Claim users marked running whose lock nobody holds: their worker is gone.
+
+        A pull killed at ``time_limit``, or a worker lost with its task acknowledged,
+        leaves ``running`` behind; the lock (dropped with the process) tells.
+        """
+        t = self.table
+        running = conn.execute(
+            sa.select(t.c.user_id).where(
+                t.c.contract == self.contract,
+                t.c.user_id.in_(users),
+                t.c.state == RUNNING,
+                t.c.batch != batch,
+            )
+        ).scalars()
+        for user_id in list(running):
+            with self.user_lock(user_id) as free:
+                if free:
+                    log.warning("user %s was marked running by a worker that is gone", user_id)
+                    conn.execute(
+                        t.update()
+                        .where(
+                            t.c.contract == self.contract,
+                            t.c.user_id == user_id,
+                            t.c.state == RUNNING,
+                        )
+                        .values(
+                            state=QUEUED,
+                            batch=batch,
+                            task_id=None,
+                            queued_at=now,
+                            attempts=0,
+                            worker=None,
+                        )
+                    )
 
     def release_claim(self, batch: str, users: list[str], error: str) -> None:
         """Undo a claim whose tasks could not be sent (broker down): back to idle."""

@@ -96,6 +96,14 @@ def test_back_pressure_claims_each_idle_user_once(make_state):
     assert stale == ["u3"]
     rows = {s.user_id: s for s in one.users(["u1", "u2"])}
     assert rows["u1"].state == "queued" and rows["u1"].result == {"ok": True}
+    # Marked running by a worker that is gone (its lock with it): enqueued again; one whose
+    # lock is held is not.
+    one.started("u5", "t5", "w@gone", 0)
+    one.started("u6", "t6", "w@alive", 0)
+    with one.user_lock("u6") as held:
+        assert held
+        _, orphans = other.claim(["u5", "u6"], stale_after=3600, revive=False)
+    assert orphans == ["u5"]
     one.release_claim(batch, ["u4"], "broker down")
     assert one.users(["u4"])[0].state == "idle"
 
