@@ -77,18 +77,8 @@ class Deployment:
         return users
 
     def start_worker(self, name: str, *, concurrency: int = 2, extra: tuple[str, ...] = ()) -> Any:
-        env = {
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
-            "PRIVATESHARE_WITNESS_DIR": str(self.witness),
-            AMQP_PASSWORD_VAR: "guest",
-        }
-        log = open(self.root / f"worker-{name}.log", "wb")  # noqa: SIM115 - closed with the process
-        proc = subprocess.Popen(
+        return self.start_process(
             [
-                sys.executable,
-                "-m",
-                "privateshare",
                 "worker",
                 "-c",
                 str(self.config_path),
@@ -100,6 +90,20 @@ class Deployment:
                 "--without-mingle",
                 *extra,
             ],
+            log_name=f"worker-{name}.log",
+        )
+
+    def start_process(self, args: list[str], log_name: str = "beat.log") -> Any:
+        """``python -m privateshare ARGS`` in its own process group, as on another machine."""
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
+            "PRIVATESHARE_WITNESS_DIR": str(self.witness),
+            AMQP_PASSWORD_VAR: "guest",
+        }
+        log = open(self.root / log_name, "wb")  # noqa: SIM115 - closed with the process
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "privateshare", *args],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -123,7 +127,9 @@ class Deployment:
     def wait_ready(self, timeout: float = 60) -> None:
         """Until every worker started says it is ready (its pool assembled the framework)."""
         deadline = time.monotonic() + timeout
-        names = [p.args[p.args.index("-n") + 1].split("@")[0] for p in self.workers]
+        names = [
+            p.args[p.args.index("-n") + 1].split("@")[0] for p in self.workers if "-n" in p.args
+        ]
         while not all(b" ready." in (self.root / f"worker-{n}.log").read_bytes() for n in names):
             if time.monotonic() > deadline:
                 raise AssertionError(f"workers not ready in {timeout}s")
@@ -208,7 +214,8 @@ def deploy(
         for port, kind in ((6379, "redis"), (5672, "rabbitmq")):
             if broker == kind and not _reachable(port):
                 pytest.fail(f"the machine's {kind} on 127.0.0.1:{port} is not running")
-        box = privateshare_sandbox(**(sandbox or {}))
+        # A library ready at the first poll: the tests are about tasks, not polling.
+        box = privateshare_sandbox(**{"pending_polls": 0, "running_polls": 0, **(sandbox or {})})
         root = tmp_path / f"deploy-{len(made)}"
         (root / "witness").mkdir(parents=True)
         raw = sandbox_config(box, root)

@@ -14,7 +14,7 @@ from privateshare.cli import main
 from privateshare.scale import enqueue_users
 from privateshare.scale.app import create_app, queue_length
 
-USERS = 64
+USERS = 60
 
 
 @pytest.mark.parametrize("broker", ["redis", "rabbitmq"])
@@ -79,7 +79,7 @@ def test_a_new_consent_can_enqueue_its_first_pull(deploy):
     from privateshare.scale.hooks import after_consent
     from privateshare.testing.sandboxed import consent
 
-    d = deploy("redis", sandbox={"files": 2}, scale={"enqueue_on_authorize": True})
+    d = deploy("redis", sandbox={"files": 2}, scale={"enqueue_on_authorize": True, "every": "1s"})
     consent(Flow(d.fw), "newcomer")
     assert after_consent(d.fw, "newcomer", None)  # [scale] enqueue_on_authorize
     assert not after_consent(d.fw, "newcomer", None), "already queued: not sent twice"
@@ -110,3 +110,13 @@ def test_a_new_consent_can_enqueue_its_first_pull(deploy):
     assert "'user_id': 'newcomer'" in kinds["task-received"]["kwargs"]
     assert kinds["task-pulling"]["user_id"] == "newcomer"
     assert "'user_id': 'newcomer'" in kinds["task-succeeded"]["result"]
+
+    # The schedule: beat enqueues every user each second; back-pressure keeps it to one
+    # pull of a user at a time, whatever the pace.
+    beat = d.start_process(["beat", "-c", str(d.config_path), "-s", str(d.root / "schedule")])
+    deadline = time.monotonic() + 60
+    while sum(1 for k, u, _ in d.runs() if k == "end") < 3:
+        assert time.monotonic() < deadline, "beat did not enqueue the user again"
+        time.sleep(0.2)
+    d.kill(beat)
+    assert d.overlaps() == []
