@@ -129,6 +129,7 @@ def register(app: Celery, config: ConfigSource) -> dict[str, Task]:
     settings = scale_settings(loaded)
     path = _source(loaded)
     _registered.add(path)
+    _route(app, settings.queue)
 
     @app.task(
         name=PULL_TASK,
@@ -138,14 +139,13 @@ def register(app: Celery, config: ConfigSource) -> dict[str, Task]:
         soft_time_limit=settings.soft_time_limit,
         time_limit=settings.time_limit,
         max_retries=settings.max_retries,
-        queue=settings.queue,
         track_started=True,
     )
     def pull_user(self: Task, user_id: str, batch: str | None = None) -> dict[str, Any]:
         """Pull one user into every sink; the result is the run summary."""
         return runtime(path).run(self, user_id)
 
-    @app.task(name=ENQUEUE_TASK, bind=True, queue=settings.queue, ignore_result=True)
+    @app.task(name=ENQUEUE_TASK, bind=True, ignore_result=True)
     def enqueue_all(self: Task) -> dict[str, Any]:
         """Beat's periodic task: enqueue every user whose last pull is over."""
         rt = runtime(path)
@@ -153,6 +153,18 @@ def register(app: Celery, config: ConfigSource) -> dict[str, Task]:
         return outcome.as_dict()
 
     return {PULL_TASK: pull_user, ENQUEUE_TASK: enqueue_all}
+
+
+def _route(app: Celery, queue: str) -> None:
+    """Send our tasks to ``queue`` ahead of the app's own routes, which stay as they are."""
+    ours = {PULL_TASK: {"queue": queue}, ENQUEUE_TASK: {"queue": queue}}
+    existing = app.conf.task_routes
+    if not existing:
+        app.conf.task_routes = ours
+    elif isinstance(existing, list | tuple):
+        app.conf.task_routes = (ours, *existing)
+    else:
+        app.conf.task_routes = (ours, existing)
 
 
 # --- one framework per worker process ------------------------------------------------

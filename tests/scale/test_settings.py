@@ -160,3 +160,28 @@ def test_config_schema_has_the_scale_table():
     schema = json.loads(result.output)
     ref = schema["properties"]["scale"]["$ref"].removeprefix("#/$defs/")
     assert {"broker", "queue", "every"} <= set(schema["$defs"][ref]["properties"])
+
+
+def test_register_adds_our_tasks_to_your_app_with_their_guarantees(tmp_path):
+    from celery import Celery
+
+    from privateshare.scale import register
+    from privateshare.scale.app import ENQUEUE_TASK, PULL_TASK
+
+    path = tmp_path / "privateshare.toml"
+    scale = {"broker": "redis://127.0.0.1:6379/0", "queue": "pulls", "soft_time_limit": 600}
+    path.write_text(dump_toml(config_with({**scale, "time_limit": 660})))
+    yours = Celery("yours", broker="memory://", set_as_current=False)
+    yours.conf.task_default_queue = "yours"
+    yours.conf.task_routes = {"mine.*": {"queue": "mine"}}
+    tasks = register(yours, path)
+    pull = yours.tasks[PULL_TASK]
+    assert tasks[PULL_TASK].name == PULL_TASK and ENQUEUE_TASK in yours.tasks
+    assert pull.acks_late and pull.reject_on_worker_lost
+    assert (pull.soft_time_limit, pull.time_limit) == (600, 660)
+    router = yours.amqp.router
+    assert router.route({}, PULL_TASK)["queue"].name == "pulls"
+    assert router.route({}, ENQUEUE_TASK)["queue"].name == "pulls"
+    assert router.route({}, "mine.task")["queue"].name == "mine", "your routes are kept"
+    assert yours.conf.task_default_queue == "yours", "your settings are left alone"
+    assert yours.conf.broker_url == "memory://"
