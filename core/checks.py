@@ -79,6 +79,9 @@ def check(
     for spec in config.plugin_specs():
         problems += _plugin_problems(config, spec, classes)
     problems += _hook_module_problems(config)
+    from .scale.checks import check as scale_check
+
+    problems += [Problem.from_text(text) for text in scale_check(config)]
     if problems:
         return problems
     return _preflight_problems(config, connect)

@@ -183,6 +183,8 @@ class Config:
     #: Provider families by family key; sinks by their config name.
     providers: dict[str, PluginSpec] = field(default_factory=dict)
     sinks: dict[str, PluginSpec] = field(default_factory=dict)
+    #: ``[scale]`` (:class:`privateshare.scale.settings.ScaleSettings`), if present.
+    scale: Any = None
 
     def plugin_specs(self) -> list[PluginSpec]:
         return [*self.providers.values(), *self.sinks.values()]
@@ -192,7 +194,7 @@ class Config:
 PROVIDER_DEFAULTS: dict[str, str | None] = {
     f.key: f.default for f in FAMILIES.values() if f.provider
 }
-CORE_TABLES = {"digime", "pull", "plugins", "sinks", *PROVIDER_DEFAULTS}
+CORE_TABLES = {"digime", "pull", "plugins", "sinks", "scale", *PROVIDER_DEFAULTS}
 
 
 # --- reading -----------------------------------------------------------------
@@ -261,6 +263,9 @@ def _inspect(
     digime = _decode_table(raw, "digime", DigimeConfig, problems, base_dir, required=True)
     pull = _decode_table(raw, "pull", PullConfig, problems, base_dir) or PullConfig()
     plugins = _decode_table(raw, "plugins", PluginsConfig, problems, base_dir) or PluginsConfig()
+    from .scale.settings import ScaleSettings  # the scale package imports this module
+
+    scale = _decode_table(raw, "scale", ScaleSettings, problems, base_dir)
 
     providers: dict[str, PluginSpec] = {}
     for family, default in PROVIDER_DEFAULTS.items():
@@ -310,7 +315,7 @@ def _inspect(
 
     # A broken [digime] still yields a config, so plugin tables can be checked too.
     digime = digime or DigimeConfig(application_id="", contract_id="")
-    return Config(source, base_dir, digime, pull, plugins, providers, sinks), problems
+    return Config(source, base_dir, digime, pull, plugins, providers, sinks, scale), problems
 
 
 def _decode_table(

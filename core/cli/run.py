@@ -18,10 +18,21 @@ from .report import Reporter
 @click.option("--once", is_flag=True, help="One-off consent: read the data now, keep no token.")
 @click.option("--no-browser", is_flag=True, help="Print the URL only; do not open a browser.")
 @click.option("--timeout", default=600.0, show_default=True, help="Seconds to wait for consent.")
+@click.option(
+    "--enqueue/--no-enqueue",
+    default=None,
+    help="Send the first pull to the workers ([scale] enqueue_on_authorize by default).",
+)
 @config_option
 @json_option
 def authorize_command(
-    user_id: str, once: bool, no_browser: bool, timeout: float, config_path: Path, as_json: bool
+    user_id: str,
+    once: bool,
+    no_browser: bool,
+    timeout: float,
+    enqueue: bool | None,
+    config_path: Path,
+    as_json: bool,
 ) -> None:
     """Get a user's consent; keep the token (ongoing) or read the data now (--once)."""
     fw, flow = open_flow(config_path)
@@ -48,6 +59,11 @@ def authorize_command(
             click.echo(f"Waiting for the callback on {redirect_uri} ...", err=True)
             params = server.wait(timeout)
         token, session = flow.finish_consent(consent, params)
+        from ..scale.hooks import after_consent
+
+        if not once and after_consent(fw, user_id, enqueue):
+            click.echo(f"The first pull of user {user_id} is queued for the workers.", err=True)
+            return
         if not once:
             click.echo(
                 f"Consent saved for user {user_id}. Pull the data with: "

@@ -10,6 +10,7 @@ import msgspec
 from ..config import DigimeConfig, PluginsConfig, PullConfig
 from ..hooks.families import FAMILIES
 from ..hooks.loading import discover
+from ..scale.settings import ScaleSettings
 from ..secrets import Secret
 
 SECRET_SCHEMA: dict[str, Any] = {
@@ -69,6 +70,7 @@ def config_schema() -> dict[str, Any]:
         "digime": struct_schema(DigimeConfig, "core.", defs),
         "pull": struct_schema(PullConfig, "core.", defs),
         "plugins": struct_schema(PluginsConfig, "core.", defs),
+        "scale": struct_schema(ScaleSettings, "core.", defs),
     }
     for family in ("keys", "tokens", "transport", "decryption"):
         properties[family] = plugin_table_schema(family, defs)
