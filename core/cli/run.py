@@ -7,7 +7,6 @@ import webbrowser
 from pathlib import Path
 
 import click
-import msgspec
 
 from .options import config_option, exit_for, json_option, open_flow, with_config
 from .report import Reporter
@@ -116,25 +115,6 @@ def pull_command(
     exit_for(summaries)
 
 
-@click.command("accounts")
-@click.option("--user", "user_id", required=True)
-@config_option
-@json_option
-def accounts_command(user_id: str, config_path: Path, as_json: bool) -> None:
-    """List the source accounts a user shared."""
-    fw, flow = open_flow(config_path)
-    with fw:
-        accounts = flow.accounts(user_id)
-    if as_json:
-        click.echo(json.dumps(msgspec.to_builtins(accounts), indent=2))
-        return
-    for account in accounts:
-        click.echo(
-            f"{account.id}  {account.service_group_name}/{account.service_type_name}  "
-            f"{account.type}  {account.username or ''}".rstrip()
-        )
-
-
 @click.command("users")
 @config_option
 @json_option
@@ -171,4 +151,4 @@ def delete_user_command(user_id: str, yes: bool, config_path: Path) -> None:
     click.echo(f"user {user_id} deleted" if deleted else f"user {user_id} has no saved token")
 
 
-COMMANDS = [authorize_command, pull_command, accounts_command, users_command, delete_user_command]
+COMMANDS = [authorize_command, pull_command, users_command, delete_user_command]
