@@ -65,7 +65,7 @@ RULES: list[tuple[str, tuple[str, ...], frozenset[str] | None, str | None]] = [
     ("memory sink", ("testing/memory.py",), None, None),
     (
         "sql sink",
-        ("sink_sql.py", "sqlcommon.py", "/sqlalchemy/", "/psycopg", "/sqlite3/"),
+        ("sink_sql.py", "sqldb.py", "/sqlalchemy/", "/psycopg", "/sqlite3/"),
         None,
         None,
     ),

@@ -21,6 +21,7 @@ MOVED: dict[str, str] = {
     "privateshare.manager": "privateshare.hooks.loading",
     "privateshare.facade": "privateshare.hooks.calls",
     "privateshare.plugin": "privateshare.hooks.plugin",
+    "privateshare.plugins.sqlcommon": "privateshare.sqldb",
 }
 
 

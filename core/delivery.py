@@ -43,7 +43,7 @@ def sink_writers(
     writers: list[tuple[str, FileWriter]] = []
     with names_checked(run, file):
         try:
-            for name, writer in hooks.sink_open_file(run, file, only):
+            for name, writer in hooks.sink_open_file(run, file, only=only):
                 if writer is not None:
                     writers.append((name, writer))
         except BaseException:

@@ -37,8 +37,8 @@ from sqlalchemy.engine import Connection
 from privateshare.errors import SinkError
 from privateshare.hooks import Plugin, PluginContext, hookimpl
 from privateshare.models import DataFile, RunInfo, RunSummary
-from privateshare.plugins.sqlcommon import Database, Json, LongBlob, LongText, SqlOptions
 from privateshare.sinks import SinkWriter, check_name, file_target
+from privateshare.sqldb import Database, Json, LongBlob, LongText, SqlOptions
 
 log = logging.getLogger(__name__)
 

@@ -39,7 +39,6 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from privateshare.errors import PrivateShareError, TokenStoreError
 from privateshare.hooks import Plugin, PluginContext, hookimpl
 from privateshare.keys import public_key_fingerprint
-from privateshare.plugins.sqlcommon import Database, LongBlob, SqlOptions, error_code
 from privateshare.plugins.tokenseal import (
     STORE_KEY_FORMAT,
     STORE_KEY_VERSION,
@@ -50,6 +49,7 @@ from privateshare.plugins.tokenseal import (
     new_store_key,
     open_store_key,
 )
+from privateshare.sqldb import Database, LongBlob, SqlOptions, error_code
 
 log = logging.getLogger("privateshare.tokens")
 

@@ -18,15 +18,9 @@ PLUGINS = "privateshare.plugins"
 #: Core modules allowed to import built-in plugins. Keep it empty: a plugin's own code
 #: (commands included) lives with the plugin. The cli branch (issue 12) moves `keys wrap`
 #: and `keys import-pkcs11` to their plugins and removes this last entry.
-CORE_IMPORTS_OF_PLUGINS_ALLOWED = {"privateshare.keycommands"}
-#: Cycles present when this test was written, each removed by a branch of issue 12: keep
-#: this empty once they are merged. The sandbox's v1.7 and v1.5 apps import each other
-#: (the client12 branch splits them); `cli` and `commands` import each other (the cli
-#: branch makes them one package).
-KNOWN_CYCLES: list[set[str]] = [
-    {"privateshare.sandbox.app", "privateshare.sandbox.app15"},
-    {"privateshare.cli", "privateshare.commands"},
-]
+CORE_IMPORTS_OF_PLUGINS_ALLOWED: set[str] = set()
+#: Cycles known and accepted: none (issue 12 removed the last ones).
+KNOWN_CYCLES: list[set[str]] = []
 
 
 def modules() -> dict[str, Path]:

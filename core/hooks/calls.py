@@ -171,7 +171,7 @@ class Hooks:
 
     @calls("privateshare_sink_open_file")
     def sink_open_file(
-        self, run: RunInfo, file: DataFile, only: Collection[str] | None = None
+        self, run: RunInfo, file: DataFile, *, only: Collection[str] | None = None
     ) -> Iterator[tuple[str, FileWriter | None]]:
         """Each sink's writer for ``file`` (of ``only``, if given), in config order; a
         failure names the sink.

@@ -13,7 +13,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import msgspec
 
-from ..config import Delay, Seconds
+from ..optiontypes import Delay, Seconds
 from ..secrets import Secret
 
 #: Broker URL schemes Celery (kombu) accepts that we test or document.

@@ -94,7 +94,7 @@ class ScaleState:
     """The markers table and the user locks, in the shared database of a framework."""
 
     def __init__(self, fw: Any) -> None:
-        from privateshare.plugins.sqlcommon import Database, SqlOptions
+        from privateshare.sqldb import Database, SqlOptions
 
         config = fw.config
         store = fw.plugins.get("tokens")

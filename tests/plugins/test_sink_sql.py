@@ -22,8 +22,8 @@ from privateshare import ConfigError, SinkError
 from privateshare.flow import Flow
 from privateshare.hooks import PluginContext
 from privateshare.plugins.sink_sql import CHUNK_SIZE, SqlSink, file_key, object_rows, sink_tables
-from privateshare.plugins.sqlcommon import LongText, schema_version_table
 from privateshare.secrets import Secret
+from privateshare.sqldb import LongText, schema_version_table
 from privateshare.testing.conformance import SinkConformance
 from privateshare.testing.helpers import deliver, make_file, make_run
 from privateshare.testing.sandboxed import consent, sandbox_framework

@@ -561,8 +561,8 @@ def test_workers_racing_on_an_expired_token_refresh_it_once(
 def test_tokens_schema_v1_gains_the_journal_and_saves_cost_one_row(
     sql_db: SqlDb, privateshare_test_key
 ) -> None:
-    from privateshare.plugins.sqlcommon import schema_version_table
     from privateshare.plugins.tokens_sql import token_tables
+    from privateshare.sqldb import schema_version_table
 
     store = make_store(sql_db, privateshare_test_key.handle)
     metadata, *_ = token_tables(store.options.table_prefix)  # the v1 tables: no journal

@@ -1,4 +1,6 @@
-"""What the ``sql`` sink and the ``sql`` token store share: options, engine, errors, schema.
+"""The SQL layer the ``sql`` sink, the ``sql`` token store and scale-out share.
+
+Options, engine, errors, schema.
 
 Both plugins talk to SQLite (embedded, the default), PostgreSQL (psycopg 3) or
 MariaDB/MySQL (PyMySQL) through SQLAlchemy 2 Core. This module turns a config
