@@ -44,10 +44,11 @@ def test_damaged_records_and_a_lost_store_key_from_the_command_line(
     assert "Traceback" not in pull.stderr
 
     store.key_path.unlink()
+    # 3 tokens, the checkpoints of amy and cat, and the records of their last runs.
     for command in (("users",), ("pull", "--all-users"), ("pull", "--user", "amy")):
         result = cli(*command, "--config", str(config))
         assert result.returncode == ExitCode.PLUGIN, result.stderr
-        assert f"error: the token directory {store.directory} holds 5 sealed records" in (
+        assert f"error: the token directory {store.directory} holds 7 sealed records" in (
             result.stderr
         )
         assert "Traceback" not in result.stderr
