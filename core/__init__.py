@@ -7,7 +7,6 @@ and ``--help`` must not pay for the HTTP client and the flow).
 from __future__ import annotations
 
 import importlib
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
 from .errors import (
@@ -28,19 +27,21 @@ from .errors import (
     UnsafeFileNameError,
     ValidationError,
 )
-from .hookspecs import hookimpl
-from .secrets import Secret
 
 if TYPE_CHECKING:
     from .checks import Problem, check
     from .framework import PrivateShare, load, loads
+    from .hookspecs import hookimpl
     from .keys import KeyHandle
     from .plugin import Plugin, PluginContext
+    from .secrets import Secret
 
 #: Where the documentation lives; error messages point at pages under it.
 DOCS_URL = "https://privateshare.readthedocs.io/en/latest/"
 
 _LAZY = {
+    "hookimpl": "hookspecs",
+    "Secret": "secrets",
     "PrivateShare": "framework",
     "load": "framework",
     "loads": "framework",
@@ -53,6 +54,15 @@ _LAZY = {
 
 
 def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            value = version("privateshare")
+        except PackageNotFoundError:  # pragma: no cover - running from a source tree
+            value = "0.0.0"
+        globals()[name] = value
+        return value
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'privateshare' has no attribute {name!r}")
@@ -60,11 +70,6 @@ def __getattr__(name: str) -> Any:
     globals()[name] = value
     return value
 
-
-try:
-    __version__ = version("privateshare")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
-    __version__ = "0.0.0"
 
 __all__ = [
     "DOCS_URL",

@@ -19,7 +19,7 @@ from typing import Any
 
 import click
 
-from .. import DOCS_URL, __version__
+from .. import DOCS_URL
 from ..errors import PrivateShareError
 from .exitcodes import ExitCode, exit_code_for
 from .keys import keys_group
@@ -42,13 +42,13 @@ BUILTIN_COMMANDS: dict[str, str] = {
 #: The first line of each built-in command's help (a test keeps it equal to the command's).
 BUILTIN_HELP: dict[str, str] = {
     "demo": "Run the whole flow against a local sandbox and show what arrived.",
-    "sandbox": "Run a local emulator of the digi.me Public API (v1.7 and v1.5).",
+    "sandbox": "Run a local emulator of the digi.me Public API (v1.7 and v1.5) on 127.0.0.1.",
     "authorize": "Get a user's consent; keep the token (ongoing) or read the data now (--once).",
     "pull": "Receive new and updated files of a user (or all users) into every sink.",
     "accounts": "List the source accounts a user shared.",
     "users": "List the users that have a saved token.",
     "delete-user": "Delete a user at digi.me and forget their token and checkpoint here.",
-    "plugins": "List installed plugins per family, with their options; and broken ones.",
+    "plugins": "List installed plugins per family with their options, hook plugins, broken ones.",
     "config": "Check a config file or print its JSON Schema.",
     "plugin": "Create plugin distributions.",
 }
@@ -206,7 +206,7 @@ def _sigterm_interrupts() -> Iterator[None]:
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, "--version", prog_name="privateshare")
+@click.version_option(None, "--version", package_name="privateshare", prog_name="privateshare")
 @click.option("-v", "--verbose", count=True, help="More log lines: -v info (retries), -vv debug.")
 @click.option("-q", "--quiet", count=True, help="Fewer log lines: errors only.")
 @click.option(
