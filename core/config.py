@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 
+from . import DOCS_URL
 from .errors import ConfigError
 from .secrets import Secret
 
@@ -207,7 +208,7 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         data = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(
-            f"the config file {path} does not exist; create it (see docs/configuration.md) "
+            f"the config file {path} does not exist; create it (see {DOCS_URL}configuration/) "
             "or pass --config PATH",
         ) from None
     except OSError as exc:

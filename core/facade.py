@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 import pluggy
 
+from . import DOCS_URL
 from .errors import ConfigError, PluginError, SinkError
 
 if TYPE_CHECKING:
@@ -61,7 +62,7 @@ class Hooks:
         if result is None:
             raise ConfigError(
                 f"no {family} plugin answered {hook}; add a {_MISSING_TABLE[family]} table "
-                "to the config (see docs/configuration.md)"
+                "to the config (see " + DOCS_URL + "configuration/)"
             )
         return result
 
