@@ -399,6 +399,47 @@ class DigimeClient:
         url = f"{self.onboard_url}user-reauth?{urlencode({'code': str(code)})}"
         return AuthorizeStart(url, state, verifier, decode_session(answer.get("session")))
 
+    def reauthorize_account(
+        self,
+        token: UserAccessToken,
+        account_id: str,
+        *,
+        redirect_uri: str | None = None,
+        state: str | None = None,
+    ) -> AuthorizeStart:
+        """``POST oauth/token/reference`` and ``POST reference``: a URL to reconnect one account.
+
+        For an account that reports ``ServiceAuthorizationError`` (a partial library).
+        The callback brings ``success`` and ``state`` and no code: the next pull reads the
+        account again (§A3.13 ``getReauthorizeAccountUrl``).
+        """
+        state = state or random_alphanumeric(32)
+        claims = {
+            "access_token": token.access_token.value,
+            "redirect_uri": redirect_uri or self.config.redirect_uri,
+            "state": state,
+        }
+        answer = self._json("POST", "oauth/token/reference", claims, json={"agent": self.agent})
+        payload = self._verified(answer, "oauth/token/reference")
+        code = payload.get("reference_code")
+        if not code:
+            raise ValidationError("oauth/token/reference: the server token has no reference_code")
+        reference = self._json(
+            "POST", "reference", {}, json={"type": "accountId", "value": account_id}
+        )
+        ref_id = reference.get("id") if isinstance(reference, dict) else None
+        if not isinstance(ref_id, str) or not ref_id:
+            raise ValidationError("POST reference: the answer has no id")
+        query = urlencode({"code": str(code), "accountRef": ref_id})
+        return AuthorizeStart(
+            f"{self.onboard_url}reauthorize?{query}",
+            state,
+            "",
+            decode_session(answer.get("session")),
+            redirect_uri=redirect_uri,
+            exchange=False,
+        )
+
     # --- data -----------------------------------------------------------------
 
     def trigger(

@@ -342,6 +342,19 @@ class DigimeClientV15(DigimeClient):
             "(`privateshare authorize`)",
         )
 
+    def reauthorize_account(
+        self,
+        token: UserAccessToken,
+        account_id: str,
+        *,
+        redirect_uri: str | None = None,
+        state: str | None = None,
+    ) -> AuthorizeStart:
+        self._v17_only(
+            "oauth/token/reference (reauthorizing an account)",
+            "on API v1.5 the user reconnects the account in the digi.me app",
+        )
+
     # --- step 4: data ---------------------------------------------------------------------
 
     def prepare_session(self, session_key: str, token: UserAccessToken) -> None:

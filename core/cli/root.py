@@ -30,6 +30,7 @@ BUILTIN_COMMANDS: dict[str, str] = {
     "demo": "privateshare.cli.demo:demo_command",
     "sandbox": "privateshare.sandbox.command:sandbox_command",
     "authorize": "privateshare.cli.run:authorize_command",
+    "reauthorize": "privateshare.cli.run:reauthorize_command",
     "pull": "privateshare.cli.run:pull_command",
     "accounts": "privateshare.cli.run:accounts_command",
     "users": "privateshare.cli.run:users_command",
@@ -44,6 +45,8 @@ BUILTIN_HELP: dict[str, str] = {
     "demo": "Run the whole flow against a local sandbox and show what arrived.",
     "sandbox": "Run a local emulator of the digi.me Public API (v1.7 and v1.5) on 127.0.0.1.",
     "authorize": "Get a user's consent; keep the token (ongoing) or read the data now (--once).",
+    "reauthorize": "Reconnect a user's account that needs reauthorizing, or renew the user's "
+    "consent.",
     "pull": "Receive new and updated files of a user (or all users) into every sink.",
     "accounts": "List the source accounts a user shared.",
     "users": "List the users that have a saved token.",
