@@ -7,7 +7,6 @@ and ``--help`` must not pay for the HTTP client and the flow).
 from __future__ import annotations
 
 import importlib
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
 from . import _moved
@@ -29,8 +28,6 @@ from .errors import (
     UnsafeFileNameError,
     ValidationError,
 )
-from .hooks.specs import hookimpl
-from .secrets import Secret
 
 _moved.install()
 
@@ -38,12 +35,16 @@ if TYPE_CHECKING:
     from .checks import Problem, check
     from .framework import PrivateShare, load, loads
     from .hooks.plugin import Plugin, PluginContext
+    from .hooks.specs import hookimpl
     from .keys import KeyHandle
+    from .secrets import Secret
 
 #: Where the documentation lives; error messages point at pages under it.
 DOCS_URL = "https://privateshare.readthedocs.io/en/latest/"
 
 _LAZY = {
+    "hookimpl": "hooks.specs",
+    "Secret": "secrets",
     "PrivateShare": "framework",
     "load": "framework",
     "loads": "framework",
@@ -56,6 +57,15 @@ _LAZY = {
 
 
 def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            value = version("privateshare")
+        except PackageNotFoundError:  # pragma: no cover - running from a source tree
+            value = "0.0.0"
+        globals()[name] = value
+        return value
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'privateshare' has no attribute {name!r}")
@@ -63,11 +73,6 @@ def __getattr__(name: str) -> Any:
     globals()[name] = value
     return value
 
-
-try:
-    __version__ = version("privateshare")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
-    __version__ = "0.0.0"
 
 __all__ = [
     "DOCS_URL",

@@ -20,6 +20,7 @@ from typing import Any
 
 import msgspec
 
+from . import DOCS_URL
 from .config import Config, PluginSpec, decode_options, inspect_config, read_toml
 from .errors import ConfigError, PrivateShareError
 
@@ -198,7 +199,7 @@ def hook_problems(obj: Any) -> list[str]:
         marked = hasattr(member, f"{hookspecs.PROJECT}_impl")
         if name not in specs:
             close = difflib.get_close_matches(name, specs, n=1)
-            hint = f"did you mean {close[0]!r}?" if close else "see docs/hooks.md for the names"
+            hint = f"did you mean {close[0]!r}?" if close else f"see {DOCS_URL}hooks/ for the names"
             problems.append(f"{name} is not a privateshare hook; {hint}")
             continue
         try:

@@ -22,6 +22,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from . import DOCS_URL
 from .errors import ConfigError, ConfigProblem
 from .hooks.families import FAMILIES
 from .optiontypes import (  # noqa: F401 - re-exported: plugins import them from here
@@ -155,7 +156,7 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         data = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(
-            f"the config file {path} does not exist; create it (see docs/configuration.md) "
+            f"the config file {path} does not exist; create it (see {DOCS_URL}configuration/) "
             "or pass --config PATH",
         ) from None
     except OSError as exc:

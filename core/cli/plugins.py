@@ -128,7 +128,7 @@ def hook_plugins(config_path: Path | None) -> dict[str, list[dict[str, Any]]]:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 @config_option
 def plugins_command(as_json: bool, config_path: Path) -> None:
-    """List installed plugins per family, with their options; and broken ones."""
+    """List installed plugins per family with their options, hook plugins, broken ones."""
     from ..checks import missing_extra
     from ..hooks.loading import EXTRAS, install_hint
 

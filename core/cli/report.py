@@ -112,7 +112,7 @@ class Reporter:
         else:
             click.echo(text, err=True)
 
-    def summaries(self, summaries: list[RunSummary]) -> None:
+    def summaries(self, summaries: list[RunSummary], *, config_path: Any = None) -> None:
         if self.as_json:
             click.echo(json.dumps([summary_dict(s) for s in summaries], indent=2))
             return
@@ -135,6 +135,13 @@ class Reporter:
                 click.echo(f"  … and {unlisted} more failed (see the log)")
             for account, url in s.reauthorize_urls.items():
                 click.echo(f"  account {account} needs the user to reauthorize: {url}")
+                if config_path is not None:
+                    from ..config import command_hint
+
+                    click.echo(
+                        f"    or run: {command_hint('reauthorize', config_path)} "
+                        f"--user {s.user_id} --account {account}"
+                    )
             if s.error:
                 click.echo(f"  stopped early: {s.error}")
 

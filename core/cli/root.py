@@ -19,7 +19,7 @@ from typing import Any
 
 import click
 
-from .. import DOCS_URL, __version__
+from .. import DOCS_URL
 from ..errors import PrivateShareError
 from .exitcodes import ExitCode, exit_code_for
 from .keys import keys_group
@@ -30,6 +30,7 @@ BUILTIN_COMMANDS: dict[str, str] = {
     "demo": "privateshare.cli.demo:demo_command",
     "sandbox": "privateshare.sandbox.command:sandbox_command",
     "authorize": "privateshare.cli.run:authorize_command",
+    "reauthorize": "privateshare.cli.run:reauthorize_command",
     "pull": "privateshare.cli.run:pull_command",
     "accounts": "privateshare.cli.manage:accounts_group",
     "services": "privateshare.cli.manage:services_command",
@@ -47,13 +48,15 @@ BUILTIN_HELP: dict[str, str] = {
     "demo": "Run the whole flow against a local sandbox and show what arrived.",
     "sandbox": "Run a local emulator of the digi.me Public API (v1.7 and v1.5) on 127.0.0.1.",
     "authorize": "Get a user's consent; keep the token (ongoing) or read the data now (--once).",
+    "reauthorize": "Reconnect a user's account that needs reauthorizing, or renew the user's "
+    "consent.",
     "pull": "Receive new and updated files of a user (or all users) into every sink.",
     "accounts": "List the source accounts a user shared; delete one or get its revoke URL.",
     "services": "List the services a user can onboard (digi.me's discovery catalogue).",
     "contract": "Show what the configured contract allows: type, time range, data asked for.",
     "users": "List the users that have a saved token.",
     "delete-user": "Delete a user at digi.me and forget their token and checkpoint here.",
-    "plugins": "List installed plugins per family, with their options; and broken ones.",
+    "plugins": "List installed plugins per family with their options, hook plugins, broken ones.",
     "config": "Check a config file or print its JSON Schema.",
     "plugin": "Create plugin distributions.",
     "status": "Per user: token state and expiry, the last run, accounts needing reauthorization.",
@@ -212,7 +215,7 @@ def _sigterm_interrupts() -> Iterator[None]:
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, "--version", prog_name="privateshare")
+@click.version_option(None, "--version", package_name="privateshare", prog_name="privateshare")
 @click.option("-v", "--verbose", count=True, help="More log lines: -v info (retries), -vv debug.")
 @click.option("-q", "--quiet", count=True, help="Fewer log lines: errors only.")
 @click.option(

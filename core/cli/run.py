@@ -79,6 +79,71 @@ def authorize_command(
         exit_for([summary])
 
 
+@click.command("reauthorize")
+@click.option("--user", "user_id", required=True, help="The user, as given to authorize.")
+@click.option(
+    "--account",
+    "account_id",
+    default=None,
+    help="Reconnect this account (pull lists the ones that need it); without it, the user "
+    "consents again and a new token is saved.",
+)
+@click.option("--no-browser", is_flag=True, help="Print the URL only; do not open a browser.")
+@click.option("--timeout", default=600.0, show_default=True, help="Seconds to wait for consent.")
+@config_option
+def reauthorize_command(
+    user_id: str, account_id: str | None, no_browser: bool, timeout: float, config_path: Path
+) -> None:
+    """Reconnect a user's account that needs reauthorizing, or renew the user's consent."""
+    from ..callback import CallbackServer
+    from ..client import ConsentDenied, check_state, need
+    from ..errors import AuthorizationRequired
+
+    fw, flow = open_flow(config_path)
+    with fw:
+        token = fw.hooks.token_load(user_id)
+        if token is None:
+            raise AuthorizationRequired(
+                f"user {user_id!r} has no saved token; run "
+                f"`{with_config('authorize', config_path)} --user {user_id}` first",
+                user_id=user_id,
+            )
+        redirect_uri = fw.config.digime.redirect_uri
+        with CallbackServer(redirect_uri) as server:
+            if account_id:
+                start = need(flow.client, "reauthorize_account")(
+                    token, account_id, redirect_uri=redirect_uri
+                )
+                what = f"reconnect account {account_id}"
+            else:
+                start = need(flow.client, "reauthorize")(token, redirect_uri=redirect_uri)
+                what = "consent again"
+            click.echo(f"Open this URL to {what}:", err=True)
+            click.echo(start.url)
+            if not no_browser:
+                webbrowser.open(start.url)
+            click.echo(f"Waiting for the callback on {redirect_uri} ...", err=True)
+            params = server.wait(timeout)
+        if not start.exchange:
+            check_state(params, start.state)
+            if params.get("success") != "true":
+                raise ConsentDenied(params.get("errorCode") or "?")
+            click.echo(
+                f"Account {account_id} of user {user_id} reconnected; the next pull reads it: "
+                f"{with_config('pull', config_path)} --user {user_id}",
+                err=True,
+            )
+            return
+        code = flow.client.parse_callback(params, start)
+        new_token = flow.client.exchange_code(code, start.code_verifier, redirect_uri=redirect_uri)
+        fw.hooks.token_save(user_id, new_token)
+        click.echo(
+            f"Consent renewed for user {user_id}. Pull the data with: "
+            f"{with_config('pull', config_path)} --user {user_id}",
+            err=True,
+        )
+
+
 @click.command("pull")
 @click.option("--user", "user_id", help="Pull this user.")
 @click.option("--all-users", is_flag=True, help="Pull every user with a saved token.")
@@ -111,7 +176,7 @@ def pull_command(
         else:
             assert user_id is not None
             summaries = [flow.pull(user_id, progress=reporter, full=full, since=since_ms)]
-    reporter.summaries(summaries)
+    reporter.summaries(summaries, config_path=config_path)
     exit_for(summaries)
 
 
@@ -151,4 +216,10 @@ def delete_user_command(user_id: str, yes: bool, config_path: Path) -> None:
     click.echo(f"user {user_id} deleted" if deleted else f"user {user_id} has no saved token")
 
 
-COMMANDS = [authorize_command, pull_command, users_command, delete_user_command]
+COMMANDS = [
+    authorize_command,
+    reauthorize_command,
+    pull_command,
+    users_command,
+    delete_user_command,
+]

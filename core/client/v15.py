@@ -91,6 +91,10 @@ MISSING: Mapping[str, Missing] = {
         )
         for call in ("query_sources", "all_sources", "countries", "platforms", "categories")
     },
+    "reauthorize_account": Missing(
+        "oauth/token/reference (reauthorizing an account)",
+        "on API v1.5 the user reconnects the account in the digi.me app",
+    ),
     "onboard": Missing(
         "oauth/token/reference (onboarding another service)",
         "the user adds services in the digi.me app",

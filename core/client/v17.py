@@ -277,6 +277,49 @@ class ClientV17:
         session = decode_session(answer.get("session"))
         return AuthorizeStart(url, state, "", session, redirect_uri=redirect, exchange=False)
 
+    def reauthorize_account(
+        self,
+        token: UserAccessToken,
+        account_id: str,
+        *,
+        redirect_uri: str | None = None,
+        state: str | None = None,
+    ) -> AuthorizeStart:
+        """``POST oauth/token/reference`` and ``POST reference``: a URL to reconnect one account.
+
+        For an account that reports ``ServiceAuthorizationError`` (a partial library). The
+        callback brings ``success`` and ``state`` and no code (``exchange`` is False): the
+        next pull reads the account again (protocol.md#consent).
+        """
+        state = state or random_alphanumeric(32)
+        redirect = redirect_uri or self.config.redirect_uri
+        claims = {
+            "access_token": token.access_token.value,
+            "redirect_uri": redirect,
+            "state": state,
+        }
+        answer = self.wire.json("POST", "oauth/token/reference", claims, json={"agent": self.agent})
+        payload = self.verifier.verified(answer, "oauth/token/reference")
+        code = payload.get("reference_code")
+        if not code:
+            raise ValidationError("oauth/token/reference: the server token has no reference_code")
+        reference = self.wire.json(
+            "POST", "reference", {}, json={"type": "accountId", "value": account_id}
+        )
+        ref_id = reference.get("id") if isinstance(reference, dict) else None
+        if not isinstance(ref_id, str) or not ref_id:
+            raise ValidationError("POST reference: the answer has no id")
+        query = urlencode({"code": str(code), "accountRef": ref_id})
+        session = decode_session(answer.get("session"))
+        return AuthorizeStart(
+            f"{self.onboard_url}reauthorize?{query}",
+            state,
+            "",
+            session,
+            redirect_uri=redirect,
+            exchange=False,
+        )
+
     # --- data -----------------------------------------------------------------
 
     def trigger(

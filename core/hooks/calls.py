@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 import pluggy
 
+from .. import DOCS_URL
 from ..errors import ConfigError, PluginError, SinkError
 from .families import FAMILIES
 
@@ -71,7 +72,7 @@ class Hooks:
         if result is None:
             raise ConfigError(
                 f"no {family} plugin answered {hook}; add a {FAMILIES[family].table} table "
-                "to the config (see docs/configuration.md)"
+                "to the config (see " + DOCS_URL + "configuration/)"
             )
         return result
 

@@ -10,6 +10,7 @@ down; ``strict`` re-raises instead, for plugin authors.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import inspect
 import logging
@@ -24,6 +25,7 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import Version
 from stevedore import ExtensionManager, NamedExtensionManager
 
+from .. import DOCS_URL
 from ..config import Config, PluginSpec, decode_options
 from ..errors import ConfigError, PluginError
 from . import specs
@@ -154,7 +156,15 @@ def load_plugin_class(spec: PluginSpec, source: str) -> Any:
             f"{source}: [{spec.name}] type = {spec.type!r}: the {family.label} plugin is "
             f"installed but fails to load ({_error_text(exc)}); {hint}"
         )
-    installed = ", ".join(installed_names(spec.family)) or "none"
+    names = installed_names(spec.family)
+    installed = ", ".join(names) or "none"
+    close = difflib.get_close_matches(spec.type, names, n=1, cutoff=0.75)
+    if close:  # a typo of an installed plugin: say so rather than suggest a package
+        raise ConfigError(
+            f"[{spec.name}] type: unknown {family.label} plugin {spec.type!r}; did you mean "
+            f"{close[0]!r}? Installed {family.label} plugins: {installed}",
+            source,
+        )
     raise ConfigError(
         f"[{spec.name}] type: unknown {family.label} plugin {spec.type!r}; installed "
         f"{family.label} plugins: {installed}. To add it: {install_hint(spec.family, spec.type)}",
@@ -217,7 +227,7 @@ def check_spec_version(target: Any, who: str) -> None:
         raise PluginError(
             f"{who} needs hook spec version {accepted} but this privateshare has hook spec "
             f"{specs.SPEC_VERSION}; install a version of the plugin made for hook spec "
-            f"{specs.SPEC_VERSION}, or a privateshare whose hook spec matches (docs/hooks.md)"
+            f"{specs.SPEC_VERSION}, or a privateshare whose hook spec matches ({DOCS_URL}hooks/)"
         )
 
 
@@ -271,7 +281,7 @@ class PluginSet:
         try:
             self.pm.check_pending()
         except pluggy.PluginValidationError as exc:
-            raise PluginError(f"{exc}; check the hook's name against docs/hooks.md") from None
+            raise PluginError(f"{exc}; check the hook's name against {DOCS_URL}hooks/") from None
         return self
 
     def _load_spec(self, spec: PluginSpec) -> None:
@@ -300,7 +310,7 @@ class PluginSet:
             self.pm.register(instance, name=spec.name)
         except pluggy.PluginValidationError as exc:
             raise PluginError(
-                f"[{spec.name}] {exc}; check the hook names against docs/hooks.md"
+                f"[{spec.name}] {exc}; check the hook names against {DOCS_URL}hooks/"
             ) from None
         self.instances[spec.name] = instance
 

@@ -5,6 +5,7 @@ Also runnable alone: ``python -m privateshare.sandbox``.
 
 from __future__ import annotations
 
+import errno
 import re
 import signal
 import sys
@@ -253,7 +254,15 @@ def sandbox_command(state_dir: Path, verbose: bool, **options: Any) -> None:
     try:
         settings = settings_from_options(options)
         sandbox = Sandbox(settings, state_dir=state_dir, verbose=verbose).start()
-    except (ValueError, OSError) as exc:
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            port = options.get("port")
+            raise click.ClickException(
+                f"port {port} on 127.0.0.1 is already in use (another sandbox?); stop what "
+                "listens there, choose another --port, or pass --port 0 for any free port"
+            ) from exc
+        raise click.ClickException(str(exc)) from exc
+    except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
 
     def _terminate(signum: int, frame: Any) -> None:

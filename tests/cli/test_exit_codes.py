@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -24,6 +25,12 @@ from privateshare.sandbox import Sandbox
 from privateshare.testing.sandboxed import write_sandbox_config
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.mark.parametrize(
@@ -77,12 +84,14 @@ def test_an_internal_error_exits_70_and_says_it_is_a_bug() -> None:
 def test_a_missing_secret_variable_and_a_missing_key_file(
     tmp_path: Path, privateshare_sandbox: Callable[..., Sandbox], privateshare_test_key
 ) -> None:
-    sandbox = privateshare_sandbox()
+    redirect = f"http://127.0.0.1:{free_port()}/callback"  # no clash with parallel runs
+    sandbox = privateshare_sandbox(redirect_uris=(redirect,))
     key = privateshare_test_key.write(tmp_path / "contract.pem")
     config = write_sandbox_config(
         sandbox,
         tmp_path,
         keys={"type": "file", "path": str(key), "password": {"env": "PS_TEST_UNSET_PASSWORD"}},
+        digime={"redirect_uri": redirect},
     )
     env = {k: v for k, v in os.environ.items() if k != "PS_TEST_UNSET_PASSWORD"}
     result = subprocess.run(
@@ -107,7 +116,12 @@ def test_a_missing_secret_variable_and_a_missing_key_file(
     assert result.returncode == ExitCode.SECRET, result.stderr
     assert "PS_TEST_UNSET_PASSWORD" in result.stderr and "is not set" in result.stderr
     key.unlink()
-    config = write_sandbox_config(sandbox, tmp_path, keys={"type": "file", "path": str(key)})
+    config = write_sandbox_config(
+        sandbox,
+        tmp_path,
+        keys={"type": "file", "path": str(key)},
+        digime={"redirect_uri": redirect},
+    )
     result = subprocess.run(
         [
             sys.executable,
@@ -133,7 +147,9 @@ def test_a_missing_secret_variable_and_a_missing_key_file(
 def test_an_authorize_timeout_exits_7(
     tmp_path: Path, privateshare_sandbox: Callable[..., Sandbox]
 ) -> None:
-    config = write_sandbox_config(privateshare_sandbox(), tmp_path)
+    redirect = f"http://127.0.0.1:{free_port()}/callback"  # no clash with parallel runs
+    sandbox = privateshare_sandbox(redirect_uris=(redirect,))
+    config = write_sandbox_config(sandbox, tmp_path, digime={"redirect_uri": redirect})
     result = subprocess.run(
         [
             sys.executable,

@@ -128,23 +128,43 @@ def test_key_commands_live_with_their_plugins() -> None:
     assert keys.commands["import-pkcs11"] is keys_pkcs11.import_pkcs11_command
 
 
-def test_help_imports_neither_boto3_nor_pkcs11() -> None:
+@pytest.mark.parametrize("argument", ["--help", "--version"])
+def test_help_and_version_import_nothing_heavy(argument: str) -> None:
+    """Start-up stays fast (benchmarks/startup.py measures it): no HTTP client, no sandbox,
+    no flow, no AWS or PKCS#11 library, no rich."""
+    heavy = (
+        "boto3",
+        "botocore",
+        "pkcs11",
+        "requests",
+        "privateshare.sandbox",
+        "privateshare.flow",
+        "privateshare.cli.demo",
+        "rich",
+    )
     code = (
         "import sys\n"
         "from privateshare.cli import main\n"
         "try:\n"
-        "    main(['--help'])\n"
+        f"    main([{argument!r}])\n"
         "except SystemExit:\n"
         "    pass\n"
-        "for name in ('boto3', 'botocore', 'pkcs11'):\n"
-        "    print(name, name in sys.modules)\n"
+        f"print([m for m in {heavy!r} if m in sys.modules])\n"
     )
     result = run(code=code)
     assert result.returncode == 0, result.stderr
-    assert "keys" in result.stdout
-    assert "boto3 False" in result.stdout
-    assert "botocore False" in result.stdout
-    assert "pkcs11 False" in result.stdout
+    assert result.stdout.splitlines()[-1] == "[]"
+
+
+def test_the_static_help_matches_each_command() -> None:
+    from privateshare.cli.root import BUILTIN_COMMANDS, BUILTIN_HELP
+
+    assert set(BUILTIN_HELP) == set(BUILTIN_COMMANDS)
+    ctx = click.Context(main)
+    for name, text in BUILTIN_HELP.items():
+        command = main.get_command(ctx, name)
+        assert command is not None
+        assert (command.help or "").splitlines()[0] == text, name
 
 
 def _module_imports(path: Path, package: str) -> set[str]:

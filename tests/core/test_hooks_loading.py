@@ -202,7 +202,7 @@ def test_misspelled_hook_fails_check_pending(
     with pytest.raises(PluginError) as info:
         privateshare.load(raw, base_dir=tmp_path)
     assert "privateshare_file_writen" in str(info.value)
-    assert "docs/hooks.md" in str(info.value)
+    assert f"{privateshare.DOCS_URL}hooks/" in str(info.value)
 
 
 def test_check_config_reports_plugin_problems_without_starting_plugins(tmp_path: Path) -> None:

@@ -138,8 +138,14 @@ def test_exit_codes_mean_something(start_sandbox: Callable[..., Sandbox], tmp_pa
     assert "needs the user to reauthorize" in partial.stdout
 
 
-def test_server_errors_exit_with_the_server_code(sandbox: Sandbox, tmp_path: Path) -> None:
-    config = write_sandbox_config(sandbox, tmp_path, digime={"contract_id": "unknown"})
+def test_server_errors_exit_with_the_server_code(
+    start_sandbox: Callable[..., Sandbox], tmp_path: Path
+) -> None:
+    redirect = f"http://127.0.0.1:{free_port()}/callback"  # no clash with parallel runs
+    sandbox = start_sandbox(redirect_uris=(redirect,))
+    config = write_sandbox_config(
+        sandbox, tmp_path, digime={"contract_id": "unknown", "redirect_uri": redirect}
+    )
     result = cli(
         "authorize", "--config", str(config), "--user", "x", "--no-browser", "--timeout", "1"
     )

@@ -1,0 +1,176 @@
+"""``privateshare reauthorize``: a partial account is fixed from the CLI, over real HTTP."""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import urljoin
+
+import requests
+
+from privateshare.cli import ExitCode
+from privateshare.sandbox import Sandbox
+from privateshare.testing.sandboxed import write_sandbox_config
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "privateshare", *args], capture_output=True, text=True, timeout=180
+    )
+
+
+def consent_in_browser(
+    *args: str, answer: Callable[[str], None]
+) -> subprocess.CompletedProcess[str]:
+    """Run a consent command; ``answer`` plays the user's browser on the printed URL."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "privateshare", *args, "--no-browser", "--timeout", "60"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    url = proc.stdout.readline().strip()
+    assert url.startswith("http://127.0.0.1:"), url
+    answer(url)
+    out, err = proc.communicate(timeout=120)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, url + "\n" + out, err)
+
+
+def share(url: str) -> None:
+    requests.get(url, timeout=30)  # the auto-consenting page redirects to our callback
+
+
+def test_reauthorize_fixes_a_partial_account(
+    privateshare_sandbox: Callable[..., Sandbox], tmp_path: Path
+) -> None:
+    redirect = f"http://127.0.0.1:{free_port()}/callback"
+    sandbox = privateshare_sandbox(partial=True, redirect_uris=(redirect,))
+    config = write_sandbox_config(sandbox, tmp_path, digime={"redirect_uri": redirect})
+    c = str(config)
+    assert consent_in_browser("authorize", "-c", c, "--user", "amy", answer=share).returncode == 0
+    first = cli("pull", "-c", c, "--user", "amy")
+    assert first.returncode == ExitCode.PARTIAL
+    summary = json.loads(cli("pull", "-c", c, "--user", "amy", "--json").stdout)[0]
+    (account,) = summary["reauthorize_urls"]
+    assert f"or run: privateshare reauthorize --config {c} --user amy --account {account}" in (
+        first.stdout
+    )
+
+    fixed = consent_in_browser(
+        "reauthorize", "-c", c, "--user", "amy", "--account", account, answer=share
+    )
+    assert fixed.returncode == 0, fixed.stderr
+    assert "/reauthorize?" in fixed.stdout
+    assert f"Account {account} of user amy reconnected" in fixed.stderr
+    after = json.loads(cli("pull", "-c", c, "--user", "amy", "--json").stdout)[0]
+    assert after["ok"] and after["final_state"] == "completed", after
+    assert after["reauthorize_urls"] == {}
+
+
+def test_reauthorize_renews_consent_and_cancel_and_timeout(
+    privateshare_sandbox: Callable[..., Sandbox], tmp_path: Path
+) -> None:
+    redirect = f"http://127.0.0.1:{free_port()}/callback"
+    sandbox = privateshare_sandbox(redirect_uris=(redirect,))
+    config = write_sandbox_config(sandbox, tmp_path, digime={"redirect_uri": redirect})
+    c = str(config)
+    assert cli("reauthorize", "-c", c, "--user", "bob").returncode == ExitCode.AUTHORIZATION
+    assert consent_in_browser("authorize", "-c", c, "--user", "bob", answer=share).returncode == 0
+    renewed = consent_in_browser("reauthorize", "-c", c, "--user", "bob", answer=share)
+    assert renewed.returncode == 0, renewed.stderr
+    assert "/user-reauth?" in renewed.stdout and "Consent renewed for user bob" in renewed.stderr
+    assert cli("pull", "-c", c, "--user", "bob").returncode == 0
+
+    timed_out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "privateshare",
+            "reauthorize",
+            "-c",
+            c,
+            "--user",
+            "bob",
+            "--no-browser",
+            "--timeout",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert timed_out.returncode == ExitCode.TIMEOUT, timed_out.stderr
+
+
+def click_on_the_form(decision: str) -> Callable[[str], None]:
+    """The consent page as a person uses it: load the form, press Share or Cancel."""
+
+    def answer(url: str) -> None:
+        page = requests.get(url, timeout=30)
+        assert page.status_code == 200 and 'id="cancel"' in page.text, page.text
+        action = html.unescape(re.search(r'<form method="post" action="([^"]+)"', page.text)[1])
+        fields = {
+            html.unescape(name): html.unescape(value)
+            for name, value in re.findall(
+                r'<input type="hidden" name="([^"]+)" value="([^"]*)">', page.text
+            )
+        }
+        requests.post(urljoin(url, action), data={**fields, "decision": decision}, timeout=30)
+
+    return answer
+
+
+def test_share_and_cancel_on_the_consent_form(
+    privateshare_sandbox: Callable[..., Sandbox], tmp_path: Path
+) -> None:
+    redirect = f"http://127.0.0.1:{free_port()}/callback"
+    sandbox = privateshare_sandbox(partial=True, redirect_uris=(redirect,), auto_consent=False)
+    config = write_sandbox_config(sandbox, tmp_path, digime={"redirect_uri": redirect})
+    c = str(config)
+    cancelled = consent_in_browser(
+        "authorize", "-c", c, "--user", "cy", answer=click_on_the_form("cancel")
+    )
+    assert cancelled.returncode == ExitCode.AUTHORIZATION, cancelled.stderr
+    assert "USER_CANCEL" in cancelled.stderr
+    shared = consent_in_browser(
+        "authorize", "-c", c, "--user", "cy", answer=click_on_the_form("share")
+    )
+    assert shared.returncode == 0, shared.stderr
+    summary = json.loads(cli("pull", "-c", c, "--user", "cy", "--json").stdout)[0]
+    (account,) = summary["reauthorize_urls"]
+    no = consent_in_browser(
+        "reauthorize",
+        "-c",
+        c,
+        "--user",
+        "cy",
+        "--account",
+        account,
+        answer=click_on_the_form("cancel"),
+    )
+    assert no.returncode == ExitCode.AUTHORIZATION, no.stderr
+    yes = consent_in_browser(
+        "reauthorize",
+        "-c",
+        c,
+        "--user",
+        "cy",
+        "--account",
+        account,
+        answer=click_on_the_form("share"),
+    )
+    assert yes.returncode == 0, yes.stderr
+    assert json.loads(cli("pull", "-c", c, "--user", "cy", "--json").stdout)[0]["ok"]
