@@ -99,7 +99,7 @@ RULES: list[tuple[str, tuple[str, ...], frozenset[str] | None, str | None]] = [
     ("logging", ("/logging/",), None, None),
     (
         "hook dispatch (pluggy, facade)",
-        ("/pluggy/", "facade.py", "manager.py", "hookspecs.py", "core/plugin.py", "/hooks/"),
+        ("/pluggy/", "/hooks/", "/delivery.py"),
         None,
         None,
     ),
@@ -111,7 +111,7 @@ RULES: list[tuple[str, tuple[str, ...], frozenset[str] | None, str | None]] = [
     ),
     (
         "flow + protocol client (per-file logic, models)",
-        ("flow.py", "/flow/", "api.py", "api15.py", "/client/", "retry.py", "models.py"),
+        ("flow.py", "/flow/", "/client/", "retry.py", "models.py"),
         None,
         None,
     ),

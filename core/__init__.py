@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
+from . import _moved
 from .errors import (
     AuthorizationRequired,
     ConfigError,
@@ -23,10 +24,11 @@ from .errors import (
     ValidationError,
 )
 from .framework import PrivateShare, load, loads
-from .hookspecs import hookimpl
+from .hooks import Plugin, PluginContext, hookimpl
 from .keys import KeyHandle
-from .plugin import Plugin, PluginContext
 from .secrets import Secret
+
+_moved.install()
 
 try:
     __version__ = version("privateshare")

@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 import msgspec
 
 from .errors import ConfigError
+from .hooks.families import FAMILIES
 from .secrets import Secret
 
 DEFAULT_CONFIG = "privateshare.toml"
@@ -105,7 +106,7 @@ class DigimeConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     onboard_url: HttpUrl = "https://api.digi.me/apps/saas/"
     #: Where the consent page sends the user back; must be on the contract's allow-list.
     redirect_uri: HttpUrl = "http://127.0.0.1:8765/callback"
-    #: Protocol profile: PROTOCOL.md Part A (v1.7) or Part B (v1.5).
+    #: Protocol profile, v1.7 or v1.5 (protocol.md, docs/api-profiles.md).
     api: Literal["v1.7", "v1.5"] = "v1.7"
     #: The SDK name sent in ``agent.sdk.name``.
     agent_name: Annotated[str, msgspec.Meta(min_length=1)] = "privateshare"
@@ -176,12 +177,9 @@ class Config:
         return [*self.providers.values(), *self.sinks.values()]
 
 
-#: Provider family key -> (default type or None when required).
+#: Provider family key -> (default type or None when required), from the family table.
 PROVIDER_DEFAULTS: dict[str, str | None] = {
-    "keys": None,
-    "tokens": "file",
-    "transport": "requests",
-    "decryption": "digime",
+    f.key: f.default for f in FAMILIES.values() if f.provider
 }
 CORE_TABLES = {"digime", "pull", "plugins", "sinks", "scale", *PROVIDER_DEFAULTS}
 

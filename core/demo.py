@@ -1,162 +1,19 @@
-"""``privateshare demo``: the whole flow against an in-process sandbox, checked byte for byte.
+"""Deprecated: moved to :mod:`privateshare.cli.demo`.
 
-``--api v1.5`` runs the original Private Share generation (PROTOCOL.md Part B)
-instead of v1.7: the same four steps of the guide, each a separate call there.
+This alias will go in a future release.
 """
 
 from __future__ import annotations
 
-import hashlib
-import tomllib
-from collections.abc import Mapping
-from pathlib import Path
-from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from ._deprecated import forward
 
-import click
-import requests
-
-from .config import read_toml
-from .errors import ConfigError
-from .flow import Flow
-from .framework import load
-from .models import RunSummary
-
-DEMO_USER = "demo-user"
-
-
-def consent_as_browser(url: str) -> dict[str, str]:
-    """Open the consent URL as a browser would; the auto-consenting sandbox redirects back."""
-    response = requests.get(url, allow_redirects=False, timeout=30)
-    location = response.headers.get("Location")
-    if response.status_code not in (301, 302, 303, 307) or not location:
-        raise click.ClickException(
-            f"the sandbox consent page did not redirect (HTTP {response.status_code})"
-        )
-    return dict(parse_qsl(urlsplit(location).query, keep_blank_values=True))
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _step(text: str) -> None:
-    click.echo(text, err=True)
-
-
-def run_demo(
-    directory: Path,
-    *,
-    files: int = 24,
-    seed: int = 1,
-    api: str = "v1.7",
-    extra_sinks: Mapping[str, Any] | None = None,
-) -> tuple[RunSummary, dict[str, Any]]:
-    """Run the four steps on the ``api`` profile; return the summary and the check per file.
-
-    ``extra_sinks`` adds ``[sinks.<name>]`` tables beside the demo's file sink; their
-    relative paths resolve against ``directory``.
-    """
-    from .sandbox.server import Sandbox
-    from .sandbox.settings import SandboxSettings
-
-    directory = directory.resolve()
-    settings = SandboxSettings(
-        files=files, seed=seed, auto_consent=True, pending_polls=1, running_polls=2
-    )
-    with Sandbox(settings, state_dir=directory / "sandbox") as sandbox:
-        config_path = sandbox.config_path("ongoing", api)
-        raw = tomllib.loads(config_path.read_text(encoding="utf-8"))
-        # Tokens (and checkpoints) per profile: a v1.7 token means nothing to v1.5.
-        tokens = "tokens" if api == "v1.7" else f"tokens-{api}"
-        raw["tokens"] = {"type": "file", "path": str(directory / tokens)}
-        raw["sinks"] = {"local": {"type": "file", "root": str(directory / "data")}}
-        raw["sinks"].update(extra_sinks or {})
-        raw["pull"] = {"poll_interval": 0.2}
-        if raw["keys"].get("type") == "file":
-            raw["keys"]["path"] = str(config_path.parent / raw["keys"]["path"])
-        with load(raw, base_dir=directory) as fw:
-            flow = Flow(fw)
-            _step(f"API {api}; 1. credentials: contract {fw.config.digime.contract_id}")
-            # 2. establish a session (v1.5: its own call) and 3. consent:
-            consent = flow.start_consent(DEMO_USER)
-            if consent.app_url:
-                _step("2. session established (POST permission-access/session)")
-                _step(f"3. consent in the digi.me app: {consent.app_url.split('?')[0]}?…")
-            _step(f"   consent URL: {consent.url.split('?')[0]}?… (opened as a browser would)")
-            token, session = flow.finish_consent(consent, consent_as_browser(consent.url))
-            _step("   consent given; token received (POST oauth/token) and saved")
-            # 4. receive the data into every sink:
-            _step("4. reading the session's files")
-            summary = flow.pull(DEMO_USER, token=token, session=session)
-        truth = sandbox.ground_truth()
-    check = {}
-    for name, expected in sorted(truth.items()):
-        path = directory / "data" / DEMO_USER / name
-        actual = sha256_of(path) if path.is_file() else None
-        check[name] = {
-            "path": str(path),
-            "size": path.stat().st_size if path.is_file() else None,
-            "matches": actual == expected,
-        }
-    return summary, check
-
-
-@click.command("demo")
-@click.option(
-    "--dir",
-    "directory",
-    type=click.Path(file_okay=False, path_type=Path),
-    default="privateshare-demo",
-    show_default=True,
-    help="Where to put everything.",
+__getattr__ = forward(
+    "privateshare.demo",
+    "privateshare.cli.demo",
+    {
+        "DEMO_USER": "privateshare.cli.demo",
+        "run_demo": "privateshare.cli.demo",
+        "demo_command": "privateshare.cli.demo",
+        "consent_as_browser": "privateshare.testing.sandboxed",
+    },
 )
-@click.option("--files", default=24, show_default=True, help="Files in the synthetic library.")
-@click.option("--seed", default=1, show_default=True, help="Seed of the synthetic library.")
-@click.option(
-    "--api",
-    type=click.Choice(["v1.7", "v1.5"]),
-    default="v1.7",
-    show_default=True,
-    help="Protocol profile: v1.7 (current) or v1.5 (the original Private Share).",
-)
-@click.option(
-    "--sinks",
-    "sinks_file",
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    help="A TOML file of [sinks.<name>] tables to deliver to as well (paths relative to --dir).",
-)
-def demo_command(directory: Path, files: int, seed: int, api: str, sinks_file: Path | None) -> None:
-    """Run the whole flow against a local sandbox and show what arrived."""
-    from rich.console import Console
-    from rich.table import Table
-
-    extra: dict[str, Any] = {}
-    if sinks_file is not None:
-        extra = read_toml(sinks_file).get("sinks", {})
-        if not isinstance(extra, dict) or not extra:
-            raise ConfigError(
-                f"{sinks_file} has no [sinks.<name>] tables; add one, for example "
-                '[sinks.lake] type = "parquet" root = "lake"'
-            )
-    summary, check = run_demo(directory, files=files, seed=seed, api=api, extra_sinks=extra)
-    console = Console()
-    table = Table(title=f"{directory}/data/{DEMO_USER}")
-    table.add_column("file")
-    table.add_column("bytes", justify="right")
-    table.add_column("matches the sandbox", justify="center")
-    for name, row in check.items():
-        table.add_row(name, str(row["size"] or "-"), "yes" if row["matches"] else "[red]NO[/red]")
-    console.print(table)
-    matched = sum(row["matches"] for row in check.values())
-    console.print(
-        f"{summary.files_delivered} files delivered ({summary.bytes_delivered} bytes), "
-        f"{summary.files_skipped} already there; library {summary.final_state} (API {api}); "
-        f"{matched}/{len(check)} files match the sandbox's ground truth byte for byte."
-    )
-    if matched != len(check) or summary.files_failed:
-        raise SystemExit(1)

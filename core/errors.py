@@ -74,7 +74,7 @@ class MalformedAnswer(ValidationError):
 
 
 class ServerError(DigimeError):
-    """The digi.me API answered with an error (PROTOCOL.md §A4.6)."""
+    """The digi.me API answered with an error (protocol.md#errors)."""
 
     def __init__(
         self,

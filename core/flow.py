@@ -9,9 +9,11 @@ list; a file is checkpointed only after every sink committed it; a 401 refreshes
 the token once per user, saved before use. ``[pull] timeout`` is one deadline for
 the whole pull, carried by every request it makes (:mod:`privateshare.retry`).
 
-The flow is the same for both protocol profiles (``[digime] api``): the client
-(:class:`~privateshare.api.DigimeClient` for v1.7,
-:class:`~privateshare.api15.DigimeClientV15` for v1.5) hides what differs.
+The flow is the same for both protocol profiles (``[digime] api``): it depends on
+:class:`privateshare.client.Client` alone, and the client of the profile
+(:mod:`privateshare.client.v17`, :mod:`privateshare.client.v15`) hides what differs.
+A call a profile lacks is reached through :func:`privateshare.client.need`, which
+says what to do instead.
 """
 
 from __future__ import annotations
@@ -28,7 +30,16 @@ from typing import Any, NoReturn, TypeVar
 
 import msgspec
 
-from .api import AuthorizeStart, ConsentDenied, DigimeClient, FileDownload, needs_refresh
+from .client import (
+    AuthorizeStart,
+    Client,
+    ConsentDenied,
+    FileDownload,
+    for_profile,
+    need,
+    needs_refresh,
+)
+from .delivery import deliver
 from .errors import (
     AuthorizationRequired,
     DigimeError,
@@ -60,15 +71,15 @@ T = TypeVar("T")
 __all__ = ["Consent", "ConsentDenied", "Flow", "Run", "TokenKeeper", "client_for"]
 
 
-def client_for(fw: PrivateShare) -> DigimeClient:
+def client_for(fw: PrivateShare) -> Client:
     """The client of the configured protocol profile (``[digime] api``)."""
-    digime = fw.config.digime
-    retry = retry_policy(fw.config.pull)
-    if digime.api == "v1.5":
-        from .api15 import DigimeClientV15
-
-        return DigimeClientV15(digime, fw.hooks, fw.key_handle, retry=retry)
-    return DigimeClient(digime, fw.hooks, fw.key_handle, retry=retry)
+    return for_profile(
+        fw.config.digime,
+        send=fw.hooks.send,
+        key=fw.key_handle,
+        decrypt=fw.hooks.decrypt,
+        retry=retry_policy(fw.config.pull),
+    )
 
 
 def retry_policy(pull: Any) -> Retry:
@@ -229,7 +240,7 @@ class TokenKeeper:
 class Flow:
     """The Private Share flow over an assembled :class:`PrivateShare`."""
 
-    def __init__(self, fw: PrivateShare, *, client: DigimeClient | None = None) -> None:
+    def __init__(self, fw: PrivateShare, *, client: Client | None = None) -> None:
         self.fw = fw
         self.config = fw.config
         self.client = client or client_for(fw)
@@ -436,7 +447,7 @@ class Flow:
         if self.fw.hooks.token_load(user_id) is None:
             return False
         try:
-            self._keeper(user_id).call(self.client.delete_user)
+            self._keeper(user_id).call(need(self.client, "delete_user"))
         except AuthorizationRequired:
             log.warning("user %s could not be deleted remotely; forgetting locally", user_id)
         return self.fw.hooks.token_delete(user_id)
@@ -684,7 +695,8 @@ class Run:
         if self.keeper.token is None:
             return "(no reauthorize URL: this read has no token)"
         try:
-            start = self.keeper.call(lambda t: self.client.reauthorize(t))
+            reauthorize = need(self.client, "reauthorize")
+            start = self.keeper.call(lambda t: reauthorize(t))
         except PrivateShareError as exc:  # DigimeError, or a call the API profile lacks
             return f"(could not get a reauthorize URL: {exc})"
         return start.url
@@ -726,7 +738,7 @@ class Run:
                 self.flow.fw.key_handle(),
                 name,
             )
-            size, sinks = self.hooks.deliver(self.info, file, chunks)
+            size, sinks = deliver(self.hooks, self.info, file, chunks)
         finally:
             download.response.close()
         self.hooks.file_written(self.user_id, file, size, sinks)

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .config import Config, load_config, parse_toml
-from .facade import Hooks
-from .manager import BrokenPlugin, PluginSet
+from .hooks.calls import Hooks
+from .hooks.loading import BrokenPlugin, PluginSet
 
 if TYPE_CHECKING:
     from .keys import KeyHandle

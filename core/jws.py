@@ -1,4 +1,4 @@
-"""Request JWTs we sign and server JWTs we verify (PROTOCOL.md §A2, §A4.1).
+"""Request JWTs we sign and server JWTs we verify (protocol.md#signing, protocol.md#server-tokens).
 
 Request JWTs are signed through the key handle (so the key may live in an HSM),
 which is why we build the compact JWS ourselves rather than hand PyJWT a PEM.
@@ -64,7 +64,7 @@ def sign_request(key: KeyHandle, claims: dict[str, Any], *, now_ms: int | None =
 
 
 def pkce_pair() -> tuple[str, str]:
-    """(code_verifier, code_challenge) per RFC 7636 S256, as §A2.4 builds them."""
+    """(code_verifier, code_challenge) per RFC 7636 S256, as protocol.md#signing builds them."""
     verifier = b64url(random_alphanumeric(32).encode("ascii")).decode("ascii")
     challenge = b64url(hashlib.sha256(verifier.encode("ascii")).digest()).decode("ascii")
     return verifier, challenge
@@ -136,7 +136,7 @@ def parse_jwks(document: Any, where: str) -> dict[str, rsa.RSAPublicKey]:
 
 
 def verify_server_token(token: Any, jwks: JwksCache, *, verify_exp: bool = True) -> dict[str, Any]:
-    """The verified payload of a server token; PS512 only (§A4.1).
+    """The verified payload of a server token; PS512 only (protocol.md#server-tokens).
 
     :class:`InvalidServerToken` when the token itself fails; a plain
     :class:`ValidationError` (or a transport or server error) when its key could not

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, padding, rsa
 
 from .errors import KeyStoreError
-from .hookspecs import hookimpl
+from .hooks import hookimpl
 
 log = logging.getLogger("privateshare.keys")
 

@@ -2,14 +2,14 @@
 
 Modelled on httpx's one-method transport. The request carries an ``authorize``
 callback rather than a fixed header, because every attempt (including retries)
-must be signed afresh with a new nonce and timestamp (PROTOCOL.md §A2.2, §A8).
+must be signed afresh with a new nonce and timestamp (protocol.md#signing, protocol.md#retries).
 The contract every transport keeps is in docs/hooks.md and is checked by
 :class:`privateshare.testing.conformance.TransportConformance`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import BinaryIO, Protocol
 from urllib.parse import urlsplit
@@ -64,7 +64,11 @@ class HttpRequest:
 
 
 class HttpResponse(Protocol):
-    """A response whose body is read either whole or as a stream."""
+    """A response whose body is read either whole or as a stream.
+
+    ``iter_bytes`` was part of this interface until 0.2; nothing called it, so transports
+    need not have it (the requests transport keeps it, deprecated).
+    """
 
     status_code: int
     reason: str
@@ -77,10 +81,6 @@ class HttpResponse(Protocol):
         :class:`~privateshare.errors.ResponseTooLarge` without holding more than about
         ``limit`` bytes in memory.
         """
-        ...
-
-    def iter_bytes(self, chunk_size: int = 1 << 20) -> Iterator[bytes]:
-        """The body as chunks, Content-Encoding decoded; ``TransportError`` if it is cut short."""
         ...
 
     def stream(self) -> BinaryIO:

@@ -1,6 +1,6 @@
 """The ``digime`` decryptor: digi.me's file format, streamed with flat memory.
 
-Layout (PROTOCOL.md §A5, §B9)::
+Layout (protocol.md#file-format)::
 
     0   .. 255   RSA-OAEP-SHA1(file key)   the 32-byte AES-256 key, wrapped for the contract key
     256 .. 271   IV                         16 bytes, in clear
@@ -15,7 +15,8 @@ server compresses before it encrypts, so we decrypt and then decompress.
 
 **Streaming contract.** The result is an iterator of plaintext chunks. With no
 compression a chunk is a ``memoryview`` into a buffer that is reused: it is valid
-until the next chunk is requested (copy it with ``bytes(chunk)`` to keep it).
+until the next chunk is requested (copy it with ``bytes(chunk)`` to keep it), and
+released then, so a view kept past that raises instead of showing later bytes.
 Some checks can only run at the end of the stream (total size, PKCS#7 padding,
 the v1.5 hash, the end of the compressed stream): they raise
 :class:`~privateshare.FileDecryptionError` when the iterator is exhausted, after
@@ -25,11 +26,13 @@ wrote until the iterator has finished without error.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import mmap
 import os
 import stat
+import threading
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from typing import Annotated, BinaryIO, Final, Literal, NamedTuple
@@ -40,10 +43,9 @@ from cryptography.hazmat.primitives import padding as sym_padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from privateshare.errors import FileDecryptionError
-from privateshare.hookspecs import hookimpl
+from privateshare.hooks import Plugin, PluginContext, hookimpl
 from privateshare.keys import KeyHandle
 from privateshare.models import FileMetadata
-from privateshare.plugin import Plugin, PluginContext
 
 __all__ = [
     "HEADER_SIZE",
@@ -254,7 +256,7 @@ def _decrypt(
     decryptor = Cipher(algorithms.AES(file_key), modes.CBC(header[WRAPPED_KEY_SIZE:])).decryptor()
     del file_key
 
-    buf = bytearray(BLOCK + chunk_size + 2 * BLOCK)
+    buf = _take_buffer(BLOCK + chunk_size + 2 * BLOCK)
     view = memoryview(buf)
     out = view[BLOCK:]  # update_into wants len(data) + 15 bytes of room
     held = False
@@ -273,13 +275,23 @@ def _decrypt(
             decryptor.update_into(piece, out)
             start = 0 if held else BLOCK
             if n > start:
-                yield view[start:n]
+                chunk = view[start:n]
+                try:
+                    yield chunk
+                finally:
+                    _release(chunk)
             view[0:BLOCK] = view[n : n + BLOCK]
             held = True
+            _release(piece)
+        held_block = bytes(view[0:BLOCK])
     finally:
         close = getattr(pieces, "close", None)
         if close is not None:
             close()
+        out.release()
+        view.release()
+        del pieces  # its frame holds a view of the buffer
+        _give_buffer(buf)
 
     total = HEADER_SIZE + body
     _check_size(total, minimum, hashed, file_name)
@@ -288,7 +300,7 @@ def _decrypt(
     decryptor.finalize()
     unpadder = sym_padding.PKCS7(128).unpadder()
     try:
-        last = unpadder.update(bytes(view[0:BLOCK])) + unpadder.finalize()
+        last = unpadder.update(held_block) + unpadder.finalize()
     except ValueError:
         raise FileDecryptionError(
             "padding",
@@ -298,6 +310,53 @@ def _decrypt(
         ) from None
     if last:
         yield last
+
+
+class _Buffers(threading.local):
+    """One decryption buffer per thread, reused from file to file.
+
+    A fresh ``chunk_size`` buffer per file is zero-filled under the GIL and, once glibc
+    has handed it back to the kernel, faults its pages in again: ~1 ms per small file
+    and heap holes that grow RSS with the number of files. A thread decrypts one file
+    at a time, so one buffer per thread serves it; a second file open at once in the
+    same thread (nested iterators) gets a buffer of its own.
+    """
+
+    def __init__(self) -> None:
+        self.free: bytearray | None = None
+
+
+_buffers = _Buffers()
+
+
+def _release(chunk: memoryview) -> None:
+    """Release a handed-out view: the buffer is reused, so a kept view must raise, not see it."""
+    with contextlib.suppress(BufferError):  # exported further: _give_buffer sees it
+        chunk.release()
+
+
+def _take_buffer(size: int) -> bytearray:
+    """A zeroed-once buffer of ``size`` usable bytes (one more allocated, see _give_buffer)."""
+    free = _buffers.free
+    if free is not None and len(free) == size + 1:
+        _buffers.free = None
+        return free
+    return bytearray(size + 1)
+
+
+def _give_buffer(buf: bytearray) -> None:
+    """Keep ``buf`` for this thread's next file, unless a view of it is still alive.
+
+    A bytearray refuses to change size while anything exports it, so shrinking and
+    growing it by the spare byte (no reallocation) tells whether some consumer kept a
+    view, say a slice of a chunk; such a buffer is left to the garbage collector.
+    """
+    try:
+        del buf[-1]
+        buf.append(0)
+    except BufferError:
+        return
+    _buffers.free = buf
 
 
 def _size_mismatch(total: int, expected: int, file_name: str) -> None:

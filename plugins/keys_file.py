@@ -19,8 +19,8 @@ import msgspec
 
 from privateshare.config import PathOption, path_problem
 from privateshare.errors import ConfigError, KeyStoreError
+from privateshare.hooks import Plugin, PluginContext
 from privateshare.keys import KeyHandle, KeyStore, handle_from_pem
-from privateshare.plugin import Plugin, PluginContext
 from privateshare.secrets import Secret
 
 log = logging.getLogger("privateshare.keys")

@@ -21,14 +21,15 @@ import re
 from pathlib import Path
 from typing import Annotated, Any
 
+import click
 import msgspec
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from privateshare.config import PathOption, path_problem
-from privateshare.errors import KeyStoreError
+from privateshare.errors import KeyStoreError, PrivateShareError
+from privateshare.hooks import Plugin, PluginContext, hookimpl
 from privateshare.keys import KeyHandle, KeyStore, handle_from_pem, public_key_fingerprint
-from privateshare.plugin import Plugin, PluginContext
 from privateshare.plugins.awscommon import AwsConnection, AwsSession, aws_error
 
 log = logging.getLogger("privateshare.keys")
@@ -323,3 +324,112 @@ class KmsKeyStore(KeyStore, Plugin):
                 "in the blob; make the blob again with 'privateshare keys wrap'"
             )
         return handle
+
+
+# --- privateshare keys wrap ---------------------------------------------------------
+
+
+@click.command("wrap")
+@click.option("--kms-key-id", required=True, help="KMS key id, ARN or alias/NAME.")
+@click.option(
+    "--in", "in_path", required=True, type=click.Path(path_type=Path), help="The PEM key."
+)
+@click.option(
+    "--out", "out", required=True, help="Where the blob goes: a file path or s3://bucket/key."
+)
+@click.option(
+    "--context",
+    "pairs",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="Encryption context entry (repeatable); give the same in [keys].",
+)
+@click.option("--region", default=None, help="AWS region (default: the standard chain).")
+@click.option("--endpoint-url", default=None, help="A non-AWS endpoint (LocalStack, moto).")
+@click.option("--profile", default=None, help="A profile from ~/.aws/config.")
+@click.option("--password-env", default=None, help="Variable holding the PEM's password.")
+@click.option("--password-file", default=None, help="File holding the PEM's password.")
+@click.option("--force", is_flag=True, help="Overwrite an existing --out file.")
+def wrap_command(
+    kms_key_id: str,
+    in_path: Path,
+    out: str,
+    pairs: tuple[str, ...],
+    region: str | None,
+    endpoint_url: str | None,
+    profile: str | None,
+    password_env: str | None,
+    password_file: str | None,
+    force: bool,
+) -> None:
+    """Encrypt a contract key under a KMS key (envelope) for [keys] type = "kms"."""
+    from privateshare.cli.keys import (
+        fingerprint,
+        parse_context,
+        read_pem,
+        secret_from_options,
+        toml_table,
+    )
+
+    context = parse_context(pairs)
+    password = secret_from_options(password_env, password_file, "password", prompt=False)
+    pem = read_pem(in_path, password)
+    options = AwsConnection(region=region, endpoint_url=endpoint_url, profile=profile)
+    aws = AwsSession(options, "keys wrap", KeyStoreError, pool_size=2)
+    target = _S3_URI.match(out)
+    if target is None and Path(out).exists() and not force:
+        raise KeyStoreError(f"{out} exists; pass --force to overwrite it")
+    try:
+        blob = wrap_pem(aws.client("kms"), kms_key_id, pem, context)
+    except PrivateShareError:
+        raise
+    except Exception as exc:
+        raise aws_error(
+            exc,
+            aws,
+            f"make a data key under KMS key {kms_key_id}",
+            permission="kms:GenerateDataKey",
+            codes={
+                "NotFoundException": "the KMS key does not exist in this region and account; "
+                "check --kms-key-id and --region",
+                "DisabledException": "the KMS key is disabled; enable it",
+            },
+        ) from None
+    if target is not None:
+        try:
+            aws.client("s3").put_object(
+                Bucket=target["bucket"],
+                Key=target["key"],
+                Body=blob,
+                ContentType="application/json",
+            )
+        except Exception as exc:
+            raise aws_error(
+                exc,
+                aws,
+                f"upload the blob to {out}",
+                permission="s3:PutObject",
+                codes={"NoSuchBucket": "the bucket does not exist"},
+            ) from None
+    else:
+        path = Path(out)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | (0 if force else os.O_EXCL)
+        fd = os.open(path, flags, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(blob)
+    public = fingerprint(pem)
+    click.echo(f"wrote the KMS-wrapped key to {out} (public key sha256 {public[:16]})")
+    click.echo(
+        f"now delete the plain key ({in_path}) and configure:\n"
+        f'  [keys]\n  type = "kms"\n  '
+        + (f'path = "{out}"' if target is None else f's3_uri = "{out}"')
+        + (f"\n  encryption_context = {toml_table(context)}" if context else "")
+    )
+
+
+@hookimpl
+def privateshare_register_commands(cli: click.Group) -> None:
+    """``privateshare keys wrap``, beside the key store that reads what it writes."""
+    keys = cli.commands.get("keys")
+    if isinstance(keys, click.Group):
+        keys.add_command(wrap_command)

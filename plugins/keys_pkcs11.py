@@ -24,18 +24,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
+import click
 import msgspec
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from privateshare.config import PathOption
 from privateshare.errors import ConfigError, KeyStoreError
+from privateshare.hooks import Plugin, PluginContext, hookimpl
 from privateshare.keys import (
     MIN_KEY_BITS,
     KeyStore,
     handle_from_pem,
     public_key_fingerprint,
 )
-from privateshare.plugin import Plugin, PluginContext
 from privateshare.secrets import Secret
 
 log = logging.getLogger("privateshare.keys")
@@ -467,3 +468,66 @@ class Pkcs11KeyStore(KeyStore, Plugin):
         with self._lock:
             self._handle = None
             self._close_session()
+
+
+# --- privateshare keys import-pkcs11 ---------------------------------------------------
+
+
+@click.command("import-pkcs11")
+@click.option("--module", default=None, help="The PKCS#11 module (default: SoftHSM2's).")
+@click.option("--token-label", required=True, help="Label of the token to import into.")
+@click.option(
+    "--key-label",
+    default="privateshare-contract",
+    show_default=True,
+    help="Label (CKA_LABEL) for the key objects.",
+)
+@click.option(
+    "--in", "in_path", required=True, type=click.Path(path_type=Path), help="The PEM key."
+)
+@click.option("--pin-env", default=None, help="Variable holding the user PIN.")
+@click.option("--pin-file", default=None, help="File holding the user PIN (else: prompted).")
+@click.option("--password-env", default=None, help="Variable holding the PEM's password.")
+@click.option("--password-file", default=None, help="File holding the PEM's password.")
+def import_pkcs11_command(
+    module: str | None,
+    token_label: str,
+    key_label: str,
+    in_path: Path,
+    pin_env: str | None,
+    pin_file: str | None,
+    password_env: str | None,
+    password_file: str | None,
+) -> None:
+    """Import a contract key into an HSM token (non-extractable) for [keys] type = "pkcs11"."""
+    from privateshare.cli.keys import read_pem, secret_from_options
+
+    module = module or SOFTHSM_MODULE
+    pin = secret_from_options(pin_env, pin_file, "pin", prompt=True)
+    assert pin is not None
+    password = secret_from_options(password_env, password_file, "password", prompt=False)
+    pem = read_pem(in_path, password)
+    lib = load_module(module, "keys import-pkcs11")
+    session = open_token_session(lib, module, token_label, pin, "keys import-pkcs11", rw=True)
+    try:
+        fingerprint = import_private_key(session, module, pem, key_label, token_label)
+    finally:
+        close_token_session(module, token_label, session)
+    click.echo(
+        f"imported the RSA key into token {token_label!r} as {key_label!r} "
+        f"(non-extractable, sensitive; public key sha256 {fingerprint[:16]})"
+    )
+    click.echo(
+        f"now delete the plain key ({in_path}) and configure:\n"
+        f'  [keys]\n  type = "pkcs11"\n  module = "{module}"\n'
+        f'  token_label = "{token_label}"\n  key_label = "{key_label}"\n'
+        '  pin = { env = "PRIVATESHARE_HSM_PIN" }'
+    )
+
+
+@hookimpl
+def privateshare_register_commands(cli: click.Group) -> None:
+    """``privateshare keys import-pkcs11``, beside the key store that uses the key."""
+    keys = cli.commands.get("keys")
+    if isinstance(keys, click.Group):
+        keys.add_command(import_pkcs11_command)

@@ -25,9 +25,8 @@ import msgspec
 
 from privateshare.config import PathOption
 from privateshare.errors import SinkError, UnsafeFileNameError
-from privateshare.hookspecs import hookimpl
+from privateshare.hooks import Plugin, PluginContext, hookimpl
 from privateshare.models import DataFile, RunInfo, RunSummary
-from privateshare.plugin import Plugin, PluginContext
 from privateshare.sinks import check_name, clean_stale_temps, shown_name, temp_name
 
 log = logging.getLogger(__name__)

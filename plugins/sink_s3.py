@@ -25,9 +25,8 @@ from urllib.parse import quote
 import msgspec
 
 from privateshare.errors import SinkError, UnsafeFileNameError
-from privateshare.hookspecs import hookimpl
+from privateshare.hooks import Plugin, PluginContext, hookimpl
 from privateshare.models import DataFile, RunInfo, RunSummary
-from privateshare.plugin import Plugin, PluginContext
 from privateshare.plugins.awscommon import AwsConnection, AwsSession, aws_error
 from privateshare.plugins.sink_file import METADATA_SUFFIX
 from privateshare.sinks import check_name

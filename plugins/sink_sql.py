@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 import hashlib
 import logging
 import tempfile
@@ -34,9 +35,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from privateshare.errors import SinkError
-from privateshare.hookspecs import hookimpl
+from privateshare.hooks import Plugin, PluginContext, hookimpl
 from privateshare.models import DataFile, RunInfo, RunSummary
-from privateshare.plugin import Plugin, PluginContext
 from privateshare.plugins.sink_file import check_name
 from privateshare.plugins.sqlcommon import Database, Json, LongBlob, LongText, SqlOptions
 
@@ -134,6 +134,18 @@ def _utf8mb4_migration(tables: list[sa.Table]) -> Callable[[Connection], None]:
                 )
 
     return migrate
+
+
+@functools.cache
+def _delete_file_rows(table: sa.Table) -> sa.Delete:
+    """``delete from <table> where file_key = :key``, built once (values bound at execution)."""
+    return table.delete().where(table.c.file_key == sa.bindparam("key"))
+
+
+@functools.cache
+def _insert(table: sa.Table) -> sa.Insert:
+    """A plain insert into ``table``, built once; executemany when given a list of rows."""
+    return table.insert()
 
 
 def file_key(user_id: str, name: str) -> str:
@@ -351,13 +363,13 @@ class SqlSinkWriter:
             with sink.db.transaction(action) as conn:
                 # The upsert locks the file's row first, so two writers of one file queue up.
                 sink.db.upsert(conn, sink.files, row, ["file_key"])
-                conn.execute(sink.chunks.delete().where(sink.chunks.c.file_key == key))
-                conn.execute(sink.objects.delete().where(sink.objects.c.file_key == key))
+                conn.execute(_delete_file_rows(sink.chunks), {"key": key})
+                conn.execute(_delete_file_rows(sink.objects), {"key": key})
                 if store and not inline:
                     seq = 0
                     while data := spool.read(CHUNK_SIZE):
                         conn.execute(
-                            sink.chunks.insert(), {"file_key": key, "seq": seq, "data": data}
+                            _insert(sink.chunks), {"file_key": key, "seq": seq, "data": data}
                         )
                         del data
                         seq += 1
@@ -379,10 +391,10 @@ class SqlSinkWriter:
                             }
                         )
                         if len(batch) >= OBJECT_BATCH:
-                            conn.execute(sink.objects.insert(), batch)
+                            conn.execute(_insert(sink.objects), batch)
                             batch = []
                     if batch:
-                        conn.execute(sink.objects.insert(), batch)
+                        conn.execute(_insert(sink.objects), batch)
         except BaseException:
             self._close("aborted")
             raise

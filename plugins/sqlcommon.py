@@ -33,7 +33,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlch
 
 from privateshare.config import Seconds, redact_url_text
 from privateshare.errors import ConfigError, PrivateShareError
-from privateshare.plugin import PluginContext
+from privateshare.hooks import PluginContext
 from privateshare.secrets import Secret
 
 log = logging.getLogger("privateshare.sql")
@@ -269,6 +269,7 @@ class Database:
         self._schema_done: set[str] = set()
         self._schema_lock = threading.Lock()
         self._packet_limit: int | None = None
+        self._statements: dict[tuple[Any, ...], sa.Executable] = {}
 
     # --- configuration ---------------------------------------------------------
 
@@ -538,31 +539,57 @@ class Database:
         self, conn: Connection, table: sa.Table, row: Mapping[str, Any], keys: Sequence[str]
     ) -> None:
         """Insert ``row``, or update the row with the same ``keys``; locks that row."""
-        if self.dialect == "mysql":
-            stmt = mysql.insert(table).values(**row)
-            updates = {c: stmt.inserted[c] for c in row if c not in keys} or {
-                keys[0]: stmt.inserted[keys[0]]
-            }
-            conn.execute(stmt.on_duplicate_key_update(updates))
-            return
-        module = postgresql if self.dialect == "postgresql" else sqlite
-        stmt = module.insert(table).values(**row)
-        updates = {c: stmt.excluded[c] for c in row if c not in keys}
-        if updates:
-            conn.execute(stmt.on_conflict_do_update(index_elements=list(keys), set_=updates))
-        else:
-            conn.execute(stmt.on_conflict_do_nothing(index_elements=list(keys)))
+        conn.execute(self._upsert_statement(table, tuple(row), tuple(keys)), dict(row))
 
     def insert_ignore(
         self, conn: Connection, table: sa.Table, row: Mapping[str, Any], keys: Sequence[str]
     ) -> None:
         """Insert ``row`` unless a row with the same ``keys`` exists (which is left as is)."""
+        conn.execute(self._insert_ignore_statement(table, tuple(row), tuple(keys)), dict(row))
+
+    # Statements are built once per table and column set, values bound at execution:
+    # building an ``insert ... on conflict`` (its ``excluded`` columns, its cache key) cost
+    # more CPU than executing it, for every file. Built statements are immutable, so one
+    # serves every thread.
+
+    def _upsert_statement(
+        self, table: sa.Table, columns: tuple[str, ...], keys: tuple[str, ...]
+    ) -> sa.Executable:
+        cache_key = ("upsert", table, columns, keys)
+        stmt = self._statements.get(cache_key)
+        if stmt is not None:
+            return stmt
         if self.dialect == "mysql":
-            stmt = mysql.insert(table).values(**row)
-            conn.execute(stmt.on_duplicate_key_update({keys[0]: getattr(table.c, keys[0])}))
-            return
-        module = postgresql if self.dialect == "postgresql" else sqlite
-        conn.execute(module.insert(table).values(**row).on_conflict_do_nothing(index_elements=keys))
+            insert = mysql.insert(table)
+            updates = {c: insert.inserted[c] for c in columns if c not in keys} or {
+                keys[0]: insert.inserted[keys[0]]
+            }
+            stmt = insert.on_duplicate_key_update(updates)
+        else:
+            module = postgresql if self.dialect == "postgresql" else sqlite
+            insert = module.insert(table)
+            excluded = {c: insert.excluded[c] for c in columns if c not in keys}
+            if excluded:
+                stmt = insert.on_conflict_do_update(index_elements=list(keys), set_=excluded)
+            else:
+                stmt = insert.on_conflict_do_nothing(index_elements=list(keys))
+        self._statements[cache_key] = stmt
+        return stmt
+
+    def _insert_ignore_statement(
+        self, table: sa.Table, columns: tuple[str, ...], keys: tuple[str, ...]
+    ) -> sa.Executable:
+        cache_key = ("insert_ignore", table, columns, keys)
+        stmt = self._statements.get(cache_key)
+        if stmt is not None:
+            return stmt
+        if self.dialect == "mysql":
+            stmt = mysql.insert(table).on_duplicate_key_update({keys[0]: getattr(table.c, keys[0])})
+        else:
+            module = postgresql if self.dialect == "postgresql" else sqlite
+            stmt = module.insert(table).on_conflict_do_nothing(index_elements=list(keys))
+        self._statements[cache_key] = stmt
+        return stmt
 
     # --- values every database holds ----------------------------------------------
 

@@ -37,9 +37,8 @@ import msgspec
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from privateshare.errors import PrivateShareError, TokenStoreError
-from privateshare.hookspecs import hookimpl
+from privateshare.hooks import Plugin, PluginContext, hookimpl
 from privateshare.keys import public_key_fingerprint
-from privateshare.plugin import Plugin, PluginContext
 from privateshare.plugins.tokenseal import (
     STORE_KEY_FORMAT,
     STORE_KEY_VERSION,

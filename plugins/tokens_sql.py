@@ -37,9 +37,8 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from privateshare.errors import PrivateShareError, TokenStoreError
-from privateshare.hookspecs import hookimpl
+from privateshare.hooks import Plugin, PluginContext, hookimpl
 from privateshare.keys import public_key_fingerprint
-from privateshare.plugin import Plugin, PluginContext
 from privateshare.plugins.sqlcommon import Database, LongBlob, SqlOptions, error_code
 from privateshare.plugins.tokenseal import (
     STORE_KEY_FORMAT,

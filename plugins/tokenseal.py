@@ -29,10 +29,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from privateshare.errors import PrivateShareError, TokenStoreError
-from privateshare.hookspecs import hookimpl
+from privateshare.hooks import PluginContext, hookimpl
 from privateshare.keys import OAEP_SHA1_PADDING, KeyHandle, public_key_fingerprint
 from privateshare.models import UserAccessToken
-from privateshare.plugin import PluginContext
 
 log = logging.getLogger("privateshare.tokens")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from privateshare import hookspecs
+from privateshare.hooks import specs as hookspecs
 
 ROOT = Path(__file__).resolve().parents[1]
 HOOKS = sorted(

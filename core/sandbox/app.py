@@ -1,4 +1,4 @@
-"""Routing and handlers of the emulated digi.me Public API v1.7 (PROTOCOL Part A).
+"""Routing and handlers of the emulated digi.me Public API v1.7 (protocol.md, v1.7).
 
 Handlers take a :class:`Request` and return a :class:`Response`, raising
 :class:`ApiError` for every documented failure. No HTTP plumbing lives here,
@@ -67,7 +67,7 @@ def _json_body(request: Request) -> dict[str, Any]:
 
 
 def _account_filter(options: Any) -> frozenset[str] | None:
-    """``sourceFetchFilter.account.id`` from pull session options, if any (§A9.1)."""
+    """``sourceFetchFilter.account.id`` from pull session options, if any (protocol.md#sessions)."""
     if not isinstance(options, dict):
         return None
     ids = options.get("sourceFetchFilter", {})
@@ -393,7 +393,7 @@ class App:
 
     # -- OAuth ---------------------------------------------------------------------
     def authorize(self, request: Request, params: dict[str, str]) -> Response:
-        """``POST oauth/authorize`` (§A3.1): a pre-authorization code and a pending session."""
+        """``POST oauth/authorize`` (protocol.md#consent): a pre-authorization code."""
         contract, claims = self.auth(request)
         redirect_uri = self._redirect_uri(contract, claims)
         challenge = self._challenge(claims, required=True)
@@ -447,7 +447,8 @@ class App:
         return json_response(201, {"token": self.signer.sign(payload)})
 
     def reference(self, request: Request, params: dict[str, str]) -> Response:
-        """``POST oauth/token/reference`` (§A3.13): a code for user-reauth/onboard/reauthorize.
+        """``POST oauth/token/reference`` (protocol.md#tokens): a code for user-reauth, onboard or
+        reauthorize.
 
         An expired access token is accepted here (reauthorization is what one
         does once tokens have expired); an unknown one is not.
@@ -495,7 +496,7 @@ class App:
 
     # -- data ------------------------------------------------------------------------
     def trigger(self, request: Request, params: dict[str, str]) -> Response:
-        """``POST permission-access/trigger`` (§A3.7): a new session for a token holder."""
+        """``POST permission-access/trigger`` (protocol.md#sessions): a new session for a token."""
         contract, claims = self.auth(request)
         if not contract.ongoing:
             raise errors.insufficient_scope()
@@ -538,7 +539,7 @@ class App:
         return contract, session, user
 
     def file_list(self, request: Request, params: dict[str, str]) -> Response:
-        """``GET permission-access/query/{sessionKey}`` (§A3.8, §A4.3)."""
+        """``GET permission-access/query/{sessionKey}`` (protocol.md#files)."""
         _contract, session, _user = self._session_user(request, params["session"])
         return json_response(200, self.list_body(session))
 
@@ -566,7 +567,7 @@ class App:
         )
 
     def file(self, request: Request, params: dict[str, str]) -> Response:
-        """``GET``/``HEAD permission-access/query/{sessionKey}/{fileName}`` (§A3.9, §A3.10)."""
+        """``GET``/``HEAD permission-access/query/{sessionKey}/{fileName}`` (protocol.md#files)."""
         contract, session, _user = self._session_user(request, params["session"])
         name = params["file"]
         version = self._visible(session.stage, session.account_filter).get(name)
@@ -587,7 +588,7 @@ class App:
         return Response(200, headers, body, length=length, corrupt_from=272)
 
     def accounts(self, request: Request, params: dict[str, str]) -> Response:
-        """``GET permission-access/accounts`` (§A3.11): a bare JSON array.
+        """``GET permission-access/accounts`` (protocol.md#accounts): a bare JSON array.
 
         A one-off contract may call it without a token; the sandbox answers it
         from the signed JWT alone (there is one library for everyone here).
@@ -606,14 +607,14 @@ class App:
         ]
 
     def delete_user(self, request: Request, params: dict[str, str]) -> Response:
-        """``DELETE user`` (§A3.12): the user and all their tokens and sessions go."""
+        """``DELETE user`` (protocol.md#other-calls): the user and their tokens and sessions go."""
         contract, claims = self.auth(request)
         user = self.user_for(contract, claims)
         self.store.delete_user(user.user_id)
         return Response(204)
 
     def sample_datasets(self, request: Request, params: dict[str, str]) -> Response:
-        """``GET permission-access/sample/datasets/{sourceId}`` (§A3.14)."""
+        """``GET permission-access/sample/datasets/{sourceId}`` (protocol.md#other-calls)."""
         self.auth(request)
         source = params["source"]
         if not source.isdigit():
@@ -629,12 +630,12 @@ class App:
         )
 
     def jwks(self, request: Request, params: dict[str, str]) -> Response:
-        """``GET jwks/oauth``: the key that signs the sandbox's tokens (§A4.1)."""
+        """``GET jwks/oauth``: the key that signs its tokens (protocol.md#server-tokens)."""
         response = json_response(200, self.signer.jwks())
         response.hold = next(self._jwks_served) == self.settings.hold_jwks
         return response
 
-    # -- discovery, account management, contract (§A3.16) --------------------------------
+    # -- discovery, account management, contract (protocol.md#discovery) ---------------------------
     def discovery_sources(self, request: Request, params: dict[str, str]) -> Response:
         """``POST discovery/sources``: application JWT, no user token; paged."""
         self.auth(request)

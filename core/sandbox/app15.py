@@ -1,9 +1,9 @@
-"""The emulated digi.me Public API v1.5 (PROTOCOL Part B), beside v1.7 on the same server.
+"""The emulated digi.me Public API v1.5 (protocol.md, v1.5), beside v1.7 on the same server.
 
 Paths under ``/v1.5/``. A session is established unauthenticated; consent is
 given in the digi.me app or, one-off, on the guest page; a token prepares an
 established session through ``trigger``; the session key alone reads the data;
-files are in the hashed format (§B9) and ``accounts.json`` is an encrypted file
+files are in the hashed format (protocol.md#file-format) and ``accounts.json`` is an encrypted file
 of the session. The two consent surfaces are served here too:
 
 - ``GET /apps/quark/v1/direct-onboarding`` — the guest page (one-off), as the
@@ -129,7 +129,7 @@ class ApiV15:
         ]
 
     def status_headers(self, request: Request, response: Response) -> None:
-        """``x-digi-sdk-status`` on v1.5 API answers when the setting asks for it (§B2)."""
+        """``x-digi-sdk-status`` on v1.5 answers, when set (protocol.md#errors)."""
         if self.settings.sdk_status and request.path.startswith(V15_PREFIX):
             response.headers.append(("x-digi-sdk-status", self.settings.sdk_status))
             if self.settings.sdk_status_message:
@@ -137,7 +137,7 @@ class ApiV15:
                     ("x-digi-sdk-status-message", self.settings.sdk_status_message)
                 )
 
-    # -- session (§B2) ---------------------------------------------------------------
+    # -- session (protocol.md#sessions) ------------------------------------------------------------
     def session(self, request: Request, params: dict[str, str]) -> Response:
         """``POST permission-access/session``: no Authorization; app, contract and SDK agent."""
         from .app import _json_body
@@ -186,7 +186,7 @@ class ApiV15:
             },
         )
 
-    # -- OAuth (§B5, §B6) -----------------------------------------------------------------
+    # -- OAuth (protocol.md#consent, protocol.md#tokens) -------------------------------------------
     def authorize(self, request: Request, params: dict[str, str]) -> Response:
         """``POST oauth/authorize``: a pre-authorization code for the app link; no session."""
         contract, claims = self.app.auth(request)
@@ -241,7 +241,7 @@ class ApiV15:
         }
         return json_response(201, {"token": self.signer.sign(payload)})
 
-    # -- data (§B7, §B8) ----------------------------------------------------------------
+    # -- data (protocol.md#sessions, protocol.md#files) --------------------------------------------
     def trigger(self, request: Request, params: dict[str, str]) -> Response:
         """``POST permission-access/trigger``: the token's user takes an established session."""
         contract, claims = self.app.auth(request)
@@ -263,7 +263,7 @@ class ApiV15:
         return json_response(200, filelist.v15_body(body))
 
     def file(self, request: Request, params: dict[str, str]) -> Response:
-        """``GET .../{fileName}``: hashed format (§B9); ``accounts.json`` is one of these."""
+        """``GET .../{fileName}``: hashed (protocol.md#file-format)."""
         session = self.store.session_v15(params["session"], _now_ms())
         contract = self.registry.contracts[session.client_id]
         name = params["file"]
@@ -316,7 +316,7 @@ class ApiV15:
         """``GET jwks/oauth``: the same key as v1.7's (and the same ``hold_jwks`` count)."""
         return self.app.jwks(request, params)
 
-    # -- consent: the guest page and the stand-in for the digi.me app (§B3, §B4) ---------
+    # -- consent: the guest page and the stand-in for the digi.me app (protocol.md#consent) --------
     def _callback_allowed(self, callback: str, contract: Contract | None) -> bool:
         contracts = [contract] if contract else list(self.registry.contracts.values())
         return any(_same_endpoint(callback, uri) for c in contracts for uri in c.redirect_uris)

@@ -1,4 +1,4 @@
-"""digi.me file encryption, as the sandbox serves it (PROTOCOL §A5, §B9).
+"""digi.me file encryption, as the sandbox serves it (protocol.md#file-format).
 
 Layout: ``EK(256) || IV(16) || AES-256-CBC(key, IV, PKCS#7(P))`` where EK is the fresh
 32-byte AES key wrapped with RSA-OAEP-SHA1 under the contract's public key. The v1.5

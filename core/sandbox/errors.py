@@ -1,4 +1,4 @@
-"""API errors the sandbox answers with, in digi.me's wire shape (PROTOCOL §A4.6).
+"""API errors the sandbox answers with, in digi.me's wire shape (protocol.md#errors).
 
 Handlers raise :class:`ApiError`; the server turns it into the JSON body
 ``{"error": {"code", "message", "reference"}}`` plus the ``X-Error-*`` headers,

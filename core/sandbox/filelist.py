@@ -115,7 +115,8 @@ def status_body(
 
 
 def v15_body(body: dict[str, Any]) -> dict[str, Any]:
-    """The same answer as API v1.5 gives it (§B8): entries ``{name, updatedDate}`` only,
+    """The same answer as API v1.5 gives it (protocol.md#files): entries ``{name, updatedDate}``
+    only,
     and each account's ``{state}`` without an error object."""
     status = dict(body["status"])
     if "details" in status:

@@ -1,8 +1,8 @@
 """Request JWT verification and server token signing, as digi.me does them.
 
 Every request carries a client-assertion JWT signed PS512 with the contract
-key (PROTOCOL §A2); the sandbox's answers carry JWTs signed PS512 with its own
-key, whose public half it serves as a JWKS at the ``jku`` (§A4.1).
+key (protocol.md#signing); the sandbox's answers carry JWTs signed PS512 with its own
+key, whose public half it serves as a JWKS at the ``jku`` (protocol.md#server-tokens).
 """
 
 from __future__ import annotations

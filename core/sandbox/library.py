@@ -2,7 +2,7 @@
 
 Everything a test may compare (names, metadata, dates, plaintext bytes, hashes) follows from
 the seed, so a run can be checked against :meth:`Library.ground_truth`. Only the per-response
-AES key and IV are random (PROTOCOL §A5).
+AES key and IV are random (protocol.md#file-format).
 
 Content is described, not stored: a library of thousands of files costs a few dicts per file,
 small files are built on demand (and kept in a bounded LRU), and large files are a keystream
@@ -638,7 +638,7 @@ class FileVersion:
         return self._spec.kind == "blob"
 
     def x_metadata_header(self) -> str:
-        """The ``x-metadata`` header value: unpadded base64url of the JSON (§A4.4)."""
+        """The ``x-metadata`` header value: unpadded base64url of the JSON (protocol.md#files)."""
         raw = json.dumps(self.x_metadata, separators=(",", ":")).encode()
         return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
@@ -723,7 +723,7 @@ class LibraryFile:
         return self.versions[-1]
 
     def list_entry(self, version: int = -1) -> dict[str, Any]:
-        """The §A4.3 ``fileList`` entry for one version (mapped fields only for mapped files)."""
+        """The ``fileList`` entry (protocol.md#files) of one version."""
         v = self.versions[version]
         entry: dict[str, Any] = {"name": self.name, "updatedDate": v.updated_date}
         meta = v.x_metadata["metadata"]
@@ -930,7 +930,7 @@ def generate_library(
 
 
 def _mapped_version(shape: tuple, vseed: int, size: int, count: int, when: int) -> FileVersion:
-    """One version of a mapped JSON file and its §A4.4 mapped metadata."""
+    """One version of a mapped JSON file and its protocol.md#files mapped metadata."""
     svc, acc, kind, compression, start = shape
     object_type, standard, _ = _KINDS[kind]
     spec = _Spec(kind, vseed, size, count, acc["id"], svc["username"], start, when, compression)
@@ -968,7 +968,7 @@ def _raw_file(
     start: int,
     updated: int,
 ) -> LibraryFile:
-    """A photo (slot 4) or a PDF statement (slot 9), with lower-case raw metadata (§A4.4)."""
+    """A photo (slot 4) or a PDF statement (slot 9), lower-case raw metadata (protocol.md#files)."""
     cseed = frng.getrandbits(63)
     if slot == 4:
         size = max(MIN_JPEG_SIZE, fixed if fixed is not None else frng.randint(20 << 10, 400 << 10))

@@ -2,7 +2,7 @@
 
 The real service shows the digi.me web client here; the sandbox shows what is
 being shared and two buttons, then sends the browser back to the
-``redirect_uri`` with the parameters of PROTOCOL §A3.4.
+``redirect_uri`` with the parameters of protocol.md#consent.
 """
 
 from __future__ import annotations

@@ -416,7 +416,7 @@ class Sandbox:
 
     @property
     def base_url_v15(self) -> str:
-        """The API v1.5 base, ``http://127.0.0.1:PORT/v1.5`` (no trailing slash, §B1)."""
+        """The API v1.5 base, ``http://127.0.0.1:PORT/v1.5`` (protocol.md#addresses)."""
         return self.app.origin + V15_PREFIX.rstrip("/")
 
     @property

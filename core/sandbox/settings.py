@@ -77,7 +77,7 @@ class SandboxSettings:
     #: >0: the Nth ``jwks/oauth`` request (1-based, v1.7 and v1.5 counted together) is not
     #: answered until its client goes away, so a test can kill a client inside that window.
     hold_jwks: int = 0
-    # -- API v1.5 SDK status (PROTOCOL §B2) -------------------------------------
+    # -- API v1.5 SDK status (protocol.md#sessions) -------------------------------------
     #: ``x-digi-sdk-status`` on every v1.5 API answer (e.g. ``deprecated``); "" = none.
     #: ``unsupported`` also refuses new v1.5 sessions with 403 ``SDKVersionInvalid``.
     sdk_status: str = ""

@@ -51,7 +51,7 @@ class Session:
     stage: int | None = None  # None: nothing listed yet; else the last stage listed
     account_filter: frozenset[str] | None = None
     api: str = "v1.7"  # a session is read on the API version that made it
-    exchange_token: str | None = None  # v1.5: opens the guest consent page (§B3)
+    exchange_token: str | None = None  # v1.5: opens the guest consent page (protocol.md#consent)
 
     def wire(self) -> dict[str, object]:
         """The ``{key, expiry}`` object the API returns."""
@@ -253,7 +253,7 @@ class Store:
     def consent_v15(
         self, session_key: str, grant_code: str | None, now_ms: int
     ) -> tuple[Session, Grant | None, str | None]:
-        """The user shared a v1.5 session in the app or on the guest page (§B3, §B4).
+        """The user shared a v1.5 session in the app or on the guest page (protocol.md#consent).
 
         The session is bound to a new user and consented. With a pre-authorization
         code (ongoing consent) the grant is spent and an authorization code minted,
@@ -298,7 +298,7 @@ class Store:
             return session, grant, auth_code
 
     def bind_session(self, session: Session, user_id: str) -> None:
-        """v1.5 ``trigger``: the token's user takes an established session (§B7)."""
+        """v1.5 ``trigger``: the token's user takes a session (protocol.md#sessions)."""
         with self._lock:
             if session.user_id is not None and session.user_id != user_id:
                 raise errors.not_found("InvalidSession", "The session is invalid or has expired")

@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from ..config import DEFAULT_CONFIG, load_config
-from ..hookspecs import hookimpl
+from ..hooks import hookimpl
 
 PASS_THROUGH = {"ignore_unknown_options": True, "allow_extra_args": True}
 

@@ -32,7 +32,7 @@ from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..errors import PrivateShareError
-from ..plugin import PluginContext
+from ..hooks import PluginContext
 
 log = logging.getLogger("privateshare.scale")
 

@@ -16,8 +16,9 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from ..facade import Hooks
+from .. import delivery
 from ..framework import PrivateShare
+from ..hooks.calls import Hooks
 from ..keys import SoftwareKeyHandle
 from ..models import DataFile, FileMetadata, RunInfo
 
@@ -61,7 +62,7 @@ def deliver(
     can check that nothing was half-written anywhere.
     """
     hooks = target.hooks if isinstance(target, PrivateShare) else target
-    _size, sinks = hooks.deliver(run or make_run(file.user_id), file, chunks)
+    _size, sinks = delivery.deliver(hooks, run or make_run(file.user_id), file, chunks)
     return sinks
 
 

@@ -15,9 +15,8 @@ from typing import ClassVar
 import msgspec
 
 from ..errors import SinkError
-from ..hookspecs import hookimpl
+from ..hooks import Plugin, PluginContext, hookimpl
 from ..models import DataFile, RunInfo, RunSummary
-from ..plugin import Plugin, PluginContext
 from ..sinks import check_name
 
 #: (user id, file name): the key of every dict the memory sink keeps.

@@ -92,9 +92,19 @@ def consent(
     digi.me app (ongoing); a v1.5 one-off consent gives no token (None).
     """
     pending = flow.start_consent(user_id, once=once)
-    response = requests.get(pending.url, allow_redirects=False, timeout=30)
-    params = dict(parse_qsl(urlsplit(response.headers["Location"]).query))
-    return flow.finish_consent(pending, params)
+    return flow.finish_consent(pending, consent_as_browser(pending.url))
+
+
+def consent_as_browser(url: str) -> dict[str, str]:
+    """Open a consent URL of the auto-consenting sandbox; the callback's query parameters."""
+    response = requests.get(url, allow_redirects=False, timeout=30)
+    location = response.headers.get("Location")
+    if response.status_code not in (301, 302, 303, 307) or not location:
+        raise RuntimeError(
+            f"the sandbox consent page did not redirect (HTTP {response.status_code}); "
+            "start the sandbox with auto_consent=True"
+        )
+    return dict(parse_qsl(urlsplit(location).query, keep_blank_values=True))
 
 
 def sha256_tree(folder: Path) -> dict[str, str]:
@@ -140,6 +150,22 @@ def _inline(value: dict[str, Any]) -> str:
     return ", ".join(f"{k} = {json.dumps(v)}" for k, v in value.items())
 
 
+def standalone_config(
+    sandbox: Sandbox,
+    root: Path,
+    contract: str = "ongoing",
+    *,
+    api: str = "v1.7",
+    **tables: Any,
+) -> dict[str, Any]:
+    """:func:`sandbox_config` with the key path absolute, so any ``base_dir`` works."""
+    raw = sandbox_config(sandbox, root, contract, api=api, **tables)
+    keys = raw.get("keys", {})
+    if keys.get("type") == "file":
+        keys["path"] = str(sandbox.config_path(contract, api).parent / keys["path"])
+    return raw
+
+
 def write_sandbox_config(
     sandbox: Sandbox,
     root: Path,
@@ -148,11 +174,8 @@ def write_sandbox_config(
     api: str = "v1.7",
     **tables: Any,
 ) -> Path:
-    """Write :func:`sandbox_config` as ``root/privateshare.toml`` for CLI runs."""
-    raw = sandbox_config(sandbox, root, contract, api=api, **tables)
-    keys = raw.get("keys", {})
-    if keys.get("type") == "file":
-        keys["path"] = str(sandbox.config_path(contract, api).parent / keys["path"])
+    """Write :func:`standalone_config` as ``root/privateshare.toml`` for CLI runs."""
+    raw = standalone_config(sandbox, root, contract, api=api, **tables)
     path = root / "privateshare.toml"
     root.mkdir(parents=True, exist_ok=True)
     path.write_text(dump_toml(raw), encoding="utf-8")

@@ -72,7 +72,8 @@ class SoftHsm:
             [
                 sys.executable,
                 "-c",
-                "from privateshare.keycommands import keys_group; keys_group()",
+                "from privateshare.cli import main; main()",
+                "keys",
                 "import-pkcs11",
                 "--module",
                 self.module,

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from privateshare.cli import main
 from privateshare.config import inspect_config
-from privateshare.manager import check_config
+from privateshare.hooks.loading import check_config
 
 PEM = (
     "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7VJTUt9Us8cKj"

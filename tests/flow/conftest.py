@@ -1,7 +1,7 @@
 """Fixtures for the flow tests: the testing kit's sandbox, under the names these tests use.
 
-``api`` runs a test on both protocol profiles (PROTOCOL.md Part A, v1.7, and
-Part B, v1.5): the sandbox serves both, and the flow must not care.
+``api`` runs a test on both protocol profiles (protocol.md: v1.7 and
+v1.5): the sandbox serves both, and the flow must not care.
 """
 
 from __future__ import annotations

@@ -163,7 +163,7 @@ def test_v15_authorize_pull_accounts_and_calls_it_lacks(
     pull = cli("pull", "--config", str(config), "--user", "alice", "--json")
     assert pull.returncode == ExitCode.OK, pull.stderr
     assert delivered(tmp_path, "alice") == sandbox.ground_truth()
-    # The server's SDK status reaches the user, once per run (§B2).
+    # The server's SDK status reaches the user, once per run (protocol.md#sessions).
     assert pull.stderr.count("'deprecated'") == 1 and "please upgrade" in pull.stderr
 
     accounts = cli("accounts", "--config", str(config), "--user", "alice", "--json")

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from privateshare.demo import run_demo
+from privateshare.cli.demo import run_demo
 
 
 def test_demo_delivers_the_library_on_both_profiles(tmp_path: Path, api: str) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from privateshare import AuthorizationRequired, ServerError, ValidationError, hookimpl
-from privateshare.api15 import UnsupportedCall
+from privateshare.client import UnsupportedCall
 from privateshare.flow import ConsentDenied, Flow
 from privateshare.sandbox import Sandbox
 
@@ -89,7 +89,7 @@ def test_one_off_consent_reads_once_and_keeps_no_token(
     assert delivered(tmp_path, "dave") == sandbox.ground_truth()
     assert summary.final_state == "completed"
     if api == "v1.5":
-        # No token at all: the session key alone read the data (§B8).
+        # No token at all: the session key alone read the data (protocol.md#files).
         assert token is None and sandbox.stats()["code_exchanges"] == 0
         # A one-off contract cannot pre-authorize ongoing access.
         with pytest.raises(ServerError) as info:
@@ -157,7 +157,7 @@ def test_partial_library_reports_the_account_with_a_reauthorize_url(
     assert summary.accounts[account].state == "partial"
     assert not summary.ok
     if api == "v1.5":
-        # v1.5 reports the state only (§B8) and has no reauthorization call.
+        # v1.5 reports the state only (protocol.md#files) and has no reauthorization call.
         assert summary.accounts[account].error is None
         assert summary.reauthorize_urls == {}
         return
@@ -190,10 +190,11 @@ def test_transient_faults_are_retried_with_fresh_signatures(
 def test_corrupt_files_fail_alone_and_are_retried_next_run(
     start_sandbox: Callable[..., Sandbox], tmp_path: Path, api: str
 ) -> None:
-    # v1.7 files carry no MAC (PROTOCOL.md §A10): a flipped byte is caught only where
+    # v1.7 files carry no MAC (protocol.md#file-format): a flipped byte is caught only where
     # padding or a checksum notices. Of the formats only gzip has one (CRC-32), so we
     # demand detection for gzip files; brotli and plain files can be silently wrong.
-    # v1.5 files carry a SHA-512 of the payload (§B9): every corrupt file is caught.
+    # v1.5 files carry a SHA-512 of the payload (protocol.md#file-format): every corrupt file is
+    # caught.
     sandbox = start_sandbox(files=30, corrupt_rate=0.3, bad_metadata_rate=0.1)
     flow = Flow(framework_for(sandbox, tmp_path, api=api))
     failed: list[str] = []
@@ -269,7 +270,7 @@ def test_state_mismatch_and_cancel_are_refused(sandbox: Sandbox, tmp_path: Path,
     with pytest.raises(ValidationError) as info:
         flow.finish_consent(pending, {**ok, "code": "x", "state": "forged"})
     assert "state does not match" in str(info.value)
-    # What the consent page sends back on Cancel, per profile (§A3.4, §B4).
+    # What the consent page sends back on Cancel, per profile (protocol.md#consent).
     cancel = (
         {"result": "CANCEL"} if api == "v1.5" else {"success": "false", "errorCode": "USER_CANCEL"}
     )
@@ -290,7 +291,7 @@ def test_server_errors_are_mapped(sandbox: Sandbox, tmp_path: Path, api: str) ->
     wrong = framework_for(sandbox, tmp_path / "w", api=api, digime={"contract_id": "nope"})
     with pytest.raises(ServerError) as info:
         Flow(wrong).client.authorize()
-    # v1.5 names the contract at session establishment (§B11), v1.7 the JWT client_id.
+    # v1.5 names the contract at session establishment (protocol.md#errors), v1.7 the JWT client_id.
     assert info.value.code == ("InvalidContractId" if api == "v1.5" else "InvalidClient")
 
 

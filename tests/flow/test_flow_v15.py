@@ -18,7 +18,7 @@ import pytest
 import requests
 
 from privateshare import SDKInvalidError, ServerError, ValidationError, hookimpl
-from privateshare.api15 import DigimeClientV15, UnsupportedCall
+from privateshare.client import ClientV15, UnsupportedCall, need
 from privateshare.flow import ConsentDenied, Flow
 from privateshare.sandbox import Sandbox
 from privateshare.transport import HttpRequest
@@ -33,14 +33,14 @@ def v15_flow(sandbox: Sandbox, root: Path, contract: str = "ongoing", **tables: 
 def record_requests(flow: Flow) -> list[HttpRequest]:
     """Every request the client sends, as the transport hook receives it."""
     sent: list[HttpRequest] = []
-    hooks = flow.fw.hooks
-    send = hooks.send
+    wire = flow.client.wire  # type: ignore[attr-defined]
+    send = wire.send_request
 
     def recording(request: HttpRequest) -> Any:
         sent.append(request)
         return send(request)
 
-    hooks.send = recording  # type: ignore[method-assign]
+    wire.send_request = recording
     return sent
 
 
@@ -48,9 +48,9 @@ def test_the_profile_picks_the_client_and_the_v15_base_url(
     sandbox: Sandbox, tmp_path: Path
 ) -> None:
     flow = v15_flow(sandbox, tmp_path)
-    assert isinstance(flow.client, DigimeClientV15)
+    assert isinstance(flow.client, ClientV15)
     assert flow.client.base_url == sandbox.base_url_v15 + "/"
-    # The v1.7 default base URL means "the default": v1.5's (§B1).
+    # The v1.7 default base URL means "the default": v1.5's (protocol.md#addresses).
     default = v15_flow(sandbox, tmp_path / "d", digime={"base_url": "https://api.digi.me/v1.7/"})
     assert default.client.base_url == "https://api.digi.me/v1.5/"
     assert default.client.app_opener is not None  # the sandbox config names its app stand-in
@@ -109,7 +109,7 @@ def test_the_wire_session_call_and_session_key_only_reads(sandbox: Sandbox, tmp_
     assert (
         first.method == "POST" and first.url == sandbox.base_url_v15 + "/permission-access/session"
     )
-    assert first.authorize is None  # no Authorization header (§B2)
+    assert first.authorize is None  # no Authorization header (protocol.md#sessions)
     body = first.json
     assert isinstance(body, dict)
     assert body["appId"] == flow.config.digime.application_id
@@ -127,7 +127,7 @@ def test_a_saved_token_is_refreshed_once_when_the_trigger_fails(
     start_sandbox: Callable[..., Sandbox], tmp_path: Path
 ) -> None:
     # The access token works for one trigger; the second pull's trigger gets a 401,
-    # refreshes (with redirect_uri), saves the new token and triggers again (§B7).
+    # refreshes (with redirect_uri), saves the new token and triggers again (protocol.md#sessions).
     sandbox = start_sandbox(access_token_max_uses=1)
     flow = v15_flow(sandbox, tmp_path)
     refreshed: list[str] = []
@@ -198,15 +198,18 @@ def test_v17_only_calls_say_so(sandbox: Sandbox, tmp_path: Path) -> None:
     token, session = consent(flow, "hal")
     assert token is not None
     for call, name in (
-        (lambda: flow.client.delete_user(token), "DELETE user"),
-        (lambda: flow.client.reauthorize(token), "oauth/token/reference"),
-        (lambda: flow.client.file_metadata(session.key, "x.json", token), "HEAD"),
-        (lambda: flow.client.sample_datasets(1), "sample/datasets"),
+        (lambda: need(flow.client, "delete_user")(token), "DELETE user"),
+        (lambda: need(flow.client, "reauthorize")(token), "oauth/token/reference"),
+        (lambda: need(flow.client, "file_metadata")(session.key, "x.json", token), "HEAD"),
+        (lambda: need(flow.client, "sample_datasets")(1), "sample/datasets"),
     ):
         with pytest.raises(UnsupportedCall) as info:
             call()
         text = str(info.value)
         assert name in text and "does not exist in API v1.5" in text and ";" in text
+    # Absent, not vetoed: the v1.5 client has no such methods at all.
+    for call in ("delete_user", "reauthorize", "file_metadata", "sample_datasets"):
+        assert not hasattr(flow.client, call)
 
 
 def test_exchange_without_the_verifier_is_refused_when_pkce_was_used(
@@ -258,7 +261,7 @@ def test_sdk_invalid_and_a_malformed_session_answer(
         nameless.client.establish_session()
     assert (info.value.code, info.value.status_code) == ("SDKInvalid", 400)
 
-    # The sandbox never answers a malformed session; a stub transport does (§B2, C2).
+    # The sandbox never answers a malformed session; a stub transport does (protocol.md#sessions).
     class Stub:
         status_code, reason, headers = 201, "Created", {"content-type": "application/json"}
 
@@ -270,5 +273,6 @@ def test_sdk_invalid_and_a_malformed_session_answer(
 
     flow = v15_flow(sandbox, tmp_path / "stub")
     monkeypatch.setattr(flow.fw.hooks, "send", lambda request: Stub())
+    flow = Flow(flow.fw)  # a client takes the transport when it is built
     with pytest.raises(ValidationError, match="sessionExchangeToken"):
         flow.client.establish_session()

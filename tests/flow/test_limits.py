@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from privateshare import hookimpl
-from privateshare.api import decode_x_metadata
+from privateshare.client.files import decode_x_metadata
 from privateshare.flow import Flow
 from privateshare.models import MAX_FAILURES_LISTED, Session, Token, UserAccessToken
 from privateshare.retry import current_deadline, past_deadline

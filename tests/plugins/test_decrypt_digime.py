@@ -3,7 +3,7 @@
 Vectors are produced here with ``cryptography`` directly (never with the code
 under test): a random 32-byte AES key wrapped for the contract's public key with
 RSA-OAEP-SHA1, a random IV, AES-256-CBC with PKCS#7, compression before
-encryption, and for v1.5 ``SHA-512(P) || P`` (PROTOCOL.md §A5, §B9).
+encryption, and for v1.5 ``SHA-512(P) || P`` (protocol.md#file-format).
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from privateshare.errors import FileDecryptionError
+from privateshare.hooks import PluginContext
 from privateshare.keys import SoftwareKeyHandle
 from privateshare.models import FileMetadata
-from privateshare.plugin import PluginContext
 from privateshare.plugins import decrypt_digime
 from privateshare.plugins.decrypt_digime import (
     DEFAULT_RATIO_FLOOR,
@@ -160,7 +160,7 @@ def test_round_trip_from_file(handle, rsa_key, tmp_path: Path, compression, hash
 @pytest.mark.parametrize("hashed", [False, True], ids=["v1.7", "v1.5"])
 def test_empty_plaintext(handle, rsa_key, hashed) -> None:
     blob = encrypt(rsa_key.public_key(), b"", hashed=hashed)
-    assert len(blob) == (352 if hashed else 288)  # the minimum sizes of PROTOCOL.md
+    assert len(blob) == (352 if hashed else 288)  # minimum sizes, protocol.md#file-format
     assert run(blob, handle, hashed=hashed) == b""
 
 
@@ -213,10 +213,45 @@ def test_chunks_are_views_into_a_reused_buffer(handle, rsa_key) -> None:
     """Documented contract: a chunk is valid only until the next one is requested."""
     data = os.urandom(64 * 1024)
     blob = encrypt(rsa_key.public_key(), data)
+    buffers = []
+    plain = bytearray()
+    for _ in range(2):  # two files in one thread: one buffer for both
+        for chunk in decrypt_stream(io.BytesIO(blob), handle, chunk_size=4096):
+            if isinstance(chunk, memoryview):
+                buffers.append(id(chunk.obj))
+            plain += chunk
+    assert bytes(plain) == data * 2
+    assert len(buffers) >= 30
+    assert len(set(buffers)) == 1
+
+
+def test_a_kept_chunk_is_released_not_overwritten(handle, rsa_key) -> None:
+    """A view kept past the next request raises, instead of showing later bytes."""
+    blob = encrypt(rsa_key.public_key(), os.urandom(64 * 1024))
     chunks = list(decrypt_stream(io.BytesIO(blob), handle, chunk_size=4096))
-    views = [c for c in chunks if isinstance(c, memoryview)]
-    assert len(views) >= 15
-    assert len({id(v.obj) for v in views}) == 1  # one buffer for the whole file
+    kept = [c for c in chunks if isinstance(c, memoryview)]
+    assert kept
+    with pytest.raises(ValueError, match="released"):
+        bytes(kept[0])
+
+
+def test_a_buffer_still_viewed_is_not_reused(handle, rsa_key) -> None:
+    """A consumer keeping a slice of a chunk: that buffer is not handed to the next file."""
+    data = os.urandom(8 * 1024)
+    blob = encrypt(rsa_key.public_key(), data)
+    first = decrypt_stream(io.BytesIO(blob), handle, chunk_size=4096)
+    chunk = next(first)
+    held, size = chunk.obj, len(chunk)
+    kept = chunk[:16]  # a slice outlives the chunk's release
+    assert bytes(kept) == data[:16]
+    assert b"".join(bytes(c) for c in first) == data[size:]
+    second = decrypt_stream(io.BytesIO(blob), handle, chunk_size=4096)
+    buffers = [id(c.obj) for c in second if isinstance(c, memoryview)]
+    assert buffers
+    assert id(held) not in buffers
+    del kept
+    third = decrypt_stream(io.BytesIO(blob), handle, chunk_size=4096)
+    assert len({id(c.obj) for c in third if isinstance(c, memoryview)}) == 1
 
 
 def test_big_file_streams_in_chunks(handle, rsa_key, tmp_path: Path) -> None:
@@ -262,7 +297,7 @@ def test_concatenated_gzip_members(handle, rsa_key) -> None:
 
 @pytest.mark.parametrize("hashed", [False, True], ids=["v1.7", "v1.5"])
 def test_wrong_length_plus_five_bytes(handle, rsa_key, hashed) -> None:
-    """PROTOCOL.md Part C: 5 extra bytes appended fail the length check."""
+    """As the official SDK checks: 5 extra bytes appended fail the length check."""
     blob = encrypt(rsa_key.public_key(), PAYLOAD, hashed=hashed) + b"12345"
     err = check_of(blob, handle, hashed=hashed, file_name="18_1_1_1_1.json")
     assert err.check == "size"
@@ -341,7 +376,9 @@ def test_wrong_key(handle, other_key) -> None:
 
 
 @pytest.mark.parametrize(
-    "body", [os.urandom(64) + bytes(16), b"\x1f\x8b" + os.urandom(62) + b"\x10" * 16]
+    "body",
+    [os.urandom(64) + bytes(16), b"\x1f\x8b" + os.urandom(62) + b"\x10" * 16],
+    ids=["random", "gzip-magic"],
 )
 def test_error_messages_carry_no_key_material(handle, rsa_key, body) -> None:
     """Bad padding / corrupt gzip: the message names the file, never the file key or IV."""
@@ -408,7 +445,7 @@ def test_valid_full_padding_block(handle, rsa_key) -> None:
 
 @pytest.mark.parametrize("compression", [None, "gzip", "brotli"])
 def test_bad_hash(handle, rsa_key, compression) -> None:
-    """v1.5: a corrupt SHA-512 prefix fails the hash check (PROTOCOL.md Part C2)."""
+    """v1.5: a corrupt SHA-512 prefix fails the hash check (protocol.md#file-format)."""
     payload = compress(PAYLOAD, compression)
     digest = bytearray(hashlib.sha512(payload).digest())
     digest[0] ^= 1
@@ -703,7 +740,7 @@ def test_plugin_through_pluggy(handle, rsa_key, tmp_path) -> None:
     """Hook names and parameter names match the spec: pluggy validates them."""
     import pluggy
 
-    from privateshare import hookspecs
+    from privateshare.hooks import specs as hookspecs
 
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)

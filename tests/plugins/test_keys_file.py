@@ -19,10 +19,10 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
-from privateshare import hookspecs
 from privateshare.errors import KeyStoreError
+from privateshare.hooks import PluginContext
+from privateshare.hooks import specs as hookspecs
 from privateshare.keys import KeyHandle
-from privateshare.plugin import PluginContext
 from privateshare.plugins.keys_file import EnvKeyStore, FileKeyStore
 from privateshare.secrets import Secret
 from privateshare.testing.conformance import KeyStoreConformance

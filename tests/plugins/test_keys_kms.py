@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from click.testing import CliRunner
 
+from privateshare.cli import main
 from privateshare.config import decode_options
 from privateshare.errors import ConfigError, KeyStoreError
 from privateshare.flow import Flow
 from privateshare.framework import load
-from privateshare.keycommands import keys_group
+from privateshare.hooks import PluginContext
 from privateshare.keys import SoftwareKeyHandle
-from privateshare.plugin import PluginContext
 from privateshare.plugins.keys_kms import KmsKeyStore
 from privateshare.sandbox import Sandbox
 from privateshare.secrets import Secret
@@ -45,8 +45,9 @@ def wrap(
         for arg in ("--context", f"{k}={v}")
     ]
     return CliRunner().invoke(
-        keys_group,
+        main,
         [
+            "keys",
             "wrap",
             "--kms-key-id",
             key_id,

@@ -15,11 +15,11 @@ from click.testing import CliRunner
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from privateshare.cli import main
 from privateshare.errors import ConfigError, KeyStoreError
 from privateshare.flow import Flow
 from privateshare.framework import load
-from privateshare.keycommands import keys_group
-from privateshare.plugin import PluginContext
+from privateshare.hooks import PluginContext
 from privateshare.plugins.keys_pkcs11 import Pkcs11KeyStore
 from privateshare.sandbox import Sandbox
 from privateshare.secrets import Secret
@@ -255,17 +255,17 @@ def test_import_command_refuses_a_taken_label_and_bad_input(
     runner = CliRunner()
     args = ["import-pkcs11", "--module", hsm.module, "--token-label", hsm.tokens[1]]
     first = runner.invoke(
-        keys_group, [*args, "--key-label", "migrated", "--in", str(pem), "--pin-env", "THE_PIN"]
+        main, ["keys", *args, "--key-label", "migrated", "--in", str(pem), "--pin-env", "THE_PIN"]
     )
     assert first.exit_code == 0, first.output
     again = runner.invoke(
-        keys_group, [*args, "--key-label", "migrated", "--in", str(pem), "--pin-env", "THE_PIN"]
+        main, ["keys", *args, "--key-label", "migrated", "--in", str(pem), "--pin-env", "THE_PIN"]
     )
     assert again.exit_code == 5
     assert "already holds 2 object(s) labelled 'migrated'" in again.output
     (tmp_path / "pub.pem").write_bytes(privateshare_test_key.public_pem)
     public = runner.invoke(
-        keys_group, [*args, "--in", str(tmp_path / "pub.pem"), "--pin-env", "THE_PIN"]
+        main, ["keys", *args, "--in", str(tmp_path / "pub.pem"), "--pin-env", "THE_PIN"]
     )
     assert public.exit_code == 5 and "public key or certificate" in public.output
     store = make_store(
@@ -287,8 +287,9 @@ def test_import_command_prompts_for_the_pin_and_shows_no_key(hsm: SoftHsm, tmp_p
     (tmp_path / "enc.pem").write_bytes(pem)
     (tmp_path / "pw").write_text("pem pass\n")
     result = CliRunner().invoke(
-        keys_group,
+        main,
         [
+            "keys",
             "import-pkcs11",
             "--module",
             hsm.module,
@@ -312,8 +313,9 @@ def test_import_command_prompts_for_the_pin_and_shows_no_key(hsm: SoftHsm, tmp_p
     ).hexdigest()
     assert fingerprint[:16] in result.output
     bad = CliRunner().invoke(
-        keys_group,
+        main,
         [
+            "keys",
             "import-pkcs11",
             "--module",
             hsm.module,

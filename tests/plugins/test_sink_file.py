@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from privateshare import ConfigError, SinkError, UnsafeFileNameError
-from privateshare.plugin import PluginContext
+from privateshare.hooks import PluginContext
 from privateshare.plugins.sink_file import METADATA_SUFFIX, FileSink
 from privateshare.sinks import TEMP_PREFIX, check_name
 from privateshare.testing.conformance import SinkConformance

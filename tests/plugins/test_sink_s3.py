@@ -19,7 +19,7 @@ import pytest
 
 from privateshare.errors import ConfigError, SinkError
 from privateshare.flow import Flow
-from privateshare.plugin import PluginContext
+from privateshare.hooks import PluginContext
 from privateshare.plugins.sink_s3 import MiB, S3Sink
 from privateshare.sandbox import Sandbox
 from privateshare.secrets import Secret
@@ -232,7 +232,7 @@ _KILL_SCRIPT = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from privateshare.plugin import PluginContext
+    from privateshare.hooks import PluginContext
     from privateshare.plugins.sink_s3 import S3Sink
     from privateshare.testing.helpers import make_file, make_run
 

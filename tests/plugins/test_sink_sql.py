@@ -20,7 +20,7 @@ import sqlalchemy as sa
 
 from privateshare import ConfigError, SinkError
 from privateshare.flow import Flow
-from privateshare.plugin import PluginContext
+from privateshare.hooks import PluginContext
 from privateshare.plugins.sink_sql import CHUNK_SIZE, SqlSink, file_key, object_rows, sink_tables
 from privateshare.plugins.sqlcommon import LongText, schema_version_table
 from privateshare.secrets import Secret
@@ -478,7 +478,7 @@ _KILLED_WRITER = textwrap.dedent(
     import json, sys, time
     from pathlib import Path
     import sqlalchemy as sa
-    from privateshare.plugin import PluginContext
+    from privateshare.hooks import PluginContext
     from privateshare.plugins.sink_sql import SqlSink
     from privateshare.testing.helpers import make_file, make_run
 

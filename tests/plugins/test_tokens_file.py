@@ -20,11 +20,11 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from privateshare import hookspecs
 from privateshare.errors import TokenStoreError
+from privateshare.hooks import PluginContext
+from privateshare.hooks import specs as hookspecs
 from privateshare.keys import SoftwareKeyHandle
 from privateshare.models import Token, UserAccessToken
-from privateshare.plugin import PluginContext
 from privateshare.plugins import tokens_file
 from privateshare.plugins.tokens_file import FileTokenStore
 from privateshare.testing.conformance import TokenStoreConformance
@@ -511,7 +511,7 @@ import os, sys, time
 from pathlib import Path
 from privateshare.keys import handle_from_pem
 from privateshare.models import Token, UserAccessToken
-from privateshare.plugin import PluginContext
+from privateshare.hooks import PluginContext
 from privateshare.plugins.tokens_file import FileTokenStore
 from privateshare.testing.conformance import TokenStoreConformance
 

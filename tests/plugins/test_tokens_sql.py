@@ -23,9 +23,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from privateshare import ConfigError, TokenStoreError
 from privateshare.flow import Flow
 from privateshare.framework import load
+from privateshare.hooks import PluginContext
 from privateshare.keys import SoftwareKeyHandle
 from privateshare.models import Token, UserAccessToken
-from privateshare.plugin import PluginContext
 from privateshare.plugins.tokens_sql import SqlTokenStore
 from privateshare.testing.conformance import TokenStoreConformance
 from privateshare.testing.sandboxed import consent, sandbox_config

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import itertools
 import logging
+import os
 import ssl
 import threading
 import time
@@ -19,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from privateshare.errors import ConfigError, ResponseTooLarge, TransportError
-from privateshare.plugin import PluginContext
+from privateshare.hooks import PluginContext
 from privateshare.plugins.transport_requests import RequestsOptions, RequestsTransport
 from privateshare.testing.conformance import READ_PATHS, TransportConformance, read_body
 from privateshare.testing.hostile import (
@@ -205,8 +206,11 @@ def test_body_cut_short_raises_transport_error(serve, tmp_path: Path) -> None:
     assert "cut short" in str(info.value)
     assert "SECRETKEY" not in str(info.value)  # session keys stay out of messages
     response = send(signed(server.url, stream=True))
-    with pytest.raises(TransportError):
-        b"".join(response.iter_bytes(100))
+    with (
+        pytest.warns(DeprecationWarning, match="iter_bytes"),
+        pytest.raises(TransportError),
+    ):
+        b"".join(response.iter_bytes(100))  # deprecated, still kept by this transport
 
 
 def make_ca(tmp_path: Path) -> tuple[Path, ssl.SSLContext]:
@@ -266,6 +270,16 @@ class TestRequestsTransport(TransportConformance):
     @pytest.fixture
     def transport(self, tmp_path: Path) -> Iterator[RequestsTransport]:
         built = transport(tmp_path, read_timeout=10.0)
+        yield built
+        built.close()
+
+
+class TestRequestsTransportReadingAhead(TransportConformance):
+    """The whole contract again with every streamed body of more than 2 bytes read ahead."""
+
+    @pytest.fixture
+    def transport(self, tmp_path: Path) -> Iterator[RequestsTransport]:
+        built = transport(tmp_path, read_timeout=10.0, read_ahead=1)
         yield built
         built.close()
 
@@ -462,3 +476,95 @@ def test_unusable_urls_are_clear_errors(
             send(signed(server.url + path))
     with pytest.raises(TransportError, match=r"the URL is not a valid http\(s\) URL"):
         send(signed("not a url"))
+
+
+# --- read-ahead of large bodies ----------------------------------------------------------
+
+
+def test_a_large_body_is_read_ahead_in_order(
+    hostile: Callable[..., HostileServer], tmp_path: Path
+) -> None:
+    body = os.urandom(3 << 20) + b"tail"
+    server = hostile({"/v1/file": respond(body)})
+    response = transport(tmp_path, read_ahead=1 << 20).privateshare_transport_send(
+        HttpRequest("GET", server.url + "/v1/file", stream=True)
+    )
+    stream = response.stream()
+    assert response._ahead is not None  # over twice read_ahead: a reader thread
+    got = bytearray()
+    while part := stream.read(100_000):
+        got += part
+    assert got == body
+    response.close()
+    assert not response._ahead._thread.is_alive()
+
+
+def test_a_small_body_is_not_read_ahead(
+    hostile: Callable[..., HostileServer], tmp_path: Path
+) -> None:
+    server = hostile({"/v1/file": respond(b"x" * 5000)})
+    response = transport(tmp_path, read_ahead=4096).privateshare_transport_send(
+        HttpRequest("GET", server.url + "/v1/file", stream=True)
+    )
+    assert response.stream().read() == b"x" * 5000
+    assert response._ahead is None
+    response.close()
+
+
+def test_a_read_ahead_body_cut_short_fails_after_what_came(
+    hostile: Callable[..., HostileServer], tmp_path: Path
+) -> None:
+    body = os.urandom(3 << 20)
+    server = hostile({"/v1/file": cut_short(body[: 2 << 20], declared=len(body))})
+    stream = (
+        transport(tmp_path, read_ahead=1 << 20)
+        .privateshare_transport_send(HttpRequest("GET", server.url + "/v1/file", stream=True))
+        .stream()
+    )
+    got = bytearray()
+    with pytest.raises(TransportError, match="was cut short"):
+        while part := stream.read(65536):
+            got += part
+    assert bytes(got) == body[: 2 << 20]
+
+
+def test_a_read_ahead_body_that_stalls_ends_by_the_minimum_rate(
+    hostile: Callable[..., HostileServer], tmp_path: Path
+) -> None:
+    server = hostile({"/v1/stall": stalls_after(100, 10 << 20)})
+    slow = transport(tmp_path, low_speed_time=0.3, read_ahead=1 << 20)
+    response = slow.privateshare_transport_send(HttpRequest("GET", server.url + "/v1/stall"))
+    with pytest.raises(TransportError, match=r"low_speed_limit, low_speed_time"):
+        response.stream().read()
+
+
+def test_closing_a_stalled_read_ahead_body_wakes_its_reader(
+    hostile: Callable[..., HostileServer], tmp_path: Path
+) -> None:
+    # The reader thread is blocked in the socket (the server sends nothing for 60 s, and
+    # read_timeout and the minimum rate wait longer still): close() must not wait for it.
+    server = hostile({"/v1/stall": stalls_after(100, 10 << 20)})
+    patient = transport(tmp_path, low_speed_limit=0, read_timeout=600, read_ahead=1 << 20)
+    response = patient.privateshare_transport_send(HttpRequest("GET", server.url + "/v1/stall"))
+    stream = response.stream()
+    ahead = response._ahead
+    assert ahead is not None
+    ahead._thread.join(0.2)  # the reader takes the 100 bytes and blocks for more
+    assert ahead._thread.is_alive() and ahead._filled.empty()
+    response.close()
+    assert not ahead._thread.is_alive()
+    del stream
+
+
+def test_a_slow_consumer_of_a_read_ahead_body_is_not_a_slow_server(
+    hostile: Callable[..., HostileServer], tmp_path: Path
+) -> None:
+    body = os.urandom(3 << 20)
+    server = hostile({"/v1/file": respond(body)})
+    fast = transport(tmp_path, low_speed_limit=10_000_000, low_speed_time=0.2, read_ahead=1 << 20)
+    stream = fast.privateshare_transport_send(HttpRequest("GET", server.url + "/v1/file")).stream()
+    got = bytearray()
+    while part := stream.read(1 << 20):
+        got += part
+        time.sleep(0.25)
+    assert got == body

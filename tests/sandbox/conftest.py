@@ -1,7 +1,7 @@
 """Fixtures for the sandbox tests: a running sandbox and a client written from the protocol.
 
 The client here is deliberately NOT privateshare's: plain ``requests``, PyJWT and
-``cryptography``, following PROTOCOL.md, so a protocol mistake cannot hide on
+``cryptography``, following docs/protocol.md, so a protocol mistake cannot hide on
 both sides at once.
 """
 
@@ -56,7 +56,7 @@ def pkce() -> tuple[str, str]:
 
 
 def decrypt(body: bytes, key: rsa.RSAPrivateKey, compression: str | None) -> bytes:
-    """PROTOCOL §A5: EK(256) || IV(16) || AES-256-CBC, then decompress."""
+    """protocol.md#file-format: EK(256) || IV(16) || AES-256-CBC, then decompress."""
     assert len(body) >= 288 and len(body) % 16 == 0, len(body)
     dsk = key.decrypt(
         body[:256],
@@ -124,7 +124,7 @@ class RawClient:
         )
 
     def verify(self, server_token: str) -> dict[str, Any]:
-        """§A4.1: fetch the jku, pick the kid, verify PS512 only."""
+        """protocol.md#server-tokens: fetch the jku, pick the kid, verify PS512 only."""
         header = jwt.get_unverified_header(server_token)
         assert isinstance(header["jku"], str) and isinstance(header["kid"], str)
         assert header["jku"].startswith(self.sandbox.origin)

@@ -13,7 +13,7 @@ STATES = {"pending", "running", "partial", "completed"}
 
 
 def check_list_shape(body: dict) -> None:
-    """The CAFileListResponse codec (PROTOCOL §A4.3, Part C)."""
+    """The CAFileListResponse codec (protocol.md#files), as the official SDK checks it."""
     status = body["status"]
     assert status["state"] in STATES
     for detail in status.get("details", {}).values():

@@ -1,7 +1,7 @@
 """The sandbox's synthetic library and its digi.me file encryption.
 
 Decryption here uses ``cryptography`` directly (not privateshare's decryptor), so these tests
-check the served bytes against PROTOCOL §A5/§B9 independently of the client code.
+check the served bytes against protocol.md#file-format independently of the client code.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def lib() -> Library:
 
 
 class StreamDecryptor:
-    """Incremental §A5 decryption: header split anywhere, PKCS#7 checked at the end."""
+    """Incremental decryption (protocol.md#file-format): the header split anywhere."""
 
     def __init__(self, key: rsa.RSAPrivateKey) -> None:
         self.key = key
@@ -113,8 +113,8 @@ def test_iter_encrypt_roundtrip_and_size(rsa_key, n, hashed):
 
 
 def test_encrypted_size_minimums():
-    assert encrypted_size(0) == 288  # §A5.1 isValidSize lower bound
-    assert encrypted_size(0, hashed=True) == 352  # §B9 lower bound
+    assert encrypted_size(0) == 288  # protocol.md#file-format isValidSize lower bound
+    assert encrypted_size(0, hashed=True) == 352  # protocol.md#file-format lower bound
     assert encrypted_size(15) == 288
     assert encrypted_size(16) == 304
 

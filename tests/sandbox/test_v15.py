@@ -1,7 +1,7 @@
-"""The sandbox's API v1.5 surface (PROTOCOL.md Part B), driven by a client written from the spec.
+"""The sandbox's API v1.5 surface (protocol.md, v1.5), driven by a client written from the spec.
 
 Plain requests, PyJWT and cryptography: nothing of privateshare's client. Covers
-the v1.5 items of Part C2 from the server's side: session establishment and its
+the v1.5 checks of the official SDK's tests from the server's side: session establishment and its
 errors, the SDK status headers, the consent links (guest page and app), the
 callback results, ongoing OAuth with ``redirect_uri`` and flat tokens, trigger
 with ``session_key``, session-key-only reads, the hashed file format and
@@ -32,7 +32,7 @@ from .conftest import REDIRECT, b64url_decode, nonce, pkce
 
 
 def decrypt_hashed(body: bytes, key: rsa.RSAPrivateKey, compression: str | None) -> bytes:
-    """§B9: EK(256) || IV(16) || AES-256-CBC(SHA512(P) || P); then decompress P."""
+    """protocol.md#file-format: EK(256) || IV(16) || AES-256-CBC(SHA512(P) || P) decompressed."""
     assert len(body) >= 352 and len(body) % 16 == 0, len(body)
     oaep = asym_padding.OAEP(
         mgf=asym_padding.MGF1(hashes.SHA1()), algorithm=hashes.SHA1(), label=None
@@ -67,11 +67,12 @@ def callback_params(response: requests.Response, callback: str = REDIRECT) -> di
 
 
 class Client15:
-    """A minimal API v1.5 client, as the Node SDK v4 behaves (§B)."""
+    """A minimal API v1.5 client, as the Node SDK v4 behaves (protocol.md, v1.5)."""
 
     def __init__(self, sandbox: Sandbox, contract: str = "ongoing") -> None:
         self.sandbox = sandbox
-        self.base = sandbox.base_url_v15  # no trailing slash: paths join with "/" (§B1)
+        # No trailing slash: paths join with "/" (protocol.md#addresses).
+        self.base = sandbox.base_url_v15
         self.app_id = sandbox.application_id
         self.contract_id = sandbox.contract(contract).contract_id
         self.client_id = sandbox.client_id(contract)
@@ -282,7 +283,7 @@ def test_guest_consent_then_session_key_only_reads_of_hashed_files(
     pending = c15.file_list(key)
     assert pending.json() == {"status": {"state": "pending"}}
     assert_error(c15.file(key, "accounts.json"), 404, "FileNotFound")
-    callback = REDIRECT + "?a=1&b=2#c"  # survives the round trip (§B3)
+    callback = REDIRECT + "?a=1&b=2#c"  # survives the round trip (protocol.md#consent)
     r = c15.open_guest(session, callback)
     assert r.status_code == 302
     assert r.headers["Location"] == REDIRECT + "?a=1&b=2&result=SUCCESS#c"
@@ -358,7 +359,7 @@ def test_code_exchange_rules(c15: Client15) -> None:
     c15.flat_token(c15.exchange(code, pre["verifier"]))
     assert_error(c15.exchange(code, pre["verifier"]), 400, "InvalidGrant")  # once only
     code, _pre = consented(challenge=False)
-    c15.flat_token(c15.exchange(code, None))  # no PKCE at all: no verifier needed (§B6)
+    c15.flat_token(c15.exchange(code, None))  # no PKCE: no verifier needed (protocol.md#tokens)
 
 
 def test_trigger_with_session_key_and_refresh_rotation(c15: Client15) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from privateshare.plugin import PluginContext
+from privateshare.hooks import PluginContext
 from privateshare.plugins.keys_file import EnvKeyStore, FileKeyStore
 from privateshare.plugins.tokens_file import FileTokenStore
 from privateshare.testing.conformance import KeyStoreConformance, TokenStoreConformance

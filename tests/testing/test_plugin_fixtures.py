@@ -10,6 +10,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
 
 from privateshare import PrivateShare, SinkError
+from privateshare.delivery import sink_writers
 from privateshare.plugins.sink_file import FileSink
 from privateshare.testing.helpers import TestKey, deliver, make_file, make_run
 from privateshare.testing.memory import MemorySink
@@ -159,7 +160,7 @@ def two_sinks(privateshare_factory) -> PrivateShare:
 def test_a_writer_comes_back_for_every_configured_sink(two_sinks: PrivateShare) -> None:
     run = make_run("alice")
     two_sinks.hooks.sinks_open_run(run)
-    writers = two_sinks.hooks.sink_writers(run, make_file("alice", "a.json"))
+    writers = sink_writers(two_sinks.hooks, run, make_file("alice", "a.json"))
     try:
         assert [name for name, _ in writers] == ["sinks.mem", "sinks.local"]
         assert type(two_sinks.plugins["sinks.local"]) is FileSink

@@ -16,10 +16,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
 
 from privateshare.errors import ResponseTooLarge
-from privateshare.hookspecs import hookimpl
+from privateshare.hooks import PluginContext, hookimpl
 from privateshare.keys import SoftwareKeyHandle
 from privateshare.models import DataFile, RunInfo, UserAccessToken
-from privateshare.plugin import PluginContext
 from privateshare.plugins.transport_requests import RequestsOptions, RequestsTransport
 from privateshare.testing.conformance import (
     KeyStoreConformance,

@@ -21,40 +21,18 @@ import msgspec
 import pluggy
 from stevedore import ExtensionManager, NamedExtensionManager
 
-from . import hookspecs
-from .config import Config, PluginSpec, decode_options
-from .errors import ConfigError, PluginError
-from .plugin import NoOptions, PluginContext
+from ..config import Config, PluginSpec, decode_options
+from ..errors import ConfigError, PluginError
+from . import specs
+from .families import FAMILIES, HOOK_GROUP, Family  # noqa: F401  (Family: old import path)
+from .plugin import NoOptions, PluginContext, no_key_handle
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Family:
-    key: str
-    namespace: str
-    label: str
-
-
-FAMILIES: dict[str, Family] = {
-    f.key: f
-    for f in (
-        Family("transport", "privateshare.transports", "transport"),
-        Family("keys", "privateshare.key_stores", "key store"),
-        Family("tokens", "privateshare.token_stores", "token store"),
-        Family("decryption", "privateshare.decryptors", "decryptor"),
-        Family("sinks", "privateshare.sinks", "sink"),
-    )
-}
-HOOK_GROUP = "privateshare"
-
-#: Built-in plugins that need an extra: (family, type) -> extra name.
+#: Built-in plugins that need an extra: (family, type) -> extra name (from the family table).
 EXTRAS: dict[tuple[str, str], str] = {
-    ("sinks", "s3"): "s3",
-    ("sinks", "sql"): "sql",
-    ("tokens", "sql"): "sql",
-    ("keys", "kms"): "kms",
-    ("keys", "pkcs11"): "hsm",
+    (f.key, kind): extra for f in FAMILIES.values() for kind, extra in f.extras.items()
 }
 
 
@@ -193,8 +171,8 @@ class PluginSet:
     ) -> None:
         self.config = config
         self.strict = config.plugins.strict if strict is None else strict
-        self.pm = pluggy.PluginManager(hookspecs.PROJECT)
-        self.pm.add_hookspecs(hookspecs)
+        self.pm = pluggy.PluginManager(specs.PROJECT)
+        self.pm.add_hookspecs(specs)
         self.broken: list[BrokenPlugin] = []
         self.instances: dict[str, Any] = {}
         self._key_handle = key_handle
@@ -234,7 +212,7 @@ class PluginSet:
             application_id=self.config.digime.application_id,
             contract_id=self.config.digime.contract_id,
             api=self.config.digime.api,
-            key_handle=self._key_handle or _no_key_handle,
+            key_handle=self._key_handle or no_key_handle,
         )
         try:
             instance = cls(options, context)
@@ -286,10 +264,6 @@ class PluginSet:
     def _report_broken(self, family: str, name: str, dist: str, error: str) -> None:
         log.warning("plugin %s (%s) is broken and was skipped: %s", name, family, error)
         self.broken.append(BrokenPlugin(family, name, dist, error))
-
-
-def _no_key_handle() -> Any:
-    raise ConfigError("no key store is configured; add a [keys] table")
 
 
 def check_config(config: Config) -> list[str]:

@@ -1,4 +1,7 @@
-"""The typed facade the core calls instead of ``pm.hook.*`` (after tox's manager).
+"""The typed hook calls: the facade the core calls instead of ``pm.hook.*`` (after tox).
+
+One method per hook, marked with the hook it calls (``tests/core/test_hooks_calls.py``
+checks the methods against the specs).
 
 Provider hooks must be answered by some plugin, or the call fails with a message
 saying which table to add. Sink and observer hooks are called one
@@ -9,17 +12,19 @@ it; an observer's failure is logged and does not stop the run (unless strict).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
+import warnings
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 import pluggy
 
-from .errors import ConfigError, PluginError, SinkError
+from ..errors import ConfigError, PluginError, SinkError
+from .families import FAMILIES
 
 if TYPE_CHECKING:
-    from .keys import KeyHandle
-    from .models import (
+    from ..keys import KeyHandle
+    from ..models import (
         DataFile,
         FileMetadata,
         LibraryStatus,
@@ -28,17 +33,22 @@ if TYPE_CHECKING:
         Session,
         UserAccessToken,
     )
-    from .sinks import FileWriter
-    from .transport import HttpRequest, HttpResponse
+    from ..sinks import FileWriter
+    from ..transport import HttpRequest, HttpResponse
 
 log = logging.getLogger(__name__)
 
-_MISSING_TABLE = {
-    "transport": "[transport]",
-    "keys": "[keys]",
-    "tokens": "[tokens]",
-    "decryption": "[decryption]",
-}
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def calls(hook: str) -> Callable[[F], F]:
+    """Mark a facade method as the typed call of ``hook`` (checked against the specs in tests)."""
+
+    def mark(method: F) -> F:
+        method.__hook__ = hook  # type: ignore[attr-defined]
+        return method
+
+    return mark
 
 
 class Hooks:
@@ -60,44 +70,54 @@ class Hooks:
         result = getattr(self.pm.hook, hook)(**kwargs)
         if result is None:
             raise ConfigError(
-                f"no {family} plugin answered {hook}; add a {_MISSING_TABLE[family]} table "
+                f"no {family} plugin answered {hook}; add a {FAMILIES[family].table} table "
                 "to the config (see docs/configuration.md)"
             )
         return result
 
     # transport
+    @calls("privateshare_transport_send")
     def send(self, request: HttpRequest) -> HttpResponse:
         return self._first("transport", "privateshare_transport_send", request=request)
 
     # key storage
+    @calls("privateshare_key_handle")
     def key_handle(self) -> KeyHandle:
         return self._first("keys", "privateshare_key_handle")
 
     # token storage
+    @calls("privateshare_token_load")
     def token_load(self, user_id: str) -> UserAccessToken | None:
         return self.pm.hook.privateshare_token_load(user_id=user_id)
 
+    @calls("privateshare_token_save")
     def token_save(self, user_id: str, token: UserAccessToken) -> None:
         self._first("tokens", "privateshare_token_save", user_id=user_id, token=token)
 
+    @calls("privateshare_token_delete")
     def token_delete(self, user_id: str) -> bool:
         return bool(self.pm.hook.privateshare_token_delete(user_id=user_id))
 
+    @calls("privateshare_token_users")
     def token_users(self) -> list[str]:
         return list(self.pm.hook.privateshare_token_users() or [])
 
+    @calls("privateshare_token_lock")
     def token_lock(self, user_id: str) -> AbstractContextManager[None]:
         return self._first("tokens", "privateshare_token_lock", user_id=user_id)
 
+    @calls("privateshare_checkpoint_load")
     def checkpoint_load(self, user_id: str) -> dict[str, int]:
         return dict(self.pm.hook.privateshare_checkpoint_load(user_id=user_id) or {})
 
+    @calls("privateshare_checkpoint_save")
     def checkpoint_save(self, user_id: str, checkpoint: dict[str, int]) -> None:
         self._first(
             "tokens", "privateshare_checkpoint_save", user_id=user_id, checkpoint=checkpoint
         )
 
     # decryption
+    @calls("privateshare_decrypt")
     def decrypt(
         self, source: BinaryIO, metadata: FileMetadata, key: KeyHandle, file_name: str
     ) -> Iterator[bytes | memoryview]:
@@ -111,6 +131,7 @@ class Hooks:
         )
 
     # transforms
+    @calls("privateshare_transform_file")
     def transform(
         self, file: DataFile, chunks: Iterator[bytes | memoryview]
     ) -> Iterator[bytes | memoryview]:
@@ -126,6 +147,7 @@ class Hooks:
         impls = self.pm.hook.privateshare_sink_open_file.get_hookimpls()
         return [impl.plugin_name for impl in impls] + list(self.broken_sinks)
 
+    @calls("privateshare_sink_open_run")
     def sinks_open_run(self, run: RunInfo) -> None:
         for name, call in self._each("privateshare_sink_open_run"):
             try:
@@ -133,45 +155,39 @@ class Hooks:
             except Exception as exc:
                 raise SinkError(f"sink {name} could not open the run: {exc}") from exc
 
-    def sink_writers(self, run: RunInfo, file: DataFile) -> list[tuple[str, FileWriter]]:
-        """One writer per sink; if any sink cannot take the file, none is left open."""
-        if self.broken_sinks:
-            name, error = next(iter(self.broken_sinks.items()))
-            raise SinkError(f"sink {name} is broken and cannot take files: {error}")
-        writers: list[tuple[str, FileWriter]] = []
+    @calls("privateshare_sink_open_file")
+    def sink_open_file(
+        self, run: RunInfo, file: DataFile
+    ) -> Iterator[tuple[str, FileWriter | None]]:
+        """Each sink's writer for ``file``, in config order; a failure names the sink.
+
+        :mod:`privateshare.delivery` consumes this and aborts the writers already
+        opened when a later sink cannot take the file.
+        """
         for name, call in self._each("privateshare_sink_open_file"):
             try:
                 writer = call(run=run, file=file)
             except Exception as exc:
-                abort_all(writers)
                 raise SinkError(f"sink {name} could not open {file.name}: {exc}") from exc
-            if writer is not None:
-                writers.append((name, writer))
-        return writers
+            yield name, writer
+
+    def sink_writers(self, run: RunInfo, file: DataFile) -> list[tuple[str, FileWriter]]:
+        """Deprecated: use :func:`privateshare.delivery.sink_writers`."""
+        _moved("sink_writers", "privateshare.delivery.sink_writers(hooks, run, file)")
+        from ..delivery import sink_writers
+
+        return sink_writers(self, run, file)
 
     def deliver(
         self, run: RunInfo, file: DataFile, chunks: Iterable[bytes | memoryview]
     ) -> tuple[int, list[str]]:
-        """Stream one file through the transforms into every sink; commit all or abort all.
+        """Deprecated: use :func:`privateshare.delivery.deliver`."""
+        _moved("deliver", "privateshare.delivery.deliver(hooks, run, file, chunks)")
+        from ..delivery import deliver
 
-        Returns the plaintext bytes written and the sinks that committed. Nothing is
-        committed before ``chunks`` is exhausted, because decryption reports some
-        failures (padding, hash) only at the end.
-        """
-        writers = self.sink_writers(run, file)
-        size = 0
-        try:
-            for chunk in self.transform(file, iter(chunks)):
-                size += len(chunk)
-                for _name, writer in writers:
-                    writer.write(chunk)
-            for _name, writer in writers:
-                writer.commit()
-        except BaseException:
-            abort_all(writers)
-            raise
-        return size, [name for name, _writer in writers]
+        return deliver(self, run, file, chunks)
 
+    @calls("privateshare_sink_close_run")
     def sinks_close_run(self, run: RunInfo, summary: RunSummary) -> None:
         for name, call in self._each("privateshare_sink_close_run"):
             try:
@@ -182,23 +198,29 @@ class Hooks:
                     raise
 
     # observers
+    @calls("privateshare_session_established")
     def session_established(self, user_id: str, session: Session) -> None:
         self._notify("privateshare_session_established", user_id=user_id, session=session)
 
+    @calls("privateshare_status_changed")
     def status_changed(self, user_id: str, status: LibraryStatus) -> None:
         self._notify("privateshare_status_changed", user_id=user_id, status=status)
 
+    @calls("privateshare_file_written")
     def file_written(self, user_id: str, file: DataFile, size: int, sinks: list[str]) -> None:
         self._notify(
             "privateshare_file_written", user_id=user_id, file=file, size=size, sinks=sinks
         )
 
+    @calls("privateshare_file_failed")
     def file_failed(self, user_id: str, file_name: str, error: Exception) -> None:
         self._notify("privateshare_file_failed", user_id=user_id, file_name=file_name, error=error)
 
+    @calls("privateshare_token_refreshed")
     def token_refreshed(self, user_id: str, token: UserAccessToken) -> None:
         self._notify("privateshare_token_refreshed", user_id=user_id, token=token)
 
+    @calls("privateshare_run_finished")
     def run_finished(self, summary: RunSummary) -> None:
         self._notify("privateshare_run_finished", summary=summary)
 
@@ -228,10 +250,9 @@ def _caller(impl: Any) -> Any:
     return call
 
 
-def abort_all(writers: list[tuple[str, FileWriter]]) -> None:
-    """Abort every writer, logging (not raising) the failures of individual aborts."""
-    for name, writer in writers:
-        try:
-            writer.abort()
-        except Exception:
-            log.exception("sink %s failed to abort", name)
+def _moved(old: str, new: str) -> None:
+    warnings.warn(
+        f"privateshare.hooks.Hooks.{old} is deprecated; use {new}",
+        DeprecationWarning,
+        stacklevel=3,
+    )

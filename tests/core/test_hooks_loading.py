@@ -10,8 +10,9 @@ import pytest
 
 import privateshare
 from privateshare.config import load_config
+from privateshare.delivery import sink_writers
 from privateshare.errors import ConfigError, PluginError
-from privateshare.manager import FAMILIES, check_config, discover, installed_names
+from privateshare.hooks.loading import FAMILIES, check_config, discover, installed_names
 
 BUILTINS = {
     "transport": {"requests"},
@@ -82,7 +83,7 @@ def test_unknown_type_lists_installed_plugins_and_the_fix(tmp_path: Path) -> Non
 
 
 def test_unknown_builtin_backend_names_the_extra(tmp_path: Path) -> None:
-    from privateshare.manager import install_hint
+    from privateshare.hooks.loading import install_hint
 
     assert install_hint("sinks", "s3") == "pip install 'privateshare[s3]'"
     assert install_hint("keys", "pkcs11") == "pip install 'privateshare[hsm]'"
@@ -121,7 +122,7 @@ def test_third_party_sink_and_observer_run(tmp_path: Path, with_hello: Path) -> 
     assert [(b.family, b.name) for b in fw.broken] == [("hooks", "broken-observer")]
     run = RunInfo("r1", "alice", 0.0)
     file = DataFile("alice", "f.json", 1)
-    ((name, writer),) = fw.hooks.sink_writers(run, file)
+    ((name, writer),) = sink_writers(fw.hooks, run, file)
     writer.write(b"data")
     writer.commit()
     fw.hooks.file_written("alice", file, 4, [name])
@@ -145,7 +146,7 @@ def test_broken_configured_sink_fails_files_not_the_run(tmp_path: Path, with_hel
     fw = privateshare.load(raw, base_dir=tmp_path)
     assert [(b.family, b.name) for b in fw.broken] == [("sinks", "sinks.bad")]
     with pytest.raises(SinkError) as info:
-        fw.hooks.sink_writers(RunInfo("r", "u", 0.0), DataFile("u", "f", 1))
+        sink_writers(fw.hooks, RunInfo("r", "u", 0.0), DataFile("u", "f", 1))
     assert "sinks.bad is broken" in str(info.value)
     with pytest.raises(PluginError):
         privateshare.load(raw, base_dir=tmp_path, strict=True)

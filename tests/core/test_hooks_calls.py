@@ -10,9 +10,11 @@ from typing import Any
 import pluggy
 import pytest
 
-from privateshare import hookimpl, hookspecs
+from privateshare import hookimpl
+from privateshare.delivery import deliver, sink_writers
 from privateshare.errors import ConfigError, PluginError, SinkError
-from privateshare.facade import Hooks
+from privateshare.hooks import specs as hookspecs
+from privateshare.hooks.calls import Hooks
 from privateshare.models import (
     DataFile,
     FileMetadata,
@@ -150,7 +152,7 @@ def test_every_hook_through_the_facade(tmp_path: Path) -> None:
     assert hooks.checkpoint_load("alice") == {"a": 1}
     assert list(hooks.decrypt(io.BytesIO(b"x"), FileMetadata(), "key", "f")) == [b"x"]
     hooks.sinks_open_run(RUN)
-    assert hooks.sink_writers(RUN, FILE) == []
+    assert sink_writers(hooks, RUN, FILE) == []
     hooks.session_established("alice", Session("k", 99))
     hooks.status_changed("alice", LibraryStatus("running"))
     hooks.file_written("alice", FILE, 3, ["sinks.a"])
@@ -217,11 +219,11 @@ class FailingSink:
 def test_sink_writers_in_config_order_and_all_or_nothing() -> None:
     log: list[str] = []
     hooks = make_hooks(("sinks.a", GoodSink(log, "a")), ("sinks.b", GoodSink(log, "b")))
-    assert [name for name, _ in hooks.sink_writers(RUN, FILE)] == ["sinks.a", "sinks.b"]
+    assert [name for name, _ in sink_writers(hooks, RUN, FILE)] == ["sinks.a", "sinks.b"]
 
     hooks = make_hooks(("sinks.a", GoodSink(log, "a")), ("sinks.bad", FailingSink()))
     with pytest.raises(SinkError) as info:
-        hooks.sink_writers(RUN, FILE)
+        sink_writers(hooks, RUN, FILE)
     assert "sink sinks.bad could not open posts.json: disk full" in str(info.value)
     assert log[-1] == "a:abort"
 
@@ -288,14 +290,14 @@ def test_deliver_streams_through_transforms_and_is_all_or_nothing() -> None:
     hooks = make_hooks(
         ("upper", Upper()), ("sinks.a", GoodSink(log, "a")), ("sinks.b", GoodSink(log, "b"))
     )
-    size, sinks = hooks.deliver(RUN, FILE, [b"abc", b"de"])
+    size, sinks = deliver(hooks, RUN, FILE, [b"abc", b"de"])
     assert (size, sinks) == (5, ["sinks.a", "sinks.b"])
     assert log[-2:] == ["a:commit", "b:commit"]
 
     log.clear()
     hooks = make_hooks(("sinks.a", GoodSink(log, "a")), ("sinks.bad", FailingWriterSink(log)))
     with pytest.raises(OSError, match="disk full"):
-        hooks.deliver(RUN, FILE, [b"x"])
+        deliver(hooks, RUN, FILE, [b"x"])
     assert "a:abort" in log and "bad:abort" in log
 
     def broken_stream():
@@ -305,5 +307,5 @@ def test_deliver_streams_through_transforms_and_is_all_or_nothing() -> None:
     log.clear()
     hooks = make_hooks(("sinks.a", GoodSink(log, "a")))
     with pytest.raises(ValueError, match="padding"):
-        hooks.deliver(RUN, FILE, broken_stream())
+        deliver(hooks, RUN, FILE, broken_stream())
     assert "a:commit" not in log and log[-1] == "a:abort"

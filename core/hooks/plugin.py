@@ -12,12 +12,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
 
 import msgspec
 
+from ..errors import ConfigError
+
 if TYPE_CHECKING:
-    from .keys import KeyHandle
+    from ..keys import KeyHandle
 
 
 class NoOptions(msgspec.Struct, forbid_unknown_fields=True):
@@ -37,7 +39,7 @@ class PluginContext:
     #: The API profile from ``[digime] api``: ``"v1.7"`` (default) or ``"v1.5"``.
     api: str = "v1.7"
     #: Returns the contract key handle (loaded lazily, once).
-    key_handle: Callable[[], KeyHandle] = field(default=lambda: _no_key(), repr=False)
+    key_handle: Callable[[], KeyHandle] = field(default=lambda: no_key_handle(), repr=False)
 
     def resolve(self, path: str | Path) -> Path:
         """A config path made absolute against the config file's directory."""
@@ -45,9 +47,8 @@ class PluginContext:
         return p if p.is_absolute() else self.base_dir / p
 
 
-def _no_key() -> Any:
-    from .errors import ConfigError
-
+def no_key_handle() -> NoReturn:
+    """What asking for the contract key does when no key store is configured."""
     raise ConfigError("no key store is configured; add a [keys] table")
 
 

@@ -20,8 +20,10 @@ from typing import TYPE_CHECKING, BinaryIO
 import pluggy
 
 if TYPE_CHECKING:
-    from .keys import KeyHandle
-    from .models import (
+    import click
+
+    from ..keys import KeyHandle
+    from ..models import (
         DataFile,
         FileMetadata,
         LibraryStatus,
@@ -30,10 +32,14 @@ if TYPE_CHECKING:
         Session,
         UserAccessToken,
     )
-    from .sinks import FileWriter
-    from .transport import HttpRequest, HttpResponse
+    from ..sinks import FileWriter
+    from ..transport import HttpRequest, HttpResponse
 
 PROJECT = "privateshare"
+#: The version of the hook specifications. The minor part grows when hooks or optional
+#: arguments are added; the major part when a hook changes or goes. A plugin states the
+#: range it needs with ``requires_spec`` (e.g. ``">=1.0,<2"``); see docs/hooks.md.
+SPEC_VERSION = "1.0"
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
@@ -322,4 +328,25 @@ def privateshare_run_finished(summary: RunSummary) -> None:
     :param summary: files and bytes delivered, skipped, failed, accounts, state.
     :result: called for every implementation; results ignored.
     :called: once per user per run, after the sinks closed.
+    """
+
+
+# --- command line ------------------------------------------------------------
+
+
+@hookspec
+def privateshare_register_commands(cli: click.Group) -> None:
+    """Add commands to the ``privateshare`` command line (as llm and datasette plugins do).
+
+    Only hook plugins of the entry-point group ``privateshare`` are asked, since the
+    command line exists before any config is read. Keep the module cheap to import
+    (import heavy dependencies inside the command), because ``privateshare --help``
+    loads it. To add a sub-command to an existing group, look it up in
+    ``cli.commands`` (``keys`` is always there).
+
+    :param cli: the root ``click.Group`` of the ``privateshare`` command.
+    :returns: nothing; call ``cli.add_command(...)`` or add to one of its groups.
+    :result: called for every implementation; one that raises is reported by
+        ``privateshare plugins`` and skipped, so it cannot take the others down.
+    :called: once per process, the first time the command line lists or resolves a command.
     """

@@ -13,7 +13,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from privateshare.api import decode_token, decode_x_metadata, needs_refresh, server_error
+from privateshare.client.files import decode_x_metadata
+from privateshare.client.tokens import decode_token
+from privateshare.client.wire import needs_refresh, server_error
 from privateshare.errors import SDKInvalidError, ServerError, ValidationError
 from privateshare.jws import (
     JwksCache,
@@ -262,7 +264,7 @@ def test_file_list_codec() -> None:
 
 
 def test_server_names_become_safe_path_segments() -> None:
-    from privateshare.api import segment
+    from privateshare.client.wire import segment
 
     assert segment("file1.json") == "file1.json"
     assert segment("19_5_19_403_202412_12.json") == "19_5_19_403_202412_12.json"

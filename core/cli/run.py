@@ -1,0 +1,150 @@
+"""The commands that run the flow: authorize, pull, accounts, users, delete-user."""
+
+from __future__ import annotations
+
+import json
+import webbrowser
+from pathlib import Path
+
+import click
+import msgspec
+
+from .options import config_option, exit_for, json_option, open_flow
+from .report import Reporter
+
+
+@click.command("authorize")
+@click.option("--user", "user_id", required=True, help="Your own identifier for the user.")
+@click.option("--once", is_flag=True, help="One-off consent: read the data now, keep no token.")
+@click.option("--no-browser", is_flag=True, help="Print the URL only; do not open a browser.")
+@click.option("--timeout", default=600.0, show_default=True, help="Seconds to wait for consent.")
+@click.option(
+    "--enqueue/--no-enqueue",
+    default=None,
+    help="Send the first pull to the workers ([scale] enqueue_on_authorize by default).",
+)
+@config_option
+@json_option
+def authorize_command(
+    user_id: str,
+    once: bool,
+    no_browser: bool,
+    timeout: float,
+    enqueue: bool | None,
+    config_path: Path,
+    as_json: bool,
+) -> None:
+    """Get a user's consent; keep the token (ongoing) or read the data now (--once)."""
+    fw, flow = open_flow(config_path)
+    with fw:
+        redirect_uri = fw.config.digime.redirect_uri
+        from ..callback import CallbackServer
+
+        with CallbackServer(redirect_uri) as server:
+            consent = flow.start_consent(user_id, once=once)
+            in_browser = consent.url.startswith(("http://", "https://"))
+            if in_browser:
+                click.echo("Open this URL to give consent:", err=True)
+            else:  # API v1.5 ongoing consent against the real service
+                click.echo(
+                    "Open this link on a device with the digi.me app to give consent "
+                    "(API v1.5 ongoing consent happens in the app):",
+                    err=True,
+                )
+            click.echo(consent.url)
+            if consent.app_url and consent.app_url != consent.url:
+                click.echo(f"(or, in the digi.me app: {consent.app_url})", err=True)
+            if in_browser and not no_browser:
+                webbrowser.open(consent.url)
+            click.echo(f"Waiting for the callback on {redirect_uri} ...", err=True)
+            params = server.wait(timeout)
+        token, session = flow.finish_consent(consent, params)
+        from ..scale.hooks import after_consent
+
+        if not once and after_consent(fw, user_id, enqueue):
+            click.echo(f"The first pull of user {user_id} is queued for the workers.", err=True)
+            return
+        if not once:
+            click.echo(
+                f"Consent saved for user {user_id}. Pull the data with: "
+                f"privateshare pull --user {user_id}",
+                err=True,
+            )
+            return
+        reporter = Reporter(as_json=as_json)
+        with reporter.live(f"reading {user_id}"):
+            summary = flow.pull(
+                user_id, token=token, session=session, save_token=False, progress=reporter
+            )
+        reporter.summaries([summary])
+        exit_for([summary])
+
+
+@click.command("pull")
+@click.option("--user", "user_id", help="Pull this user.")
+@click.option("--all-users", is_flag=True, help="Pull every user with a saved token.")
+@config_option
+@json_option
+def pull_command(user_id: str | None, all_users: bool, config_path: Path, as_json: bool) -> None:
+    """Receive new and updated files of a user (or all users) into every sink."""
+    if bool(user_id) == all_users:
+        raise click.UsageError("give exactly one of --user ID or --all-users")
+    fw, flow = open_flow(config_path)
+    reporter = Reporter(as_json=as_json)
+    with fw, reporter.live("pulling"):
+        if all_users:
+            summaries = flow.pull_all(progress=reporter)
+        else:
+            assert user_id is not None
+            summaries = [flow.pull(user_id, progress=reporter)]
+    reporter.summaries(summaries)
+    exit_for(summaries)
+
+
+@click.command("accounts")
+@click.option("--user", "user_id", required=True)
+@config_option
+@json_option
+def accounts_command(user_id: str, config_path: Path, as_json: bool) -> None:
+    """List the source accounts a user shared."""
+    fw, flow = open_flow(config_path)
+    with fw:
+        accounts = flow.accounts(user_id)
+    if as_json:
+        click.echo(json.dumps(msgspec.to_builtins(accounts), indent=2))
+        return
+    for account in accounts:
+        click.echo(
+            f"{account.id}  {account.service_group_name}/{account.service_type_name}  "
+            f"{account.type}  {account.username or ''}".rstrip()
+        )
+
+
+@click.command("users")
+@config_option
+@json_option
+def users_command(config_path: Path, as_json: bool) -> None:
+    """List the users that have a saved token."""
+    from ..framework import load
+
+    fw = load(config_path)
+    with fw:
+        users = fw.hooks.token_users()
+    click.echo(json.dumps(users) if as_json else "\n".join(users))
+
+
+@click.command("delete-user")
+@click.option("--user", "user_id", required=True)
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@config_option
+def delete_user_command(user_id: str, yes: bool, config_path: Path) -> None:
+    """Delete a user at digi.me and forget their token and checkpoint here."""
+    if not yes:
+        click.confirm(f"Delete user {user_id} at digi.me and locally?", abort=True)
+    fw, flow = open_flow(config_path)
+    with fw:
+        deleted = flow.delete_user(user_id)
+    click.echo(f"user {user_id} deleted" if deleted else f"user {user_id} has no saved token")
+
+
+COMMANDS = [authorize_command, pull_command, accounts_command, users_command, delete_user_command]
