@@ -29,8 +29,9 @@ from ..config import Config, load_config
 from ..errors import AuthorizationRequired, ConfigError
 from ..flow import Flow
 from ..framework import PrivateShare
+from .db import ScaleError
 from .settings import ScaleSettings, safe_url
-from .state import DEAD, DONE, FAILED, QUEUED, ScaleError, ScaleState, task_id_for
+from .state import DEAD, DONE, FAILED, QUEUED, ScaleState, task_id_for
 
 log = logging.getLogger("privateshare.scale")
 
