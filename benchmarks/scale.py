@@ -200,6 +200,7 @@ class Bench:
                     raise SystemExit(f"pulls failed: {bad[0]}")
                 time.sleep(0.05)
             wall = time.perf_counter() - start
+            loadavg = os.getloadavg()[0]
             after = (
                 sum(cpu_of_group(p.pid) for p in procs),
                 cpu_of(self.sandbox_pid),
@@ -224,6 +225,7 @@ class Bench:
                 "pg_commits_per_user": (after[3] - before[3]) / n,
                 "requests_per_user": requests / n,
                 "bytes_per_user": (after[4]["bytes_sent"] - before[4]["bytes_sent"]) / n,
+                "load": loadavg,
             }
         finally:
             for p in procs:
@@ -332,14 +334,18 @@ def main() -> None:
 def report(rounds: list[dict[str, Any]], micro: dict[str, float], files: int) -> None:
     print()
     print("| workers | users/s | files/s | wall s | worker CPU ms/user | sandbox CPU ms/user | "
-          "Redis CPU ms/user | PG commits/user |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|")
+          "Redis CPU ms/user | PG commits/user | cores busy (ours) | load avg |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rounds:
+        cpu = (
+            r["worker_cpu_ms_per_user"] + r["sandbox_cpu_ms_per_user"] + r["redis_cpu_ms_per_user"]
+        )
+        busy = cpu * r["users_per_s"] / 1000
         print(
             f"| {r['workers']} | {r['users_per_s']:.1f} | {r['files_per_s']:.0f} | "
             f"{r['wall_s']:.1f} | {r['worker_cpu_ms_per_user']:.0f} | "
             f"{r['sandbox_cpu_ms_per_user']:.0f} | {r['redis_cpu_ms_per_user']:.1f} | "
-            f"{r['pg_commits_per_user']:.1f} |"
+            f"{r['pg_commits_per_user']:.1f} | {busy:.2f} | {r['load']:.1f} |"
         )
     worker = statistics.median(r["worker_cpu_ms_per_user"] for r in rounds)
     sandbox = statistics.median(r["sandbox_cpu_ms_per_user"] for r in rounds)
@@ -364,7 +370,10 @@ def report(rounds: list[dict[str, Any]], micro: dict[str, float], files: int) ->
     print(
         f"\nthis machine: {cores} cores -> at most {1000 * cores / total:.1f} users/s if every "
         "core did nothing else; measured best "
-        f"{max(r['users_per_s'] for r in rounds):.1f} users/s"
+        f"{max(r['users_per_s'] for r in rounds):.1f} users/s. 'cores busy' is the CPU our "
+        "processes used per second of wall time (PostgreSQL not counted): when it stops "
+        "growing with the workers while the load average stays above the cores, the machine's "
+        "CPU is the limit, not the broker or the lock."
     )
 
 

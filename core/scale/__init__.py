@@ -16,7 +16,8 @@ from .settings import ScaleSettings
 
 if TYPE_CHECKING:
     from .app import Enqueued, Runtime, create_app, enqueue, enqueue_users, register, status
-    from .state import ScaleError, ScaleState, UserState
+    from .db import ScaleError
+    from .state import ScaleState, UserState
 
 _LAZY = {
     "create_app": "app",
@@ -27,7 +28,7 @@ _LAZY = {
     "Enqueued": "app",
     "Runtime": "app",
     "ScaleState": "state",
-    "ScaleError": "state",
+    "ScaleError": "db",
     "UserState": "state",
 }
 

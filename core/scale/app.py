@@ -29,8 +29,9 @@ from ..config import Config, load_config
 from ..errors import AuthorizationRequired, ConfigError
 from ..flow import Flow
 from ..framework import PrivateShare
+from .db import ScaleError
 from .settings import ScaleSettings, safe_url
-from .state import DEAD, DONE, FAILED, QUEUED, ScaleError, ScaleState, task_id_for
+from .state import DEAD, DONE, FAILED, QUEUED, ScaleState, task_id_for
 
 log = logging.getLogger("privateshare.scale")
 
@@ -131,8 +132,11 @@ def register(app: Celery, config: ConfigSource) -> dict[str, Task]:
     _registered.add(path)
     _route(app, settings.queue)
 
+    # shared=False: the task belongs to this app alone; a shared one would be added to every
+    # app made later in the process, for this config, ahead of theirs.
     @app.task(
         name=PULL_TASK,
+        shared=False,
         bind=True,
         acks_late=True,
         reject_on_worker_lost=True,
@@ -145,7 +149,7 @@ def register(app: Celery, config: ConfigSource) -> dict[str, Task]:
         """Pull one user into every sink; the result is the run summary."""
         return runtime(path).run(self, user_id)
 
-    @app.task(name=ENQUEUE_TASK, bind=True, ignore_result=True)
+    @app.task(name=ENQUEUE_TASK, shared=False, bind=True, ignore_result=True)
     def enqueue_all(self: Task) -> dict[str, Any]:
         """Beat's periodic task: enqueue every user whose last pull is over."""
         rt = runtime(path)

@@ -16,7 +16,7 @@ import click
 
 from ..cli.options import config_option
 from ..config import load_config
-from ..hooks.specs import hookimpl
+from ..hooks import hookimpl
 
 PASS_THROUGH = {"ignore_unknown_options": True, "allow_extra_args": True}
 

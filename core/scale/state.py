@@ -31,22 +31,16 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
-from ..errors import PrivateShareError
-from ..hooks import PluginContext
+from ..secrets import Secret
+from .db import SharedDatabase
 
 log = logging.getLogger("privateshare.scale")
 
-SCHEMA_COMPONENT = "scale"
-SCHEMA_VERSION = 1
 #: Users per statement when enqueueing many.
 CHUNK = 500
 #: States a user's pull can be in.
 QUEUED, RUNNING, DONE, FAILED, DEAD, IDLE = "queued", "running", "done", "failed", "dead", "idle"
 BUSY = (QUEUED, RUNNING)
-
-
-class ScaleError(PrivateShareError):
-    """The scale-out machinery (broker, shared state) cannot do what was asked."""
 
 
 class UserState(msgspec.Struct, kw_only=True):
@@ -94,24 +88,22 @@ class ScaleState:
     """The markers table and the user locks, in the shared database of a framework."""
 
     def __init__(self, fw: Any) -> None:
-        from privateshare.sqldb import Database, SqlOptions
-
         config = fw.config
-        store = fw.plugins.get("tokens")
-        db = getattr(store, "db", None)
-        context = PluginContext(
-            name="scale", base_dir=config.base_dir, contract_id=config.digime.contract_id
+        spec = config.providers.get("tokens")
+        if spec is not None and spec.type == "sql":  # the token store's database
+            options = spec.options
+            url = options.get("url", "sqlite:///privateshare-tokens.db")
+            secret = options.get("password")
+            password = None if secret is None else Secret.from_reference(secret, config.base_dir)
+            prefix = options.get("table_prefix", "privateshare_")
+        else:  # one machine: a SQLite file beside the config
+            url, password, prefix = "sqlite:///privateshare-scale.db", None, "privateshare_"
+        self.db = SharedDatabase(
+            url, password.reveal() if password else None, config.base_dir, prefix
         )
-        if isinstance(db, Database):
-            options = store.options
-        else:
-            options = SqlOptions(url="sqlite:///privateshare-scale.db")
-        self.db = Database(options, context, error=ScaleError)
         self.contract = config.digime.contract_id[:200]
-        self.metadata, self.table = scale_table(options.table_prefix)
-        self._lock_prefix = hashlib.sha256(
-            f"{options.table_prefix}\0{self.contract}".encode()
-        ).hexdigest()[:16]
+        self.metadata, self.table = scale_table(prefix)
+        self._lock_prefix = hashlib.sha256(f"{prefix}\0{self.contract}".encode()).hexdigest()[:16]
 
     def __repr__(self) -> str:
         return f"ScaleState({self.db.where()})"
@@ -120,7 +112,7 @@ class ScaleState:
         self.db.dispose()
 
     def ready(self) -> ScaleState:
-        self.db.ensure_schema(SCHEMA_COMPONENT, SCHEMA_VERSION, self.metadata)
+        self.db.ensure_schema(self.metadata)
         return self
 
     @property

@@ -185,3 +185,10 @@ def test_register_adds_our_tasks_to_your_app_with_their_guarantees(tmp_path):
     assert router.route({}, "mine.task")["queue"].name == "mine", "your routes are kept"
     assert yours.conf.task_default_queue == "yours", "your settings are left alone"
     assert yours.conf.broker_url == "memory://"
+    # Another config's app in the same process keeps its own task, for its own config.
+    other = tmp_path / "other.toml"
+    other.write_text(dump_toml(config_with({"broker": "redis://127.0.0.1:6379/0"})))
+    second = Celery("second", broker="memory://", set_as_current=False)
+    register(second, other)
+    assert second.tasks[PULL_TASK] is not yours.tasks[PULL_TASK]
+    assert second.tasks[PULL_TASK].__wrapped__ is not yours.tasks[PULL_TASK].__wrapped__
