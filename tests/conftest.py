@@ -38,12 +38,8 @@ SLOW_FIXTURES = frozenset(
     }
 )
 SLOW_PATHS = ("contrib", "flow", "sandbox", "test_lint.py", "test_packaging.py")
-# Modules whose session-scoped set-up (pip installs into a target dir) is costly: their tests
-# stay on one xdist worker (`--dist loadgroup`), so the set-up runs once, not once per worker.
-GROUPED_PATHS = {"contrib": "contrib-installs"}
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group marks
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         try:
@@ -57,9 +53,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             or bool(fixtures & SLOW_FIXTURES)
         )
         item.add_marker(pytest.mark.slow if slow else pytest.mark.unit)
-        group = GROUPED_PATHS.get(parts[0])
-        if group and item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(scope="session")

@@ -34,8 +34,6 @@ LANGUAGES = ("python", "sh")
 FENCE = re.compile(r"^(?P<indent>\s*)```(?P<lang>[A-Za-z0-9_+-]*)\s*$")
 MARK = re.compile(r"^\s*<!--\s*(?P<kind>not-run|run)\s*:\s*(?P<value>.*?)\s*-->\s*$")
 
-pytestmark = pytest.mark.xdist_group("docs-examples")
-
 
 @dataclass(frozen=True)
 class Block:
