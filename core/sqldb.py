@@ -343,7 +343,7 @@ class Database:
                 f"[{self.name}] url: {self.safe_url} cannot be used: {self._scrub(str(exc))}"
             ) from None
         if self.dialect == "sqlite":
-            _sqlite_events(engine)
+            sqlite_events(engine)
         return engine
 
     # --- connections and transactions -------------------------------------------
@@ -396,7 +396,7 @@ class Database:
     ) -> PrivateShareError:
         """A SQLAlchemy/driver error as a clear plugin error (what, where, how to fix)."""
         orig = getattr(exc, "orig", None) or exc
-        detail = self._scrub(_first_line(orig))
+        detail = self._scrub(first_line(orig))
         code = error_code(orig)
         lowered = detail.lower()
         head = f"[{self.name}] cannot {action} in {self.where()}"
@@ -640,7 +640,7 @@ def schema_version_table(metadata: sa.MetaData, prefix: str) -> sa.Table:
     )
 
 
-def _sqlite_events(engine: Engine) -> None:
+def sqlite_events(engine: Engine) -> None:
     """Let us choose ``BEGIN IMMEDIATE`` for writes, and use WAL so readers never wait."""
 
     @sa.event.listens_for(engine, "connect")
@@ -660,7 +660,7 @@ def _sqlite_events(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     if isinstance(exc, SQLAlchemyError) and not isinstance(exc, DBAPIError):
         text = text.split("\n(Background on this error")[0]

@@ -18,6 +18,13 @@ from .report import Reporter
 @click.option("--no-browser", is_flag=True, help="Print the URL only; do not open a browser.")
 @click.option("--timeout", default=600.0, show_default=True, help="Seconds to wait for consent.")
 @click.option(
+    "--service",
+    "service_id",
+    type=int,
+    default=None,
+    help="Open the consent on this service (an id from `privateshare services`).",
+)
+@click.option(
     "--enqueue/--no-enqueue",
     default=None,
     help="Send the first pull to the workers ([scale] enqueue_on_authorize by default).",
@@ -29,6 +36,7 @@ def authorize_command(
     once: bool,
     no_browser: bool,
     timeout: float,
+    service_id: int | None,
     enqueue: bool | None,
     config_path: Path,
     as_json: bool,
@@ -40,7 +48,7 @@ def authorize_command(
         from ..callback import CallbackServer
 
         with CallbackServer(redirect_uri) as server:
-            consent = flow.start_consent(user_id, once=once)
+            consent = flow.start_consent(user_id, once=once, service_id=service_id)
             in_browser = consent.url.startswith(("http://", "https://"))
             if in_browser:
                 click.echo("Open this URL to give consent:", err=True)
@@ -88,17 +96,32 @@ def authorize_command(
     help="Reconnect this account (pull lists the ones that need it); without it, the user "
     "consents again and a new token is saved.",
 )
+@click.option(
+    "--service",
+    "service_id",
+    type=int,
+    default=None,
+    help="Instead: let the user add this service (an id from `privateshare services`) to "
+    "their consent.",
+)
 @click.option("--no-browser", is_flag=True, help="Print the URL only; do not open a browser.")
 @click.option("--timeout", default=600.0, show_default=True, help="Seconds to wait for consent.")
 @config_option
 def reauthorize_command(
-    user_id: str, account_id: str | None, no_browser: bool, timeout: float, config_path: Path
+    user_id: str,
+    account_id: str | None,
+    service_id: int | None,
+    no_browser: bool,
+    timeout: float,
+    config_path: Path,
 ) -> None:
     """Reconnect a user's account that needs reauthorizing, or renew the user's consent."""
     from ..callback import CallbackServer
     from ..client import ConsentDenied, check_state, need
     from ..errors import AuthorizationRequired
 
+    if account_id and service_id is not None:
+        raise click.UsageError("give --account (reconnect an account) or --service (add one)")
     fw, flow = open_flow(config_path)
     with fw:
         token = fw.hooks.token_load(user_id)
@@ -115,6 +138,13 @@ def reauthorize_command(
                     token, account_id, redirect_uri=redirect_uri
                 )
                 what = f"reconnect account {account_id}"
+                done = f"Account {account_id} of user {user_id} reconnected"
+            elif service_id is not None:
+                start = need(flow.client, "onboard")(
+                    token, service_id=service_id, redirect_uri=redirect_uri
+                )
+                what = f"add service {service_id}"
+                done = f"Service {service_id} added for user {user_id}"
             else:
                 start = need(flow.client, "reauthorize")(token, redirect_uri=redirect_uri)
                 what = "consent again"
@@ -129,7 +159,7 @@ def reauthorize_command(
             if params.get("success") != "true":
                 raise ConsentDenied(params.get("errorCode") or "?")
             click.echo(
-                f"Account {account_id} of user {user_id} reconnected; the next pull reads it: "
+                f"{done}; the next pull reads it: "
                 f"{with_config('pull', config_path)} --user {user_id}",
                 err=True,
             )

@@ -219,6 +219,17 @@ class ClientV17:
         """
         return self.verifier.token(answer, decode_token, deferred=deferred)
 
+    def _reference_code(
+        self, claims: dict[str, Any], body: dict[str, Any]
+    ) -> tuple[str, dict[str, Any]]:
+        """``POST oauth/token/reference``: the verified ``reference_code``, and the answer."""
+        answer = self.wire.json("POST", "oauth/token/reference", claims, json=body)
+        payload = self.verifier.verified(answer, "oauth/token/reference")
+        code = payload.get("reference_code")
+        if not code:
+            raise ValidationError("oauth/token/reference: the server token has no reference_code")
+        return str(code), answer
+
     def reauthorize(
         self, token: UserAccessToken, *, redirect_uri: str | None = None, state: str | None = None
     ) -> AuthorizeStart:
@@ -232,11 +243,7 @@ class ClientV17:
             "redirect_uri": redirect_uri or self.config.redirect_uri,
             "state": state,
         }
-        answer = self.wire.json("POST", "oauth/token/reference", claims, json={"agent": self.agent})
-        payload = self.verifier.verified(answer, "oauth/token/reference")
-        code = payload.get("reference_code")
-        if not code:
-            raise ValidationError("oauth/token/reference: the server token has no reference_code")
+        code, answer = self._reference_code(claims, {"agent": self.agent})
         url = f"{self.onboard_url}user-reauth?{urlencode({'code': str(code)})}"
         return AuthorizeStart(url, state, verifier, decode_session(answer.get("session")))
 
@@ -265,11 +272,7 @@ class ClientV17:
         body: dict[str, Any] = {"agent": self.agent}
         if session_options is not None:
             body["actions"] = {"pull": dict(session_options)}
-        answer = self.wire.json("POST", "oauth/token/reference", claims, json=body)
-        payload = self.verifier.verified(answer, "oauth/token/reference")
-        code = payload.get("reference_code")
-        if not code:
-            raise ValidationError("oauth/token/reference: the server token has no reference_code")
+        code, answer = self._reference_code(claims, body)
         params: dict[str, str] = {"code": str(code), "sourceType": "pull"}
         if service_id:
             params["service"] = str(service_id)
@@ -298,11 +301,7 @@ class ClientV17:
             "redirect_uri": redirect,
             "state": state,
         }
-        answer = self.wire.json("POST", "oauth/token/reference", claims, json={"agent": self.agent})
-        payload = self.verifier.verified(answer, "oauth/token/reference")
-        code = payload.get("reference_code")
-        if not code:
-            raise ValidationError("oauth/token/reference: the server token has no reference_code")
+        code, answer = self._reference_code(claims, {"agent": self.agent})
         reference = self.wire.json(
             "POST", "reference", {}, json={"type": "accountId", "value": account_id}
         )

@@ -1,8 +1,8 @@
-"""The shared database of the scale-out state, reached without the built-in SQL plugins.
+"""The shared database of the scale-out state: the one the ``sql`` token store names.
 
-The core never imports a built-in plugin, so this is a small engine of its own over the
-same database the ``sql`` token store names (its ``url``, ``password`` and
-``table_prefix`` options, read from the config): PostgreSQL, MariaDB/MySQL or SQLite.
+A small engine over that database (its ``url``, ``password`` and ``table_prefix`` options,
+read from the config, so no plugin need be loaded): PostgreSQL, MariaDB/MySQL or SQLite,
+with the core SQL layer's SQLite set-up and error wording (:mod:`privateshare.sqldb`).
 Errors become :class:`ScaleError` naming the database (never its password) and what
 failed.
 """
@@ -21,6 +21,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..errors import PrivateShareError
+from ..sqldb import first_line, sqlite_events
 
 DRIVERS = {"postgresql": "psycopg", "mysql": "pymysql", "mariadb": "pymysql"}
 DIALECTS = {"sqlite": "sqlite", "postgresql": "postgresql", "mysql": "mysql", "mariadb": "mysql"}
@@ -68,11 +69,11 @@ class SharedDatabase:
             self.engine: Engine = sa.create_engine(parsed, **kwargs)
         except (SQLAlchemyError, ImportError, ValueError) as exc:
             raise ScaleError(
-                f"[scale] the shared database {self.safe_url} cannot be used: {_first_line(exc)}; "
+                f"[scale] the shared database {self.safe_url} cannot be used: {first_line(exc)}; "
                 "run: pip install 'privateshare[celery]'"
             ) from None
         if self.dialect == "sqlite":
-            _sqlite_events(self.engine)
+            sqlite_events(self.engine)
         self._schema_done = False
         self._schema_lock = threading.Lock()
 
@@ -80,7 +81,7 @@ class SharedDatabase:
         return str(self.sqlite_path) if self.sqlite_path else self.safe_url
 
     def translate(self, exc: BaseException, action: str) -> ScaleError:
-        detail = _first_line(getattr(exc, "orig", None) or exc)
+        detail = first_line(getattr(exc, "orig", None) or exc)
         password = self.engine.url.password
         if isinstance(password, str) and password:
             detail = detail.replace(password, "***")
@@ -142,32 +143,3 @@ class SharedDatabase:
 
     def dispose(self) -> None:
         self.engine.dispose()
-
-
-def _sqlite_events(engine: Engine) -> None:
-    """``BEGIN IMMEDIATE`` for writes (no failed lock upgrade half-way), WAL for readers."""
-
-    @sa.event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        try:
-            cursor.execute("PRAGMA journal_mode=WAL")
-        finally:
-            cursor.close()
-
-    @sa.event.listens_for(engine, "begin")
-    def _on_begin(conn: Connection) -> None:
-        write = conn.get_execution_options().get("privateshare_write")
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    text = text.split("\n(Background on this error")[0]
-    args = getattr(exc, "args", None)
-    if isinstance(args, tuple) and len(args) == 2 and isinstance(args[1], str):
-        text = args[1]  # PyMySQL: (code, message)
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    text = " ".join(lines[:2]) if lines else type(exc).__name__
-    return text if len(text) <= 300 else text[:297] + "..."

@@ -174,3 +174,49 @@ def test_share_and_cancel_on_the_consent_form(
     )
     assert yes.returncode == 0, yes.stderr
     assert json.loads(cli("pull", "-c", c, "--user", "cy", "--json").stdout)[0]["ok"]
+
+
+def test_authorize_on_a_chosen_service_then_reauthorize_adds_another(
+    privateshare_sandbox: Callable[..., Sandbox], tmp_path: Path
+) -> None:
+    redirect = f"http://127.0.0.1:{free_port()}/callback"
+    sandbox = privateshare_sandbox(redirect_uris=(redirect,))
+    config = write_sandbox_config(sandbox, tmp_path, digime={"redirect_uri": redirect})
+    c = str(config)
+    services = json.loads(cli("services", "-c", c, "--json").stdout)
+    first, second = services[0]["id"], services[1]["id"]
+
+    seen: list[str] = []
+
+    def share_and_keep(url: str) -> None:
+        seen.append(url)
+        share(url)
+
+    chosen = consent_in_browser(
+        "authorize", "-c", c, "--user", "sam", "--service", str(first), answer=share_and_keep
+    )
+    assert chosen.returncode == 0, chosen.stderr
+    assert f"service={first}" in seen[0], seen[0]
+
+    added = consent_in_browser(
+        "reauthorize", "-c", c, "--user", "sam", "--service", str(second), answer=share_and_keep
+    )
+    assert added.returncode == 0, added.stderr
+    assert "/onboard?" in added.stdout and f"service={second}" in added.stdout
+    assert f"Service {second} added for user sam" in added.stderr
+
+
+def test_reauthorize_takes_an_account_or_a_service_not_both(tmp_path: Path) -> None:
+    result = cli(
+        "reauthorize",
+        "-c",
+        str(tmp_path / "x.toml"),
+        "--user",
+        "u",
+        "--account",
+        "a",
+        "--service",
+        "1",
+    )
+    assert result.returncode == ExitCode.CONFIG, result.stderr  # usage errors exit 2
+    assert "--account" in result.stderr and "--service" in result.stderr
