@@ -406,9 +406,10 @@ def _extra_checks(kind: Any) -> list[tuple[Callable[[Any], str | None], str]]:
     """The ``Meta(extra={"check": ...})`` checks anywhere in a field's type."""
     found = []
     for meta in _metas(kind):
-        check = (meta.extra or {}).get("check")
+        extra = meta.extra or {}
+        check = extra.get("check")
         if check is not None:
-            found.append((check, meta.extra.get("expected", "a valid value")))
+            found.append((check, extra.get("expected", "a valid value")))
     return found
 
 

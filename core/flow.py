@@ -847,7 +847,8 @@ class Run:
             start = self.keeper.call(lambda t: reauthorize(t))
         except PrivateShareError as exc:  # DigimeError, or a call the API profile lacks
             return f"(could not get a reauthorize URL: {exc})"
-        return start.url
+        url: str = start.url
+        return url
 
     # delivering one file
     def _deliver(self, name: str, updated: int, previous: Future[None] | None) -> None:

@@ -86,7 +86,7 @@ class Retry:
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
-        base = self.backoff * 2 ** (attempt - 1)
+        base: float = self.backoff * 2 ** (attempt - 1)
         return base + random.uniform(0, base / 10)  # noqa: S311 - jitter, not crypto
 
     def call(self, operation: Callable[[], T], what: str) -> T:

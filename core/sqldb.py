@@ -621,7 +621,7 @@ class Database:
         if self._packet_limit is None:
             with self.transaction("read max_allowed_packet", write=False) as conn:
                 self._packet_limit = int(
-                    conn.execute(sa.text("SELECT @@max_allowed_packet")).scalar()
+                    conn.execute(sa.text("SELECT @@max_allowed_packet")).scalar_one()
                 )
         return self._packet_limit
 

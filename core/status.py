@@ -149,7 +149,7 @@ def user_statuses(fw: PrivateShare, user_ids: list[str] | None = None) -> list[U
 
 
 def status_dict(status: UserStatus) -> dict[str, Any]:
-    data = msgspec.to_builtins(status)
+    data: dict[str, Any] = msgspec.to_builtins(status)
     data["needs_attention"] = status.needs_attention
     return data
 

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import io
 import logging
 import os
 import threading
 from pathlib import Path
+from typing import BinaryIO
 
 import msgspec
 
@@ -273,7 +273,7 @@ class FileSinkWriter(SinkWriter):
 
     def __init__(self, sink: FileSink, dir_fd: int, target: Path, file: DataFile) -> None:
         super().__init__(file, where=str(target))
-        self._out: io.BufferedWriter | None = None
+        self._out: BinaryIO | None = None
         self._dir_fd = dir_fd
         self._sink = sink
         self.target = target

@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 SCHEMA_COMPONENT = "sink"
 SCHEMA_VERSION = 2
 #: MariaDB/MySQL tables hold any Unicode (utf8mb4) and compare bytes, as SQLite and PostgreSQL do.
-_MYSQL_TABLE = {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
+_MYSQL_TABLE: dict[str, Any] = {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
 #: A statement to MariaDB carries an object row plus this much else, at most.
 _ROW_OVERHEAD = 64 << 10
 _BIGINT = range(-(1 << 63), 1 << 63)
@@ -425,19 +425,22 @@ class SqlSinkWriter(SinkWriter):
         try:
             document = db.decode_json(spool.read())
         except msgspec.DecodeError as exc:
-            return self._unsplit(f"cannot be read as JSON ({exc})")
+            self._unsplit(f"cannot be read as JSON ({exc})")
+            return None
         except RecursionError:
-            return self._unsplit("nests JSON too deeply to decode")
+            self._unsplit("nests JSON too deeply to decode")
+            return None
         rows = object_rows(document)
         limit = db.packet_limit()
         if limit is not None and 2 * self.size + _ROW_OVERHEAD > limit:
             largest = max((len(db.json_text(obj).encode()) for _, obj in rows), default=0)
             if largest + _ROW_OVERHEAD > limit:
-                return self._unsplit(
+                self._unsplit(
                     f"has an object of {largest} bytes, more than the server's "
                     f"max_allowed_packet ({limit}) lets through; raise max_allowed_packet on "
                     "the server to split it"
                 )
+                return None
         return rows
 
     def _unsplit(self, reason: str) -> None:

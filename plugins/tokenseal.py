@@ -366,7 +366,7 @@ class SealedRecordStore:
         raise NotImplementedError
 
     def _checkpoint_cache(self) -> dict[str, CheckpointState]:
-        cache = self.__dict__.get("_checkpoint_states")
+        cache: dict[str, CheckpointState] | None = self.__dict__.get("_checkpoint_states")
         if cache is None:
             cache = self.__dict__.setdefault("_checkpoint_states", {})
         return cache

@@ -346,7 +346,7 @@ class RequestsResponse:
         if self._read_ahead and declared is not None and declared > 2 * self._read_ahead:
             self._ahead = _ReadAhead(self, self._read_ahead)
             body = self._ahead
-        return io.BufferedReader(body, buffer_size=1 << 16)  # type: ignore[return-value]
+        return io.BufferedReader(body, buffer_size=1 << 16)
 
     def close(self) -> None:
         if self._ahead is not None:
@@ -398,7 +398,8 @@ class _RawBody(io.RawIOBase):
 
     def readinto(self, buffer: Any) -> int:
         try:
-            return self._raw.readinto(buffer)
+            count: int = self._raw.readinto(buffer)
+            return count
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise self._owner._failed(exc) from None
 
@@ -599,6 +600,7 @@ class _PacedFile:
 
     def read1(self, size: int = -1) -> bytes:
         size = MAX_READ if size is None or size < 0 else min(size, MAX_READ)
+        data: bytes
         data, waited = self._pace.wait(self._sock, self._inner.read1, size)
         self._pace.account(len(data), waited)
         return data
@@ -637,7 +639,8 @@ class _PacedFile:
         return bytes(line)
 
     def peek(self, size: int = 0) -> bytes:
-        return self._pace.wait(self._sock, self._inner.peek, size)[0]
+        peeked: bytes = self._pace.wait(self._sock, self._inner.peek, size)[0]
+        return peeked
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)

@@ -84,7 +84,8 @@ class CommandHandler(logging.Handler):
 def level_for(verbose: int, quiet: int, log_level: str | None) -> int:
     """``--log-level`` wins; else warning, ``-v`` info, ``-vv`` debug, ``-q`` error."""
     if log_level:
-        return getattr(logging, log_level.upper())
+        level: int = getattr(logging, log_level.upper())
+        return level
     if quiet:
         return logging.ERROR if quiet == 1 else logging.CRITICAL
     return {0: logging.WARNING, 1: logging.INFO}.get(verbose, logging.DEBUG)

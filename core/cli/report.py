@@ -147,6 +147,6 @@ class Reporter:
 
 
 def summary_dict(summary: RunSummary) -> dict[str, Any]:
-    data = msgspec.to_builtins(summary)
+    data: dict[str, Any] = msgspec.to_builtins(summary)
     data["ok"] = summary.ok
     return data

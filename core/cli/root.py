@@ -117,7 +117,9 @@ class Group(click.Group):
                     continue
                 rows.append((name, command.get_short_help_str(limit)))
             else:
-                rows.append((name, click.utils.make_default_short_help(BUILTIN_HELP[name], limit)))
+                # As click shortens a command's help (its make_default_short_help is deprecated).
+                short = click.Command(name, help=BUILTIN_HELP[name]).get_short_help_str(limit)
+                rows.append((name, short))
         if rows:
             with formatter.section("Commands"):
                 formatter.write_dl(rows)

@@ -165,6 +165,7 @@ def reauthorize_command(
             )
             return
         code = flow.client.parse_callback(params, start)
+        assert code is not None  # start.exchange: the callback carries a code (or raised)
         new_token = flow.client.exchange_code(code, start.code_verifier, redirect_uri=redirect_uri)
         fw.hooks.token_save(user_id, new_token)
         click.echo(

@@ -41,7 +41,7 @@ def _schema_hook(kind: type) -> dict[str, Any]:
 
 def struct_schema(struct: type[Any], prefix: str, defs: dict[str, Any]) -> dict[str, Any]:
     """The schema of ``struct``, its definitions moved into ``defs`` under ``prefix``."""
-    schema = msgspec.json.schema(struct, schema_hook=_schema_hook)
+    schema: dict[str, Any] = msgspec.json.schema(struct, schema_hook=_schema_hook)
     text = json.dumps(schema).replace('"#/$defs/', f'"#/$defs/{prefix}')
     schema = json.loads(text)
     for name, definition in schema.pop("$defs", {}).items():

@@ -52,7 +52,8 @@ class Discovery:
         if query.offset < 0:
             raise ValidationError(f"the offset must be 0 or more, got {query.offset}")
         answer = self._post("discovery/sources", query.body())
-        return _convert(answer, SourcesPage, "discovery/sources")
+        page: SourcesPage = _convert(answer, SourcesPage, "discovery/sources")
+        return page
 
     def all_sources(self, query: SourceQuery | None = None) -> Iterator[Source]:
         """Every source that matches ``query``, page after page from ``query.offset``."""
@@ -70,7 +71,8 @@ class Discovery:
         query: dict[str, Any] = {"filter": {"id": list(ids)}} if ids else {}
         answer = self._post(f"discovery/{kind}", {"query": query})
         data = answer.get("data") if isinstance(answer, dict) else None
-        return _convert(data, list[model], f"discovery/{kind}")  # type: ignore[valid-type]
+        rows: list[Any] = _convert(data, list[model], f"discovery/{kind}")  # type: ignore[valid-type]
+        return rows
 
 
 def _convert(value: Any, kind: Any, what: str) -> Any:

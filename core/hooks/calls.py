@@ -79,17 +79,22 @@ class Hooks:
     # transport
     @calls("privateshare_transport_send")
     def send(self, request: HttpRequest) -> HttpResponse:
-        return self._first("transport", "privateshare_transport_send", request=request)
+        response: HttpResponse = self._first(
+            "transport", "privateshare_transport_send", request=request
+        )
+        return response
 
     # key storage
     @calls("privateshare_key_handle")
     def key_handle(self) -> KeyHandle:
-        return self._first("keys", "privateshare_key_handle")
+        handle: KeyHandle = self._first("keys", "privateshare_key_handle")
+        return handle
 
     # token storage
     @calls("privateshare_token_load")
     def token_load(self, user_id: str) -> UserAccessToken | None:
-        return self.pm.hook.privateshare_token_load(user_id=user_id)
+        token: UserAccessToken | None = self.pm.hook.privateshare_token_load(user_id=user_id)
+        return token
 
     @calls("privateshare_token_save")
     def token_save(self, user_id: str, token: UserAccessToken) -> None:
@@ -105,7 +110,10 @@ class Hooks:
 
     @calls("privateshare_token_lock")
     def token_lock(self, user_id: str) -> AbstractContextManager[None]:
-        return self._first("tokens", "privateshare_token_lock", user_id=user_id)
+        lock: AbstractContextManager[None] = self._first(
+            "tokens", "privateshare_token_lock", user_id=user_id
+        )
+        return lock
 
     @calls("privateshare_checkpoint_load")
     def checkpoint_load(self, user_id: str) -> dict[str, dict[str, int]]:
@@ -125,7 +133,8 @@ class Hooks:
 
     @calls("privateshare_run_record_load")
     def run_record_load(self, user_id: str) -> dict[str, Any] | None:
-        return self.pm.hook.privateshare_run_record_load(user_id=user_id)
+        record: dict[str, Any] | None = self.pm.hook.privateshare_run_record_load(user_id=user_id)
+        return record
 
     @calls("privateshare_run_record_save")
     def run_record_save(self, user_id: str, record: dict[str, Any]) -> None:
@@ -136,7 +145,7 @@ class Hooks:
     def decrypt(
         self, source: BinaryIO, metadata: FileMetadata, key: KeyHandle, file_name: str
     ) -> Iterator[bytes | memoryview]:
-        return self._first(
+        chunks: Iterator[bytes | memoryview] = self._first(
             "decryption",
             "privateshare_decrypt",
             source=source,
@@ -144,6 +153,7 @@ class Hooks:
             key=key,
             file_name=file_name,
         )
+        return chunks
 
     # transforms
     @calls("privateshare_transform_file")

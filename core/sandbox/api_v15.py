@@ -399,7 +399,7 @@ class ApiV15:
         form = parse_qs(request.body.decode("utf-8", "replace"))
 
         def field(name: str) -> str | None:
-            return (form.get(name) or [None])[0]
+            return next(iter(form.get(name) or ()), None)
 
         decision, key, callback = field("decision"), field("sessionKey"), field("callbackUrl")
         if decision not in ("share", "cancel") or not key or not callback:

@@ -300,8 +300,8 @@ class ApiV17:
             if token.session_key != key:
                 raise errors.not_found("InvalidSession", "The session is invalid or has expired")
             return contract, session, user
-        user = self.store.users.get(session.user_id) if session.user_id else None
-        return contract, session, user
+        reader = self.store.users.get(session.user_id) if session.user_id else None
+        return contract, session, reader
 
     def file_list(self, request: Request, params: dict[str, str]) -> Response:
         """``GET permission-access/query/{sessionKey}`` (protocol.md#files)."""
@@ -545,7 +545,7 @@ class ApiV17:
             )
         if page == "revoke":
             return self._decide_revoke(code, decision)
-        return self._decide(page, code, decision, (form.get("accountRef") or [None])[0])
+        return self._decide(page, code, decision, next(iter(form.get("accountRef") or ()), None))
 
     def _decide(self, page: str, code: str, decision: str, account_ref: str | None) -> Response:
         now = now_ms()

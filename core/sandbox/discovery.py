@@ -20,6 +20,9 @@ from .catalogue import (
     COUNTRIES,
     PLATFORMS,
     SOURCES,
+    Category,
+    Country,
+    Platform,
     Source,
     service_v1,
     source_wire,
@@ -63,7 +66,8 @@ def _list(value: Any, kind: type, where: str) -> list[Any]:
     )
     if not ok:
         raise errors.validation(f"{where} must be an array of {kind.__name__}s")
-    return value
+    items: list[Any] = value
+    return items
 
 
 def _ids(value: Any, where: str) -> set[int]:
@@ -105,7 +109,12 @@ def _project(item: dict[str, Any], include: list[str]) -> dict[str, Any]:
 
 def simple_query(kind: str, body: dict[str, Any]) -> dict[str, Any]:
     """``POST discovery/{countries,platforms,categories}``: ``{data: [...]}``."""
-    rows = {"countries": COUNTRIES, "platforms": PLATFORMS, "categories": CATEGORIES}[kind]
+    tables: dict[str, tuple[Country, ...] | tuple[Platform, ...] | tuple[Category, ...]] = {
+        "countries": COUNTRIES,
+        "platforms": PLATFORMS,
+        "categories": CATEGORIES,
+    }
+    rows = tables[kind]
     _keys(body, ("query",), "the body")
     query = _object(body.get("query"), "query")
     _keys(query, ("include", "filter"), "query")

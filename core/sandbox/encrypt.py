@@ -58,7 +58,7 @@ def encrypted_size(plaintext_size: int, *, hashed: bool = False) -> int:
     return HEADER_SIZE + (n // AES_BLOCK + 1) * AES_BLOCK
 
 
-def _as_reiterable(chunks: Iterable[bytes]) -> Iterable[bytes] | None:
+def _as_reiterable(chunks: Iterable[bytes] | bytes) -> Iterable[bytes] | None:
     """Return something we may iterate twice, or None if ``chunks`` is a one-shot iterator."""
     if isinstance(chunks, bytes | bytearray | memoryview):
         return (bytes(chunks),)
@@ -68,7 +68,7 @@ def _as_reiterable(chunks: Iterable[bytes]) -> Iterable[bytes] | None:
 
 
 def iter_encrypt(
-    chunks: Iterable[bytes],
+    chunks: Iterable[bytes] | bytes | bytearray | memoryview,
     public_key: RSAPublicKey,
     *,
     hashed: bool = False,

@@ -581,7 +581,8 @@ def _compress(data: bytes, how: str) -> bytes:
     if how == "gzip":
         return gzip.compress(data, compresslevel=6, mtime=0)
     if how == "brotli":
-        return brotli.compress(data, quality=4)
+        compressed: bytes = brotli.compress(data, quality=4)
+        return compressed
     raise ValueError(f"unknown compression {how!r}")
 
 
@@ -741,7 +742,9 @@ class Library:
     accounts: tuple[dict, ...]
     files: tuple[LibraryFile, ...]
     partial_account_id: str | None
-    _index: dict = field(default_factory=dict, repr=False, compare=False, hash=False)
+    _index: dict[str, LibraryFile] = field(
+        default_factory=dict, repr=False, compare=False, hash=False
+    )
 
     def __hash__(self) -> int:  # accounts are dicts; equal libraries share these
         return hash((self.seed, self.files, self.partial_account_id))

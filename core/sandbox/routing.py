@@ -214,8 +214,10 @@ class App:
             kind = "reset" if faults.reset else str(faults.error_status)
             self.store.record_faults(route.kind, resource, attempt, [kind])
             status = faults.error_status or 500
-            exc = ApiError(status, "InternalServerError", "The sandbox injected a server error")
-            response = error_response(exc)
+            injected = ApiError(
+                status, "InternalServerError", "The sandbox injected a server error"
+            )
+            response = error_response(injected)
             response.faults = faults
             self._status_headers(request, response)
             return response

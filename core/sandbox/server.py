@@ -94,6 +94,7 @@ class _Handler(BaseHTTPRequestHandler):
     timeout = 120  # an idle keep-alive connection is dropped after this
     disable_nagle_algorithm = True  # headers and body leave at once, no 40 ms delayed-ACK stall
     server: _Server
+    _headers_buffer: list[bytes]  # BaseHTTPRequestHandler's, absent from its stub
 
     def do_GET(self) -> None:
         self._serve()

@@ -49,7 +49,8 @@ def scale_settings(config: Config) -> ScaleSettings:
             'for example:\n      [scale]\n      broker = "redis://127.0.0.1:6379/0"\n'
             "  (see docs/scale-out.md)"
         )
-    return config.scale
+    settings: ScaleSettings = config.scale
+    return settings
 
 
 def _config(source: ConfigSource) -> Config:

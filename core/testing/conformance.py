@@ -200,7 +200,9 @@ class SinkConformance:
 
     def open_file(self, user: str, name: str, run: RunInfo | None = None) -> FileWriter:
         run = run or _run(user)
-        writer = self.sink.privateshare_sink_open_file(run=run, file=_file(user, name))
+        writer: FileWriter | None = self.sink.privateshare_sink_open_file(
+            run=run, file=_file(user, name)
+        )
         assert writer is not None, "the sink returned no writer for an ordinary file"
         return writer
 
@@ -693,7 +695,7 @@ class KeyStoreConformance:
 
     @pytest.fixture
     def handle(self) -> KeyHandle:
-        handle = self.key_store.privateshare_key_handle()
+        handle: KeyHandle | None = self.key_store.privateshare_key_handle()
         assert handle is not None, "the key store returned no key handle"
         return handle
 
@@ -846,7 +848,7 @@ class TransportConformance:
         return server
 
     def send(self, request: HttpRequest) -> HttpResponse:
-        response = self.transport.privateshare_transport_send(request=request)
+        response: HttpResponse | None = self.transport.privateshare_transport_send(request=request)
         assert response is not None, "the transport returned no response"
         return response
 

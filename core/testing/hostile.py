@@ -360,7 +360,8 @@ def compress(data: bytes, encoding: str) -> bytes:
     if encoding == "deflate":
         return zlib.compress(data)
     if encoding == "br":
-        return brotli.compress(data)
+        compressed: bytes = brotli.compress(data)
+        return compressed
     raise ValueError(f"compress: unknown encoding {encoding!r}; use one of {ENCODINGS}")
 
 
