@@ -9,7 +9,6 @@ an old path (pytest turns these warnings into errors for the test suite).
 from __future__ import annotations
 
 import importlib
-import importlib.abc
 import importlib.machinery
 import sys
 import warnings
@@ -25,7 +24,7 @@ MOVED: dict[str, str] = {
 }
 
 
-class _AliasLoader(importlib.abc.Loader):
+class _AliasLoader:  # a loader by protocol: importlib.abc costs ~20 ms at start-up
     def __init__(self, old: str, new: str) -> None:
         self.old, self.new = old, new
         self.real_spec: importlib.machinery.ModuleSpec | None = None
@@ -45,7 +44,7 @@ class _AliasLoader(importlib.abc.Loader):
         module.__spec__ = self.real_spec
 
 
-class _AliasFinder(importlib.abc.MetaPathFinder):
+class _AliasFinder:  # a meta path finder by protocol (find_spec)
     def find_spec(
         self, fullname: str, path: object = None, target: object = None
     ) -> importlib.machinery.ModuleSpec | None:

@@ -18,7 +18,7 @@ from privateshare.models import DataFile, RunInfo
 def test_an_old_path_warns_and_is_the_new_module(old: str, new: str) -> None:
     sys.modules.pop(old, None)
     parent, _, leaf = old.rpartition(".")
-    vars(sys.modules[parent]).pop(leaf, None)
+    vars(importlib.import_module(parent)).pop(leaf, None)
     with pytest.deprecated_call(match=rf"^{old} is deprecated; import {new} instead$"):
         module = importlib.import_module(old)
     assert module is importlib.import_module(new)
