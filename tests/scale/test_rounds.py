@@ -67,6 +67,15 @@ def test_every_user_exactly_once_per_round(deploy, broker):
     assert report["queue_length"] == 0
     assert {u["user_id"] for u in report["users"]} == set(users)
 
+    # privateshare status shows each user's task beside the token and the last run.
+    status = CliRunner().invoke(main, ["status", "--json", "-c", str(d.config_path)])
+    assert status.exit_code == 0, status.output
+    by_user = {row["user_id"]: row for row in json.loads(status.output)}
+    assert set(by_user) == set(users)
+    assert {row["queue"]["state"] for row in by_user.values()} == {"done"}
+    text = CliRunner().invoke(main, ["status", "-c", str(d.config_path)]).output
+    assert f"user {users[0]}: pull done" in text
+
 
 def first_task(outcome, user):
     from privateshare.scale.state import task_id_for
