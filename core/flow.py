@@ -310,6 +310,30 @@ class Flow:
         )
         return Consent(user_id, False, start)
 
+    def start_reauthorize(
+        self, user_id: str, *, account_id: str | None = None, redirect_uri: str | None = None
+    ) -> Consent:
+        """A URL for a user with a saved token: reconnect ``account_id`` (one a pull reported
+        in ``reauthorize_urls``), or, without it, consent again when the token can no longer
+        be refreshed (v1.7).
+
+        Finish it with :meth:`finish_consent`: reconnecting returns ``(None, session)`` and
+        the next pull reads the account again; consenting again saves the new token.
+        """
+        token = self._load_token(user_id)
+        if token is None:
+            raise AuthorizationRequired(
+                f"user {user_id!r} has no saved token; authorize the user first "
+                f"({command_hint('authorize', self.fw.config.source)} --user {user_id})",
+                user_id=user_id,
+            )
+        if account_id:
+            reconnect = need(self.client, "reauthorize_account")
+            start = reconnect(token, account_id, redirect_uri=redirect_uri)
+        else:
+            start = need(self.client, "reauthorize")(token, redirect_uri=redirect_uri)
+        return Consent(user_id, False, start)
+
     def finish_consent(
         self, consent: Consent, callback: Mapping[str, str]
     ) -> tuple[UserAccessToken | None, Session]:

@@ -117,62 +117,37 @@ def reauthorize_command(
 ) -> None:
     """Reconnect a user's account that needs reauthorizing, or renew the user's consent."""
     from ..callback import CallbackServer
-    from ..client import ConsentDenied, check_state, need
-    from ..errors import AuthorizationRequired
 
     if account_id and service_id is not None:
         raise click.UsageError("give --account (reconnect an account) or --service (add one)")
     fw, flow = open_flow(config_path)
     with fw:
-        token = fw.hooks.token_load(user_id)
-        if token is None:
-            raise AuthorizationRequired(
-                f"user {user_id!r} has no saved token; run "
-                f"`{with_config('authorize', config_path)} --user {user_id}` first",
-                user_id=user_id,
-            )
         redirect_uri = fw.config.digime.redirect_uri
         with CallbackServer(redirect_uri) as server:
-            if account_id:
-                start = need(flow.client, "reauthorize_account")(
-                    token, account_id, redirect_uri=redirect_uri
-                )
-                what = f"reconnect account {account_id}"
-                done = f"Account {account_id} of user {user_id} reconnected"
-            elif service_id is not None:
-                start = need(flow.client, "onboard")(
-                    token, service_id=service_id, redirect_uri=redirect_uri
+            if service_id is not None:
+                consent = flow.start_onboarding(
+                    user_id, service_id=service_id, redirect_uri=redirect_uri
                 )
                 what = f"add service {service_id}"
                 done = f"Service {service_id} added for user {user_id}"
             else:
-                start = need(flow.client, "reauthorize")(token, redirect_uri=redirect_uri)
-                what = "consent again"
+                consent = flow.start_reauthorize(
+                    user_id, account_id=account_id, redirect_uri=redirect_uri
+                )
+                what = f"reconnect account {account_id}" if account_id else "consent again"
+                done = f"Account {account_id} of user {user_id} reconnected"
             click.echo(f"Open this URL to {what}:", err=True)
-            click.echo(start.url)
+            click.echo(consent.url)
             if not no_browser:
-                webbrowser.open(start.url)
+                webbrowser.open(consent.url)
             click.echo(f"Waiting for the callback on {redirect_uri} ...", err=True)
             params = server.wait(timeout)
-        if not start.exchange:
-            check_state(params, start.state)
-            if params.get("success") != "true":
-                raise ConsentDenied(params.get("errorCode") or "?")
-            click.echo(
-                f"{done}; the next pull reads it: "
-                f"{with_config('pull', config_path)} --user {user_id}",
-                err=True,
-            )
-            return
-        code = flow.client.parse_callback(params, start)
-        assert code is not None  # start.exchange: the callback carries a code (or raised)
-        new_token = flow.client.exchange_code(code, start.code_verifier, redirect_uri=redirect_uri)
-        fw.hooks.token_save(user_id, new_token)
-        click.echo(
-            f"Consent renewed for user {user_id}. Pull the data with: "
-            f"{with_config('pull', config_path)} --user {user_id}",
-            err=True,
-        )
+        token, _session = flow.finish_consent(consent, params)
+    pull = f"{with_config('pull', config_path)} --user {user_id}"
+    if token is None:
+        click.echo(f"{done}; the next pull reads it: {pull}", err=True)
+    else:
+        click.echo(f"Consent renewed for user {user_id}. Pull the data with: {pull}", err=True)
 
 
 @click.command("pull")

@@ -220,3 +220,34 @@ def test_reauthorize_takes_an_account_or_a_service_not_both(tmp_path: Path) -> N
     )
     assert result.returncode == ExitCode.CONFIG, result.stderr  # usage errors exit 2
     assert "--account" in result.stderr and "--service" in result.stderr
+
+
+def test_the_python_api_reconnects_a_partial_account(
+    privateshare_sandbox: Callable[..., Sandbox], tmp_path: Path
+) -> None:
+    from privateshare.errors import AuthorizationRequired
+    from privateshare.flow import Flow
+    from privateshare.framework import load
+    from privateshare.testing.sandboxed import consent, consent_as_browser
+
+    sandbox = privateshare_sandbox(partial=True)
+    config = write_sandbox_config(sandbox, tmp_path)
+    with load(config) as fw:
+        flow = Flow(fw)
+        consent(flow, "amy")
+        first = flow.pull("amy")
+        (account,) = first.reauthorize_urls
+        assert first.final_state == "partial"
+
+        pending = flow.start_reauthorize("amy", account_id=account)
+        token, _session = flow.finish_consent(pending, consent_as_browser(pending.url))
+        assert token is None  # reconnecting keeps the saved token
+        after = flow.pull("amy")
+        assert after.final_state == "completed" and after.reauthorize_urls == {}
+
+        try:
+            flow.start_reauthorize("nobody")
+        except AuthorizationRequired as exc:
+            assert "authorize" in str(exc) and "nobody" in str(exc)
+        else:
+            raise AssertionError("a user with no token cannot be reauthorized")
