@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import tomllib
 from pathlib import Path
 
@@ -220,14 +221,27 @@ def test_sandbox_command_is_a_click_command() -> None:
 
 
 def raw_exchange(sb: Sandbox, head: str, body: bytes = b"", *, then: bytes = b"") -> bytes:
-    """Send one request's bytes (plus ``then``) on a fresh socket; all the server sends back."""
+    """Send one request's bytes (plus ``then``) on a fresh socket; all the server sends back.
+
+    The answer is read while the bytes are still being sent: a server that refuses a body
+    answers and closes before it has all of it, and a reset of the rest must not lose that
+    answer (nor fail the send).
+    """
+    received: list[bytes] = []
     with socket.create_connection(("127.0.0.1", sb.port), timeout=30) as conn:
-        conn.sendall(head.encode("latin-1") + body + then)
-        conn.shutdown(socket.SHUT_WR)
-        received = b""
-        while chunk := conn.recv(65536):
-            received += chunk
-    return received
+
+        def read() -> None:
+            with contextlib.suppress(OSError):
+                while chunk := conn.recv(65536):
+                    received.append(chunk)
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        with contextlib.suppress(OSError):  # refused early: the rest cannot be sent
+            conn.sendall(head.encode("latin-1") + body + then)
+            conn.shutdown(socket.SHUT_WR)
+        reader.join(30)
+    return b"".join(received)
 
 
 def discovery_head(client: RawClient, extra: str) -> str:
