@@ -82,6 +82,17 @@ def check_state(params: Mapping[str, str], state: str) -> None:
         )
 
 
+def callback_code(params: Mapping[str, str], start: AuthorizeStart) -> str | None:
+    """The code of a consent callback whose state and outcome were checked: None when the
+    consent brings none to exchange (``start.exchange`` is False)."""
+    if not start.exchange:
+        return None
+    code = params.get("code")
+    if not code:
+        raise ValidationError("the consent callback has no code")
+    return code
+
+
 @runtime_checkable
 class Client(Protocol):
     """The calls every profile has: consent, tokens, a data session, its files, accounts.

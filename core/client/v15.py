@@ -44,6 +44,7 @@ from .protocol import (
     FileDownload,
     Missing,
     UnsupportedCall,
+    callback_code,
     check_state,
 )
 from .signing import Signer, package_version, sdk_meta
@@ -347,12 +348,7 @@ class ClientV15:
                 "the consent callback has no result=SUCCESS|ERROR|CANCEL; "
                 "is [digime] api right for this service?"
             )
-        if not start.exchange:
-            return None
-        code = params.get("code")
-        if not code:
-            raise ValidationError("the consent callback has no code")
-        return code
+        return callback_code(params, start)
 
     # --- tokens ------------------------------------------------------------------------
 

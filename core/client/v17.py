@@ -37,7 +37,14 @@ from ..retry import Retry
 from .discovery import Discovery
 from .files import Files
 from .manage import Management
-from .protocol import AuthorizeStart, ConsentDenied, FileDownload, Missing, check_state
+from .protocol import (
+    AuthorizeStart,
+    ConsentDenied,
+    FileDownload,
+    Missing,
+    callback_code,
+    check_state,
+)
 from .signing import Signer, package_version, sdk_meta
 from .tokens import Verifier, decode_session, decode_token, grant, token_claims
 from .wire import Send, Wire
@@ -165,12 +172,7 @@ class ClientV17:
         check_state(params, start.state)
         if params.get("success") != "true":
             raise ConsentDenied(params.get("errorCode") or params.get("error_message") or "?")
-        if not start.exchange:
-            return None  # onboarding another service: the saved token stays valid
-        code = params.get("code")
-        if not code:
-            raise ValidationError("the consent callback has no code")
-        return code
+        return callback_code(params, start)  # None: onboarding keeps the saved token
 
     # --- tokens ---------------------------------------------------------------
 
