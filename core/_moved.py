@@ -13,6 +13,10 @@ import importlib.machinery
 import sys
 import warnings
 from types import ModuleType
+from typing import TYPE_CHECKING, cast
+
+if TYPE_CHECKING:
+    from importlib.abc import Loader
 
 #: Old import path -> new import path.
 MOVED: dict[str, str] = {
@@ -51,7 +55,8 @@ class _AliasFinder:  # a meta path finder by protocol (find_spec)
         new = MOVED.get(fullname)
         if new is None:
             return None
-        return importlib.machinery.ModuleSpec(fullname, _AliasLoader(fullname, new))
+        loader = cast("Loader", _AliasLoader(fullname, new))  # a Loader by protocol
+        return importlib.machinery.ModuleSpec(fullname, loader)
 
 
 def install() -> None:
