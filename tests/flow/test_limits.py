@@ -99,10 +99,12 @@ def test_every_request_of_a_pull_carries_the_one_run_deadline(
 ) -> None:
     # The token has expired by the time the pull starts: the pull refreshes it first, so
     # the refresh is among the requests, with the trigger, the polls and the downloads.
-    sandbox = start_sandbox(files=6, access_token_lifetime=1)
+    # Tokens live 3 s: long enough that the refreshed one outlives this short pull on a busy
+    # machine (with 1 s it could expire mid-pull and fail a file), short enough to wait out.
+    sandbox = start_sandbox(files=6, access_token_lifetime=3)
     flow = Flow(framework_for(sandbox, tmp_path, api=api, pull={"timeout": 600}))
     consent(flow, "dora")
-    time.sleep(1.5)
+    time.sleep(3.5)
     recorder = recorded(flow)
     before = time.monotonic()
     summary = flow.pull("dora")
