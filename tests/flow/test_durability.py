@@ -45,15 +45,15 @@ def test_files_of_a_batch_whose_sync_failed_are_not_checkpointed(
     start_sandbox: Callable[..., Sandbox], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(Run, "CHECKPOINT_EVERY", 0.0)  # a save (and a sync) per batch of files
-    sandbox = start_sandbox(files=30)
+    sandbox = start_sandbox(files=30, latency=0.02)  # batches of a few files, many syncs
     truth = sandbox.ground_truth()
     fw = framework_for(sandbox, tmp_path, pull={"concurrency": 2, "poll_interval": 0.05})
-    failing = FailingSync(fail_on=3)
+    failing = FailingSync(fail_on=2)
     fw.pm.register(failing, name="failing-sync")
     flow = Flow(fw)
     consent(flow, "eve")
     first = flow.pull("eve")
-    assert failing.calls > 3
+    assert failing.calls > 2  # syncs after the failed one went on
     assert first.files_delivered == len(truth)
     assert any("could not make its files durable" in note for note in first.notes)
     checkpointed = set(fw.hooks.checkpoint_load("eve")["sinks.local"])
