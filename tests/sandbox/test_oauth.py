@@ -196,11 +196,14 @@ def test_unknown_access_token(client: RawClient) -> None:
 
 
 def test_expired_tokens(make_sandbox) -> None:
-    sb = make_sandbox(access_token_lifetime=1, refresh_token_lifetime=1)
+    # Lifetimes long enough for a loaded machine to use the tokens once; then wait out
+    # the later expiry of the two (whole seconds) rather than a fixed time.
+    sb = make_sandbox(access_token_lifetime=4, refresh_token_lifetime=4)
     c = RawClient(sb)
     tokens, _ = c.onboard()
     assert c.trigger(tokens.access).status_code == 202
-    time.sleep(2.1)
+    expires = max(tokens.payload[k]["expires_on"] for k in ("access_token", "refresh_token"))
+    time.sleep(max(0.0, expires - time.time()) + 1.1)
     assert_error(
         c.trigger(tokens.access), 401, "InvalidToken", "The token (access_token) is expired"
     )
