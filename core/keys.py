@@ -121,6 +121,31 @@ def _key_kind(key: object) -> str:
     return f"a {type(key).__name__} key"
 
 
+# Digests of PEM inputs whose RSA key passed OpenSSL's consistency check in this process.
+# The check (primality of p and q) costs ~40 ms a load; a process that builds many frameworks
+# from one key file (a scheduler, a Celery worker, a test suite) pays it once. Only digests are
+# kept, never a key; the set is bounded so a process loading endless keys cannot grow it.
+_VALIDATED: set[bytes] = set()
+_VALIDATED_MAX = 256
+_VALIDATED_LOCK = threading.Lock()
+
+
+def _load_pem(data: bytes, password: bytes | None) -> object:
+    """``load_pem_private_key``, validating each distinct input once per process."""
+    digest = hashlib.sha256(b"%d:" % len(password or b"") + (password or b"") + data).digest()
+    with _VALIDATED_LOCK:
+        known = digest in _VALIDATED
+    key = serialization.load_pem_private_key(
+        data, password=password, unsafe_skip_rsa_key_validation=known
+    )
+    if not known:
+        with _VALIDATED_LOCK:
+            if len(_VALIDATED) >= _VALIDATED_MAX:
+                _VALIDATED.clear()
+            _VALIDATED.add(digest)
+    return key
+
+
 def handle_from_pem(data: bytes, source: str, password: bytes | None = None) -> SoftwareKeyHandle:
     """Load a PKCS#1 or PKCS#8 RSA private key; every failure names ``source``, never the key.
 
@@ -142,7 +167,7 @@ def handle_from_pem(data: bytes, source: str, password: bytes | None = None) -> 
             )
         raise KeyStoreError(f"{source} holds a PEM block that is not a private key; {_PEM_HELP}")
     try:
-        key = serialization.load_pem_private_key(data, password=password)
+        key = _load_pem(data, password)
     except TypeError:
         if password is None:
             raise KeyStoreError(

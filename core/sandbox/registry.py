@@ -93,8 +93,19 @@ def _write_private(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+# Digests of key files already checked in this process: OpenSSL's RSA consistency check costs
+# ~40 ms a key, and tests start many sandboxes on one key cache (three keys each).
+_CHECKED: set[bytes] = set()
+
+
 def _load_private(path: Path) -> rsa.RSAPrivateKey:
-    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    data = path.read_bytes()
+    digest = hashlib.sha256(data).digest()
+    key = serialization.load_pem_private_key(
+        data, password=None, unsafe_skip_rsa_key_validation=digest in _CHECKED
+    )
+    if len(_CHECKED) < 1024:
+        _CHECKED.add(digest)
     if not isinstance(key, rsa.RSAPrivateKey) or key.key_size != 2048:
         raise ValueError(f"{path} is not an RSA-2048 private key; delete it to regenerate")
     return key

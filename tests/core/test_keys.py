@@ -209,3 +209,41 @@ def test_software_handle_satisfies_protocol(rsa_key) -> None:
     assert isinstance(handle, KeyHandle)
     assert handle.source == "memory"
     assert "memory" in repr(handle)
+
+
+def inconsistent(key: rsa.RSAPrivateKey) -> bytes:
+    """A PEM that parses but whose CRT exponent does not match its primes."""
+    numbers = key.private_numbers()
+    broken = rsa.RSAPrivateNumbers(
+        p=numbers.p,
+        q=numbers.q,
+        d=numbers.d,
+        dmp1=numbers.dmp1 ^ 2,
+        dmq1=numbers.dmq1,
+        iqmp=numbers.iqmp,
+        public_numbers=numbers.public_numbers,
+    ).private_key(unsafe_skip_rsa_key_validation=True)
+    return pem(broken)
+
+
+def test_an_inconsistent_key_is_refused_every_time_it_is_loaded(rsa_key) -> None:
+    # Keys are checked once per distinct input and process; a refused one is never recorded
+    # as checked, so the second load is checked again (and refused again).
+    data = inconsistent(rsa_key)
+    for _ in range(2):
+        with pytest.raises(KeyStoreError, match="not a valid PEM private key"):
+            handle_from_pem(data, SOURCE)
+
+
+def test_a_key_loaded_again_is_the_same_key(rsa_key) -> None:
+    data = pem(rsa_key)
+    first, second = handle_from_pem(data, SOURCE), handle_from_pem(data, SOURCE)
+    assert first.public_key().public_numbers() == second.public_key().public_numbers()
+    message = b"signed twice"
+    signature = second.sign_ps512(message)
+    first.public_key().verify(
+        signature,
+        message,
+        padding.PSS(mgf=padding.MGF1(hashes.SHA512()), salt_length=64),
+        hashes.SHA512(),
+    )
