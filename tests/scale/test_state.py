@@ -18,7 +18,7 @@ from privateshare.scale.state import ScaleState
 
 SERVERS = {
     "postgresql": "postgresql://postgres@127.0.0.1:5432/test",
-    "mariadb": "mysql+pymysql://root@127.0.0.1:3306/test",
+    "mariadb": "mysql+pymysql://root@127.0.0.1:3306/test?ssl_disabled=true",
 }
 
 
