@@ -564,6 +564,10 @@ class _LRU:
 
 _cache = _LRU(_CACHE_BYTES)
 _blob_digests: dict[tuple[_Spec, str], bytes] = {}  # (spec, algo) -> digest, across libraries
+# Plaintext SHA-256 of small files, across libraries: a compressed file's plaintext is not
+# cached (only its payload), so each sandbox's ground truth would rebuild it. Bounded.
+_plain_digests: dict[_Spec, str] = {}
+_PLAIN_DIGESTS_MAX = 200_000
 _blob_lock = threading.Lock()
 
 
@@ -650,7 +654,12 @@ class FileVersion:
             if self.is_large:
                 v = _blob_digest(self._spec, "sha256").hex()
             else:
-                v = hashlib.sha256(_plain_bytes(self._spec)).hexdigest()
+                v = _plain_digests.get(self._spec)
+                if v is None:
+                    v = hashlib.sha256(_plain_bytes(self._spec)).hexdigest()
+                    if len(_plain_digests) >= _PLAIN_DIGESTS_MAX:
+                        _plain_digests.clear()
+                    _plain_digests[self._spec] = v
             self._memo["sha256"] = v
         return v
 
