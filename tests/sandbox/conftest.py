@@ -95,6 +95,7 @@ class RawClient:
             unsafe_skip_rsa_key_validation=True,
         )
         self.http = requests.Session()
+        self.http.trust_env = False  # no proxies here; it re-reads the environment per call
 
     def sign(self, claims: dict[str, Any], *, key: Any = None, alg: str = "PS512") -> str:
         payload = {

@@ -84,6 +84,7 @@ class Client15:
         assert isinstance(key, rsa.RSAPrivateKey)
         self.key = key
         self.http = requests.Session()
+        self.http.trust_env = False  # no proxies here; it re-reads the environment per call
 
     def session_body(self, **changes: Any) -> dict[str, Any]:
         body: dict[str, Any] = {
