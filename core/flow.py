@@ -3,11 +3,12 @@
 Read top to bottom: :meth:`Flow.start_consent` and :meth:`Flow.finish_consent`
 get the user's consent (one-off or ongoing); :meth:`Flow.pull` reads a session
 to the end. Polling follows protocol.md#polling with limits the Node SDK lacks; downloads run
-concurrently in a bounded pool fed a few files at a time, so a pull holds about
-``concurrency`` files plus one name and date per listed file, however long the
-list; a file is checkpointed only after every sink committed it; a 401 refreshes
-the token once per user, saved before use. ``[pull] timeout`` is one deadline for
-the whole pull, carried by every request it makes (:mod:`privateshare.retry`).
+concurrently in a bounded pool fed a few files at a time, and the list is read in
+batches that drop the files every sink holds, so a pull holds about ``concurrency``
+files, its checkpoint and one name and date per file still to deliver; a file is
+checkpointed only after every sink committed it; a 401 refreshes the token once per
+user, saved before use. ``[pull] timeout`` is one deadline for the whole pull, carried
+by every request it makes (:mod:`privateshare.retry`).
 
 The flow is the same for both protocol profiles (``[digime] api``): it depends on
 :class:`privateshare.client.Client` alone, and the client of the profile
@@ -620,8 +621,9 @@ class Run:
     """One pull of one session: poll, download, deliver, checkpoint, summarise.
 
     Memory is bounded by the concurrency, not by the list: the pool is fed at most
-    ``2 * concurrency`` files at a time, a list is kept only as one name and date per
-    file, and what the run remembers per file is the date it took (``_taken``).
+    ``2 * concurrency`` files at a time, a list is read in batches and kept only as one
+    name and date per file that may need work (:class:`_Rows`), and what the run
+    remembers per file is the date it took (``_taken``). The checkpoint is held whole.
     """
 
     #: Least seconds between checkpoint saves; a lagging checkpoint only means
