@@ -26,11 +26,25 @@ Measured on the 2-core development machine (entries of ~220 bytes of JSON each):
     after (answers read once)        200k: 248 MiB checkpointed (1,066 B/entry), 120 MiB fresh
                                      2M: 1.2 GiB checkpointed (612 B/entry), 795 MiB fresh
 
-What is left at 2M is proportional to the list, at a few hundred bytes an entry: the answer
-itself (one JSON document of ~220 bytes an entry, read whole: the API sends it so), the rows
-decoded from it and the name -> date map of the poll, and the loaded checkpoint (a dict of 2M
-names, ~300 MiB, as the token-store hook returns it). Bounded by the concurrency are the
-downloads, their futures and their buffers.
+Those figures were ru_maxrss, which Linux carries over exec: a child reported at least the
+benchmark's own peak (seeding the checkpoint). The peak is now the child's VmHWM; taken again
+that way, alternating ``main`` at 88fbfa6 and this change in the same window (load 6-8 on 2
+cores; fresh runs with ``--timeout 60`` at 2M, so the 440 MB list is read whole under load):
+
+    before (list decoded whole)      200k: 175 MiB checkpointed (669 B/entry), 123 MiB fresh (395)
+                                     2M: 1,140 MiB checkpointed (573 B/entry), 798 MiB fresh (394)
+    after (list read in batches,     200k: 97 MiB checkpointed (258 B/entry), 104 MiB fresh (294)
+    sinks share their names)         2M: 456 MiB checkpointed (214 B/entry), 478 MiB fresh (226)
+
+What is left is proportional to the library but not to the list: checkpointed, the loaded
+checkpoint (one name and date per file, ~156 B traced under tracemalloc, the first sink; the
+others share its names); fresh, the name and date of every file still to deliver and of every
+file the run took (~160 + ~40 B). The answer is read in ~1 MiB pieces and decoded in batches;
+a row every sink holds is dropped as it is decoded. Flat memory would need the checkpoint
+on disk, keyed by name: not done, because the token stores keep it as one sealed (AES-GCM,
+bound to user and contract) record plus a sealed journal and ``privateshare_checkpoint_load``
+returns it as a mapping; an on-disk index would change that hook, both stores' formats and
+their migration, for ~200 bytes a file (2M files: ~400 MiB).
 
     python benchmarks/filelist_memory.py [--sizes 2000,200000,2000000] [--download 2000]
 """
@@ -133,6 +147,13 @@ raw = json.loads(sys.argv[1])
 fw = privateshare.load(raw, base_dir=Path(sys.argv[2]))
 flow = Flow(fw)
 fw.key_handle()
+def peak_rss():
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec, so a child would report the
+    # parent's peak (the benchmark's, after it seeded a checkpoint of millions of names).
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 base = int(open("/proc/self/statm").read().split()[1]) * resource.getpagesize()
 token = UserAccessToken(Token("bench-access", 0), Token("bench-refresh", 0))
 wall = time.perf_counter()
@@ -143,7 +164,7 @@ print(json.dumps({
     "delivered": summary.files_delivered, "skipped": summary.files_skipped,
     "failed": len(summary.files_failed) if failed is None else failed,
     "error": summary.error, "wall_s": wall, "base": base,
-    "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    "peak": peak_rss(),
 }))
 """
 

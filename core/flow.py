@@ -3,11 +3,12 @@
 Read top to bottom: :meth:`Flow.start_consent` and :meth:`Flow.finish_consent`
 get the user's consent (one-off or ongoing); :meth:`Flow.pull` reads a session
 to the end. Polling follows protocol.md#polling with limits the Node SDK lacks; downloads run
-concurrently in a bounded pool fed a few files at a time, so a pull holds about
-``concurrency`` files plus one name and date per listed file, however long the
-list; a file is checkpointed only after every sink committed it; a 401 refreshes
-the token once per user, saved before use. ``[pull] timeout`` is one deadline for
-the whole pull, carried by every request it makes (:mod:`privateshare.retry`).
+concurrently in a bounded pool fed a few files at a time, and the list is read in
+batches that drop the files every sink holds, so a pull holds about ``concurrency``
+files, its checkpoint and one name and date per file still to deliver; a file is
+checkpointed only after every sink committed it; a 401 refreshes the token once per
+user, saved before use. ``[pull] timeout`` is one deadline for the whole pull, carried
+by every request it makes (:mod:`privateshare.retry`).
 
 The flow is the same for both protocol profiles (``[digime] api``): it depends on
 :class:`privateshare.client.Client` alone, and the client of the profile
@@ -60,8 +61,8 @@ from .models import (
     ContractDetails,
     Country,
     DataFile,
+    FileEntry,
     FileFailure,
-    FileList,
     LibraryStatus,
     Platform,
     RevokeUrl,
@@ -620,8 +621,9 @@ class Run:
     """One pull of one session: poll, download, deliver, checkpoint, summarise.
 
     Memory is bounded by the concurrency, not by the list: the pool is fed at most
-    ``2 * concurrency`` files at a time, a list is kept only as one name and date per
-    file, and what the run remembers per file is the date it took (``_taken``).
+    ``2 * concurrency`` files at a time, a list is read in batches and kept only as one
+    name and date per file that may need work (:class:`_Rows`), and what the run
+    remembers per file is the date it took (``_taken``). The checkpoint is held whole.
     """
 
     #: Least seconds between checkpoint saves; a lagging checkpoint only means
@@ -720,7 +722,7 @@ class Run:
         while True:
             if past_deadline():
                 return False
-            status, listing, duplicates = self._list()
+            status, listing, skipped = self._list()
             now = time.monotonic()
             if status.state != state:
                 state = status.state
@@ -733,7 +735,7 @@ class Run:
                         f"{limits.max_pending:.0f}s; the user may not have finished consenting"
                     )
             else:
-                if self._schedule(pool, listing, duplicates, final=state in FINAL_STATES):
+                if self._schedule(pool, listing, skipped, final=state in FINAL_STATES):
                     last_change = time.monotonic()
                 del listing
                 if state in FINAL_STATES:
@@ -747,36 +749,38 @@ class Run:
             time.sleep(max(0.0, min(limits.poll_interval, self.deadline - time.monotonic())))
 
     def _list(self) -> tuple[LibraryStatus, dict[str, int], int]:
-        """One poll: the status, the list as name -> updatedDate (the decoded rows go), and
-        how many rows repeated a name.
+        """One poll: the status, the files that may need work as name -> updatedDate, and
+        how many rows were skipped already (left out by ``--since``, held by every sink, or
+        repeating a name).
 
-        A name listed more than once is one file, taken at its latest date; the extra
-        rows count as skipped (and are logged once per run).
+        The list is read as it arrives (:meth:`Client.scan_file_list`) and a row that
+        every sink already holds is counted and dropped there, so a large library's pull
+        holds its checkpoint and the files still to deliver, not the list. A name listed
+        more than once is one file, taken at its latest date; the extra rows count as
+        skipped (and are logged once per run).
         """
-        files: FileList = self.keeper.call(lambda t: self.client.file_list(self.session.key, t))
-        listing: dict[str, int] = {}
-        duplicates = 0
-        for entry in files.file_list or ():
-            name, updated = entry.name, entry.updated_date
-            seen = listing.get(name)
-            if seen is None:
-                listing[name] = updated
-                continue
-            duplicates += 1
-            if updated > seen:
-                listing[name] = updated
-        if duplicates and not self._duplicates_logged:
+        attempt: list[_Rows] = []
+
+        def visitor() -> _Rows:
+            attempt[:] = [_Rows(self._state, self._taken)]  # an attempt cut short starts over
+            return attempt[0]
+
+        status, _ = self.keeper.call(
+            lambda t: self.client.scan_file_list(self.session.key, t, visitor)
+        )
+        rows = attempt[0]
+        if rows.duplicates and not self._duplicates_logged:
             self._duplicates_logged = True
             log.warning(
                 "the file list of user %s names %d file(s) more than once; each is taken "
                 "once, at its latest updatedDate",
                 self.user_id,
-                duplicates,
+                rows.duplicates,
             )
-        return files.status, listing, duplicates
+        return status, rows.listing, rows.skipped
 
     def _schedule(
-        self, pool: ThreadPoolExecutor, listing: dict[str, int], duplicates: int, *, final: bool
+        self, pool: ThreadPoolExecutor, listing: dict[str, int], skipped: int, *, final: bool
     ) -> bool:
         """Feed the pool every listed file newer than what the run and the checkpoint hold.
 
@@ -786,7 +790,6 @@ class Run:
         data over newer. An ``updatedDate`` of 0 or less tells no versions apart, so such a
         file is taken from the final list only, and on every pull (never skipped).
         """
-        skipped = duplicates
         scheduled = False
         state = self._state
         late: DigimeError | None = None
@@ -977,6 +980,54 @@ class Run:
             self._checkpoint_saved_at = now = time.monotonic()
             # A save of millions of names takes a while: keep saving to ~10% of the time.
             self._checkpoint_every = max(self.CHECKPOINT_EVERY, 10 * (now - began))
+
+
+class _Rows:
+    """Takes a file list's rows as they are decoded: keeps those that may need work.
+
+    A row left out by ``--since``, or one every sink holds at that version or later
+    (and this run has not taken), is counted as skipped and dropped at once; the rest
+    go to :attr:`listing`, a name listed again taken at its latest date. Which rows a
+    run has taken and which are undated is decided later, as for the whole list.
+    """
+
+    __slots__ = ("duplicates", "listing", "skipped", "state", "taken")
+
+    def __init__(self, state: DeliveryState, taken: dict[str, int]) -> None:
+        self.state = state
+        self.taken = taken
+        #: name -> updatedDate of the rows that may need work.
+        self.listing: dict[str, int] = {}
+        #: rows already skipped (duplicates included), and the duplicates alone.
+        self.skipped = 0
+        self.duplicates = 0
+
+    def __call__(self, rows: list[FileEntry]) -> None:
+        listing, taken, state = self.listing, self.taken, self.state
+        skipped = duplicates = 0
+        for row in rows:
+            name, updated = row.name, row.updated_date
+            seen = listing.get(name)
+            if state.too_old(updated) or (
+                updated > 0 and name not in taken and not state.needs(name, updated)
+            ):
+                skipped += 1  # left out by --since, or every sink holds this version
+                if seen is not None and seen < updated:
+                    del listing[name]  # a later row than the one kept: the name is skipped
+                    skipped += 1
+                    duplicates += 1
+                elif seen is not None:
+                    duplicates += 1
+                continue
+            if seen is None:
+                listing[name] = updated
+                continue
+            skipped += 1
+            duplicates += 1
+            if updated > seen:
+                listing[name] = updated
+        self.skipped += skipped
+        self.duplicates += duplicates
 
 
 def _with_staged(previous: UserAccessToken | None, answer: str) -> UserAccessToken:

@@ -164,7 +164,8 @@ class StoreKeys:
             head += KEY_ID_BYTES
         elif blob[:head] != RECORD_MAGIC_V1 or len(blob) < head + NONCE_BYTES + 16:
             raise MalformedRecord(kind)
-        nonce, sealed = blob[head : head + NONCE_BYTES], blob[head + NONCE_BYTES :]
+        # A view, not a copy: a checkpoint's record may hold millions of names.
+        nonce, sealed = blob[head : head + NONCE_BYTES], memoryview(blob)[head + NONCE_BYTES :]
         try:
             return self._aead.decrypt(nonce, sealed, record_aad(contract_id, kind, digest, key_id))
         except InvalidTag:
@@ -226,6 +227,12 @@ class SealedRecordStore:
         self, keys: StoreKeys, kind: Kind, digest: str, blob: bytes, place: str, type_: type[Any]
     ) -> Any:
         """The decoded record ``place`` holds, or a TokenStoreError saying what is wrong."""
+        return self._decode(self._plaintext(keys, kind, digest, blob, place), place, type_)
+
+    def _plaintext(
+        self, keys: StoreKeys, kind: Kind, digest: str, blob: bytes, place: str
+    ) -> bytes:
+        """The opened record ``place`` holds, or a TokenStoreError saying what is wrong."""
         head = f"{self.label}{place}"
         try:
             plaintext = keys.open(self.context.contract_id, kind, digest, blob)
@@ -246,12 +253,15 @@ class SealedRecordStore:
                 f"{head} cannot be decrypted: it was modified, moved from another user or "
                 f"contract, or written under another store key; {self.record_fix}"
             ) from None
+        return plaintext
+
+    def _decode(self, plaintext: bytes, place: str, type_: type[Any]) -> Any:
         try:
             return msgspec.json.decode(plaintext, type=type_)
         except (msgspec.DecodeError, msgspec.ValidationError):
             raise TokenStoreError(
-                f"{head} decrypts but its content is not understood (written by a newer "
-                f"privateshare?); upgrade privateshare, or {self.record_fix}"
+                f"{self.label}{place} decrypts but its content is not understood (written by "
+                f"a newer privateshare?); upgrade privateshare, or {self.record_fix}"
             ) from None
 
     def _load(self, user_id: str, kind: Kind, type_: type[Any]) -> Any:
@@ -380,7 +390,12 @@ class SealedRecordStore:
         blob, place = self._read(digest, "checkpoint", who)
         if blob is None:
             return {}, None, False
-        record = self._unseal(keys, "checkpoint", digest, blob, place, CheckpointRecord)
+        # A base of millions of names: the sealed bytes go before the plaintext is decoded.
+        base_size = len(blob)
+        plaintext = self._plaintext(keys, "checkpoint", digest, blob, place)
+        del blob
+        record = self._decode(plaintext, place, CheckpointRecord)
+        del plaintext
         if record.user_id != user_id:
             raise TokenStoreError(
                 f"{self.label}{place} holds the record of another user; {self.record_fix}"
@@ -405,7 +420,7 @@ class SealedRecordStore:
                     break
                 for sink, names in entry.changes.items():
                     state.setdefault(sink, {}).update(names)
-        return state, CheckpointState(record.journal, len(blob), size, marker), torn
+        return state, CheckpointState(record.journal, base_size, size, marker), torn
 
     def _checkpoint_write(
         self,

@@ -15,7 +15,15 @@ from typing import Any, ClassVar, NamedTuple, Protocol, runtime_checkable
 
 from ..config import DigimeConfig
 from ..errors import ConfigError, DigimeError, ValidationError
-from ..models import Account, FileList, FileMetadata, Session, UserAccessToken
+from ..models import (
+    Account,
+    FileEntry,
+    FileList,
+    FileMetadata,
+    LibraryStatus,
+    Session,
+    UserAccessToken,
+)
 from ..transport import HttpResponse
 
 
@@ -151,6 +159,13 @@ class Client(Protocol):
     ) -> Session: ...
 
     def file_list(self, session_key: str, token: UserAccessToken | None) -> FileList: ...
+
+    def scan_file_list(
+        self,
+        session_key: str,
+        token: UserAccessToken | None,
+        visitor: Callable[[], Callable[[list[FileEntry]], None]],
+    ) -> tuple[LibraryStatus, bool]: ...
 
     def open_file(
         self, session_key: str, name: str, token: UserAccessToken | None

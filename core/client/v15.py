@@ -34,10 +34,17 @@ from ..config import DigimeConfig
 from ..errors import ValidationError
 from ..jws import pkce_pair, random_alphanumeric
 from ..keys import KeyHandle
-from ..models import Account, FileList, FileMetadata, Session, UserAccessToken
+from ..models import (
+    Account,
+    FileList,
+    FileMetadata,
+    LibraryStatus,
+    Session,
+    UserAccessToken,
+)
 from ..retry import Retry
 from ..transport import HttpRequest, HttpResponse
-from .files import Files
+from .files import Files, Rows
 from .protocol import (
     AuthorizeStart,
     ConsentDenied,
@@ -420,6 +427,12 @@ class ClientV15:
     def file_list(self, session_key: str, token: UserAccessToken | None = None) -> FileList:
         """``GET permission-access/query/{sessionKey}``, with the session key only."""
         return self.files.list(session_key, None)
+
+    def scan_file_list(
+        self, session_key: str, token: UserAccessToken | None, visitor: Callable[[], Rows]
+    ) -> tuple[LibraryStatus, bool]:
+        """:meth:`file_list` read as it arrives: its rows go to ``visitor()`` in batches."""
+        return self.files.scan(session_key, None, visitor)
 
     def open_file(
         self, session_key: str, name: str, token: UserAccessToken | None = None

@@ -25,6 +25,7 @@ from ..models import (
     Country,
     FileList,
     FileMetadata,
+    LibraryStatus,
     Platform,
     RevokeUrl,
     Session,
@@ -35,7 +36,7 @@ from ..models import (
 )
 from ..retry import Retry
 from .discovery import Discovery
-from .files import Files
+from .files import Files, Rows
 from .manage import Management
 from .protocol import (
     AuthorizeStart,
@@ -348,6 +349,12 @@ class ClientV17:
         No token: a one-off contract reads its consented session with the signed JWT alone.
         """
         return self.files.list(session_key, token_claims(token))
+
+    def scan_file_list(
+        self, session_key: str, token: UserAccessToken | None, visitor: Callable[[], Rows]
+    ) -> tuple[LibraryStatus, bool]:
+        """:meth:`file_list` read as it arrives: its rows go to ``visitor()`` in batches."""
+        return self.files.scan(session_key, token_claims(token), visitor)
 
     def open_file(self, session_key: str, name: str, token: UserAccessToken | None) -> FileDownload:
         """``GET .../{fileName}``: headers checked, body left to stream."""

@@ -31,6 +31,8 @@ from ..transport import HttpRequest, HttpResponse
 JSON = {"accept": "application/json"}
 #: An error answer is read up to this much; beyond, its details are dropped.
 MAX_ERROR_BYTES = 64 << 10
+#: Pieces in which a long answer (the file list) is read and decoded.
+STREAM_CHUNK = 1 << 20
 
 #: The transport: one request in, one response out (``Hooks.send``).
 Send = Callable[[HttpRequest], HttpResponse]
@@ -128,14 +130,43 @@ class Wire:
 
     def answer(self, response: HttpResponse, what: str) -> bytes:
         """The whole answer, at most ``[digime] max_answer_bytes`` of it once decoded."""
-        cap = self.max_answer_bytes
         try:
-            return response.read(cap)
+            return response.read(self.max_answer_bytes)
         except ResponseTooLarge:
-            raise ResponseTooLarge(
-                f"{what}: the answer is larger than {cap} bytes ([digime] max_answer_bytes); "
-                "if this answer can really be that large, raise [digime] max_answer_bytes"
-            ) from None
+            raise self._too_large(what) from None
+
+    def answer_chunks(self, response: HttpResponse, what: str) -> Iterator[bytes | memoryview]:
+        """The answer in pieces of about ``STREAM_CHUNK`` bytes, capped as :meth:`answer`.
+
+        A body sent as is (no Content-Encoding) is read from the stream, so no more than
+        one piece is held; an encoded one is decoded whole by the transport, within the cap.
+        """
+        encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding not in ("", "identity"):
+            body = memoryview(self.answer(response, what))
+            for start in range(0, len(body), STREAM_CHUNK):
+                yield body[start : start + STREAM_CHUNK]
+            return
+        cap = self.max_answer_bytes
+        declared = response.headers.get("Content-Length", "").strip()
+        if declared.isdigit() and int(declared) > cap:
+            response.close()
+            raise self._too_large(what)
+        stream = response.stream()
+        total = 0
+        while chunk := stream.read(STREAM_CHUNK):
+            total += len(chunk)
+            if total > cap:
+                response.close()
+                raise self._too_large(what)
+            yield chunk
+
+    def _too_large(self, what: str) -> ResponseTooLarge:
+        return ResponseTooLarge(
+            f"{what}: the answer is larger than {self.max_answer_bytes} bytes ([digime] "
+            "max_answer_bytes); if this answer can really be that large, raise [digime] "
+            "max_answer_bytes"
+        )
 
 
 def error_body(response: HttpResponse) -> bytes:
