@@ -19,12 +19,9 @@ from typing import Any
 
 import msgspec
 
-from . import DOCS_URL
+from . import DOCS_URL, _moved
 from .config import Config, PluginSpec, decode_options, inspect_problems, read_toml
 from .errors import ConfigError, ConfigProblem, PrivateShareError
-
-#: The problem type ``check`` returns: the config's own (one type, rendered in one place).
-Problem = ConfigProblem
 
 
 def check(
@@ -277,4 +274,7 @@ def _preflight_problems(config: Config, connect: bool) -> list[ConfigProblem]:
     return problems
 
 
-__all__ = ["Problem", "check", "extra_missing", "hook_problems", "missing_extra"]
+#: ``Problem`` is :class:`privateshare.errors.ConfigProblem` (deprecated name).
+__getattr__ = _moved.attributes(__name__)
+
+__all__ = ["check", "extra_missing", "hook_problems", "missing_extra"]
