@@ -23,7 +23,7 @@ from privateshare.flow import ConsentDenied
 from privateshare.sandbox import Sandbox
 from privateshare.testing.sandboxed import write_sandbox_config
 
-from ..helpers import free_port
+from ..helpers import cli, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -117,23 +117,8 @@ def test_a_missing_secret_variable_and_a_missing_key_file(
         keys={"type": "file", "path": str(key)},
         digime={"redirect_uri": redirect},
     )
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "privateshare",
-            "authorize",
-            "-c",
-            str(config),
-            "--user",
-            "u",
-            "--no-browser",
-            "--timeout",
-            "5",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
+    result = cli(
+        "authorize", "-c", str(config), "--user", "u", "--no-browser", "--timeout", "5", timeout=120
     )
     assert result.returncode == ExitCode.SECRET, result.stderr
     assert str(key) in result.stderr
@@ -145,23 +130,8 @@ def test_an_authorize_timeout_exits_7(
     redirect = f"http://127.0.0.1:{free_port()}/callback"  # no clash with parallel runs
     sandbox = privateshare_sandbox(redirect_uris=(redirect,))
     config = write_sandbox_config(sandbox, tmp_path, digime={"redirect_uri": redirect})
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "privateshare",
-            "authorize",
-            "-c",
-            str(config),
-            "--user",
-            "u",
-            "--no-browser",
-            "--timeout",
-            "1",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
+    result = cli(
+        "authorize", "-c", str(config), "--user", "u", "--no-browser", "--timeout", "1", timeout=120
     )
     assert result.returncode == ExitCode.TIMEOUT, result.stderr
     assert "no consent callback arrived within 1s" in result.stderr

@@ -5,8 +5,6 @@ from __future__ import annotations
 import html
 import json
 import re
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urljoin
@@ -65,23 +63,8 @@ def test_reauthorize_renews_consent_and_cancel_and_timeout(
     assert "/user-reauth?" in renewed.stdout and "Consent renewed for user bob" in renewed.stderr
     assert cli("pull", "-c", c, "--user", "bob").returncode == 0
 
-    timed_out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "privateshare",
-            "reauthorize",
-            "-c",
-            c,
-            "--user",
-            "bob",
-            "--no-browser",
-            "--timeout",
-            "1",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
+    timed_out = cli(
+        "reauthorize", "-c", c, "--user", "bob", "--no-browser", "--timeout", "1", timeout=120
     )
     assert timed_out.returncode == ExitCode.TIMEOUT, timed_out.stderr
 
