@@ -13,6 +13,7 @@ from . import _moved
 from .errors import (
     AuthorizationRequired,
     ConfigError,
+    ConfigProblem,
     DigimeError,
     FileDecryptionError,
     KeyStoreError,
@@ -30,9 +31,10 @@ from .errors import (
 )
 
 _moved.install()
+_moved_names = _moved.attributes(__name__, stacklevel=3)
 
 if TYPE_CHECKING:
-    from .checks import Problem, check
+    from .checks import check
     from .framework import PrivateShare, load, loads
     from .hooks.plugin import Plugin, PluginContext
     from .hooks.specs import hookimpl
@@ -51,7 +53,6 @@ _LAZY = {
     "KeyHandle": "keys",
     "Plugin": "hooks.plugin",
     "PluginContext": "hooks.plugin",
-    "Problem": "checks",
     "check": "checks",
 }
 
@@ -68,7 +69,7 @@ def __getattr__(name: str) -> Any:
         return value
     module = _LAZY.get(name)
     if module is None:
-        raise AttributeError(f"module 'privateshare' has no attribute {name!r}")
+        return _moved_names(name)  # a deprecated name, or AttributeError
     value = getattr(importlib.import_module(f".{module}", __name__), name)
     globals()[name] = value
     return value
@@ -78,6 +79,7 @@ __all__ = [
     "DOCS_URL",
     "AuthorizationRequired",
     "ConfigError",
+    "ConfigProblem",
     "DigimeError",
     "FileDecryptionError",
     "KeyHandle",
@@ -88,7 +90,6 @@ __all__ = [
     "PluginError",
     "PrivateShare",
     "PrivateShareError",
-    "Problem",
     "ResponseTooLarge",
     "SDKInvalidError",
     "Secret",

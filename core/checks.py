@@ -14,41 +14,14 @@ import importlib
 import inspect
 import re
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
-from . import DOCS_URL
-from .config import Config, PluginSpec, decode_options, inspect_config, read_toml
-from .errors import ConfigError, PrivateShareError
-
-#: "[table]" or "[table] key" (a key is followed by ":" or " =") at the start of a message.
-_WHERE = re.compile(r"^(\[[^\]]+\](?: [\w.-]+(?=:| =))?)")
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One thing that would break a run: where it is, what is wrong, how to fix it."""
-
-    #: The config table (and key) it concerns, e.g. ``[sinks.lake]``; empty for the file.
-    where: str
-    message: str
-    #: What to do about it, when it is not already in ``message``.
-    fix: str = ""
-    #: ``config``, ``extra``, ``secret``, ``hooks``, ``key`` or ``preflight``.
-    kind: str = "config"
-
-    def __str__(self) -> str:
-        head = f"{self.where}: " if self.where and not self.message.startswith(self.where) else ""
-        return head + self.message + (f"; {self.fix}" if self.fix else "")
-
-    @classmethod
-    def from_text(cls, text: str, kind: str = "config") -> Problem:
-        """A problem from one of the config's messages (which start with where they are)."""
-        match = _WHERE.match(text)
-        return cls(match.group(1) if match else "", text, kind=kind)
+from . import DOCS_URL, _moved
+from .config import Config, PluginSpec, decode_options, inspect_problems, read_toml
+from .errors import ConfigError, ConfigProblem, PrivateShareError
 
 
 def check(
@@ -56,7 +29,7 @@ def check(
     *,
     connect: bool = False,
     base_dir: str | Path | None = None,
-) -> list[Problem]:
+) -> list[ConfigProblem]:
     """Every problem found in ``config`` (a path, a parsed dict or a :class:`Config`).
 
     Nothing is sent to digi.me. With ``connect``, plugins' preflights reach their
@@ -71,9 +44,8 @@ def check(
                 raw, source = read_toml(config), str(config)
                 base = Path(base_dir) if base_dir else Path(config).resolve().parent
         except ConfigError as exc:
-            return [Problem.from_text(p) for p in exc.problems]
-        config, texts = inspect_config(raw, source, base)
-        problems = [Problem.from_text(t) for t in texts]
+            return exc.details
+        config, problems = inspect_problems(raw, source, base)
     else:
         problems = []
     classes: dict[str, Any] = {}
@@ -82,7 +54,7 @@ def check(
     problems += _hook_module_problems(config)
     from .scale.checks import check as scale_check
 
-    problems += [Problem.from_text(text) for text in scale_check(config)]
+    problems += [ConfigProblem.from_text(text) for text in scale_check(config)]
     if problems:
         return problems
     return _preflight_problems(config, connect)
@@ -123,7 +95,9 @@ def extra_missing(extra: str) -> list[str]:
     return missing
 
 
-def _plugin_problems(config: Config, spec: PluginSpec, classes: dict[str, Any]) -> list[Problem]:
+def _plugin_problems(
+    config: Config, spec: PluginSpec, classes: dict[str, Any]
+) -> list[ConfigProblem]:
     from .errors import PluginError
     from .hooks.loading import load_plugin_class
     from .hooks.plugin import NoOptions
@@ -133,11 +107,11 @@ def _plugin_problems(config: Config, spec: PluginSpec, classes: dict[str, Any]) 
     if absent:
         extra, dists = absent
         return [
-            Problem(
+            ConfigProblem(
                 where,
-                f"type = {spec.type!r} needs the {extra!r} extra ({', '.join(dists)} "
+                message=f"type = {spec.type!r} needs the {extra!r} extra ({', '.join(dists)} "
                 "not installed)",
-                f"pip install 'privateshare[{extra}]'",
+                fix=f"pip install 'privateshare[{extra}]'",
                 kind="extra",
             )
         ]
@@ -147,16 +121,17 @@ def _plugin_problems(config: Config, spec: PluginSpec, classes: dict[str, Any]) 
             spec.options, getattr(cls, "Options", NoOptions), where, config.base_dir
         )
     except ConfigError as exc:
-        return [Problem.from_text(p) for p in exc.problems]
+        return exc.details
     except PluginError as exc:
-        return [Problem.from_text(str(exc).removeprefix(f"{config.source}: "), kind="extra")]
+        text = str(exc).removeprefix(f"{config.source}: ")
+        return [ConfigProblem.from_text(text, kind="extra")]
     classes[spec.name] = cls
-    problems = [Problem(where, m, kind="hooks") for m in hook_problems(cls)]
+    problems = [ConfigProblem(where, message=m, kind="hooks") for m in hook_problems(cls)]
     for field, secret in _secrets(options):
         try:
             secret.reveal()
         except ConfigError as exc:
-            problems.append(Problem(f"{where} {field}", str(exc), kind="secret"))
+            problems.append(ConfigProblem(f"{where} {field}", message=str(exc), kind="secret"))
     return problems
 
 
@@ -219,7 +194,7 @@ def hook_problems(obj: Any) -> list[str]:
     return problems
 
 
-def _hook_module_problems(config: Config) -> list[Problem]:
+def _hook_module_problems(config: Config) -> list[ConfigProblem]:
     from importlib import metadata
 
     problems = []
@@ -229,16 +204,17 @@ def _hook_module_problems(config: Config) -> list[Problem]:
             module = importlib.import_module(module_name)
         except Exception as exc:
             problems.append(
-                Problem(
+                ConfigProblem(
                     where,
-                    f"{module_name!r} cannot be imported ({type(exc).__name__}: {exc})",
-                    "check the name and that it is on PYTHONPATH",
+                    message=f"{module_name!r} cannot be imported ({type(exc).__name__}: {exc})",
+                    fix="check the name and that it is on PYTHONPATH",
                     kind="hooks",
                 )
             )
             continue
         problems += [
-            Problem(where, f"{module_name}: {m}", kind="hooks") for m in hook_problems(module)
+            ConfigProblem(where, message=f"{module_name}: {m}", kind="hooks")
+            for m in hook_problems(module)
         ]
     disabled = set(config.plugins.disable)
     for entry_point in metadata.entry_points(group="privateshare"):
@@ -249,28 +225,29 @@ def _hook_module_problems(config: Config) -> list[Problem]:
             plugin = entry_point.load()
         except Exception as exc:
             problems.append(
-                Problem(
+                ConfigProblem(
                     where,
-                    f"cannot be imported ({type(exc).__name__}: {exc})",
-                    f"fix or uninstall it, or add {entry_point.name!r} to [plugins] disable",
+                    message=f"cannot be imported ({type(exc).__name__}: {exc})",
+                    fix=f"fix or uninstall it, or add {entry_point.name!r} to [plugins] disable",
                     kind="hooks",
                 )
             )
             continue
-        problems += [Problem(where, m, kind="hooks") for m in hook_problems(plugin)]
+        problems += [ConfigProblem(where, message=m, kind="hooks") for m in hook_problems(plugin)]
     return problems
 
 
 # --- preflight -----------------------------------------------------------------
 
 
-def _preflight_problems(config: Config, connect: bool) -> list[Problem]:
+def _preflight_problems(config: Config, connect: bool) -> list[ConfigProblem]:
     from .framework import PrivateShare
 
     try:
         fw = PrivateShare(config, strict=True)
     except PrivateShareError as exc:
-        return [Problem.from_text(str(exc).removeprefix(f"{config.source}: "), kind="preflight")]
+        text = str(exc).removeprefix(f"{config.source}: ")
+        return [ConfigProblem.from_text(text, kind="preflight")]
     problems = []
     with fw:
         for name, plugin in fw.plugins.items():
@@ -284,15 +261,20 @@ def _preflight_problems(config: Config, connect: bool) -> list[Problem]:
                 text = str(exc)
                 where = f"[{name}]"
                 problems.append(
-                    Problem.from_text(text, "preflight")
+                    ConfigProblem.from_text(text, "preflight")
                     if text.startswith("[")
-                    else Problem(where, text, kind="preflight")
+                    else ConfigProblem(where, message=text, kind="preflight")
                 )
             except Exception as exc:
                 problems.append(
-                    Problem(f"[{name}]", f"{type(exc).__name__}: {exc}", kind="preflight")
+                    ConfigProblem(
+                        f"[{name}]", message=f"{type(exc).__name__}: {exc}", kind="preflight"
+                    )
                 )
     return problems
 
 
-__all__ = ["Problem", "check", "extra_missing", "hook_problems", "missing_extra"]
+#: ``Problem`` is :class:`privateshare.errors.ConfigProblem` (deprecated name).
+__getattr__ = _moved.attributes(__name__)
+
+__all__ = ["check", "extra_missing", "hook_problems", "missing_extra"]

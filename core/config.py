@@ -183,7 +183,7 @@ def load_config(source: str | Path | Mapping[str, Any], base_dir: Path | None = 
 
 
 def decode_config(raw: dict[str, Any], source: str, base_dir: Path) -> Config:
-    config, problems = _inspect(raw, source, base_dir)
+    config, problems = inspect_problems(raw, source, base_dir)
     if problems:
         raise ConfigError(problems, source)
     return config
@@ -195,13 +195,14 @@ def inspect_config(raw: dict[str, Any], source: str, base_dir: Path) -> tuple[Co
     The config is only usable when there are no problems; it is returned anyway
     so that plugin tables can still be checked.
     """
-    config, problems = _inspect(raw, source, base_dir)
+    config, problems = inspect_problems(raw, source, base_dir)
     return config, [str(problem) for problem in problems]
 
 
-def _inspect(
+def inspect_problems(
     raw: dict[str, Any], source: str, base_dir: Path
 ) -> tuple[Config, list[ConfigProblem]]:
+    """:func:`inspect_config` with the problems as objects (where, key, expected, found, fix)."""
     problems: list[ConfigProblem] = []
     for key in raw:
         if key not in CORE_TABLES:

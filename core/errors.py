@@ -7,6 +7,7 @@ what was wrong, where, and how to fix it; they never carry a secret.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -15,11 +16,16 @@ class PrivateShareError(Exception):
     """Base of every error privateshare raises on purpose."""
 
 
+#: "[table]" or "[table] key" (a key is followed by ":" or " =") at the start of a message.
+_WHERE = re.compile(r"^(\[[^\]]+\])(?: ([\w.-]+)(?=:| =))?")
+
+
 @dataclass(frozen=True)
 class ConfigProblem:
-    """One problem of a configuration, located: where, which key, expected, found, the fix.
+    """One thing that would break a run, located: where, which key, expected, found, the fix.
 
-    Every config problem is built as one of these and rendered here, once, as
+    The one structured problem type: config decoding, ``privateshare.check()`` and
+    ``config check`` all build these, and they are rendered here, once, as
     ``[table] key: expected X, found Y; fix`` (or ``[table] key: message; fix``).
     """
 
@@ -37,15 +43,33 @@ class ConfigProblem:
     fix: str = ""
     #: ``message`` is a statement about the table itself ("[keys] is missing").
     of_table: bool = False
+    #: What found it: ``config``, ``extra``, ``secret``, ``hooks``, ``key`` or ``preflight``.
+    kind: str = "config"
 
     def __str__(self) -> str:
         head = " ".join(part for part in (self.where, self.key) if part)
         body = f"expected {self.expected}, found {self.found}" if self.expected else self.message
         if self.fix:
             body += f"; {self.fix}"
-        if not head:
+        if not head or body.startswith(head):
             return body
         return f"{head} {body}" if self.of_table else f"{head}: {body}"
+
+    @classmethod
+    def from_text(cls, text: str, kind: str = "config") -> ConfigProblem:
+        """A problem from a message that starts with where it is (``[keys] path: ...``)."""
+        match = _WHERE.match(text)
+        if match is None:
+            return cls(message=text, kind=kind)
+        return cls(match.group(1), match.group(2) or "", message=text, kind=kind)
+
+    def to_dict(self) -> dict[str, str]:
+        """The problem as JSON (``config check --json``): its fields and its text."""
+        fields = {name: getattr(self, name) for name in _JSON_FIELDS}
+        return {**fields, "text": str(self)}
+
+
+_JSON_FIELDS = ("where", "key", "expected", "found", "message", "fix", "kind")
 
 
 class ConfigError(PrivateShareError):

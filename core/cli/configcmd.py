@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 import click
@@ -39,7 +38,7 @@ def config_check(file: Path | None, config_path: Path, connect: bool, as_json: b
     path = file or config_path
     problems = check(path, connect=connect)
     if as_json:
-        click.echo(json.dumps({"config": str(path), "problems": [asdict(p) for p in problems]}))
+        click.echo(json.dumps({"config": str(path), "problems": [p.to_dict() for p in problems]}))
         if problems:
             sys.exit(ExitCode.CONFIG)
         return

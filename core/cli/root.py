@@ -240,4 +240,22 @@ def main(verbose: int, quiet: int, log_level: str | None, log_format: str) -> No
 
 main.add_command(keys_group)
 
-__all__ = ["BUILTIN_COMMANDS", "DOCS_URL", "CommandPlugin", "Group", "main"]
+
+def keys_group_with_plugins() -> click.Group:
+    """The ``keys`` group with its plugins' commands added (``keys wrap``, ...).
+
+    What the deprecated ``privateshare.keycommands.keys_group`` gives: run it through
+    :data:`main` (``privateshare keys ...``), which adds them on first use.
+    """
+    main.load_plugin_commands()
+    return keys_group
+
+
+__all__ = [
+    "BUILTIN_COMMANDS",
+    "DOCS_URL",
+    "CommandPlugin",
+    "Group",
+    "keys_group_with_plugins",
+    "main",
+]

@@ -12,9 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -28,6 +26,8 @@ from selenium.webdriver.support.ui import WebDriverWait
 from privateshare.cli import ExitCode
 from privateshare.sandbox import Sandbox
 from privateshare.testing.sandboxed import write_sandbox_config
+
+from ..helpers import cli, consent_command, free_port
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -63,41 +63,22 @@ def artifacts(tmp_path: Path, request: pytest.FixtureRequest) -> Path:
     return folder
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "privateshare", *args], capture_output=True, text=True, timeout=180
-    )
-
-
 def in_browser(
     driver: webdriver.Chrome, artifacts: Path, *args: str, press: str, name: str
 ) -> subprocess.CompletedProcess[str]:
     """Run a consent command; the browser opens its URL and the test presses ``press``."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "privateshare", *args, "--no-browser", "--timeout", "120"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    url = proc.stdout.readline().strip()
-    assert url.startswith("http://127.0.0.1:"), url
-    driver.get(url)
-    button = WebDriverWait(driver, 60).until(
-        expected_conditions.element_to_be_clickable((By.ID, press))
-    )
-    driver.save_screenshot(str(artifacts / f"{name}-1-consent.png"))
-    button.click()
-    WebDriverWait(driver, 60).until(lambda d: "/callback" in d.current_url)
-    driver.save_screenshot(str(artifacts / f"{name}-2-callback.png"))
-    out, err = proc.communicate(timeout=120)
-    return subprocess.CompletedProcess(proc.args, proc.returncode, url + "\n" + out, err)
+
+    def answer(url: str) -> None:
+        driver.get(url)
+        button = WebDriverWait(driver, 60).until(
+            expected_conditions.element_to_be_clickable((By.ID, press))
+        )
+        driver.save_screenshot(str(artifacts / f"{name}-1-consent.png"))
+        button.click()
+        WebDriverWait(driver, 60).until(lambda d: "/callback" in d.current_url)
+        driver.save_screenshot(str(artifacts / f"{name}-2-callback.png"))
+
+    return consent_command(*args, answer=answer, timeout=120)
 
 
 @pytest.fixture

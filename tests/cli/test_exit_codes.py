@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -24,13 +23,9 @@ from privateshare.flow import ConsentDenied
 from privateshare.sandbox import Sandbox
 from privateshare.testing.sandboxed import write_sandbox_config
 
+from ..helpers import cli, free_port
+
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.parametrize(
@@ -122,23 +117,8 @@ def test_a_missing_secret_variable_and_a_missing_key_file(
         keys={"type": "file", "path": str(key)},
         digime={"redirect_uri": redirect},
     )
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "privateshare",
-            "authorize",
-            "-c",
-            str(config),
-            "--user",
-            "u",
-            "--no-browser",
-            "--timeout",
-            "5",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
+    result = cli(
+        "authorize", "-c", str(config), "--user", "u", "--no-browser", "--timeout", "5", timeout=120
     )
     assert result.returncode == ExitCode.SECRET, result.stderr
     assert str(key) in result.stderr
@@ -150,23 +130,8 @@ def test_an_authorize_timeout_exits_7(
     redirect = f"http://127.0.0.1:{free_port()}/callback"  # no clash with parallel runs
     sandbox = privateshare_sandbox(redirect_uris=(redirect,))
     config = write_sandbox_config(sandbox, tmp_path, digime={"redirect_uri": redirect})
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "privateshare",
-            "authorize",
-            "-c",
-            str(config),
-            "--user",
-            "u",
-            "--no-browser",
-            "--timeout",
-            "1",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
+    result = cli(
+        "authorize", "-c", str(config), "--user", "u", "--no-browser", "--timeout", "1", timeout=120
     )
     assert result.returncode == ExitCode.TIMEOUT, result.stderr
     assert "no consent callback arrived within 1s" in result.stderr

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,11 +12,7 @@ from privateshare.flow import Flow
 from privateshare.sandbox import Sandbox
 from privateshare.testing.sandboxed import consent, sandbox_framework, write_sandbox_config
 
-
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "privateshare", *args], capture_output=True, text=True, timeout=180
-    )
+from ..helpers import cli
 
 
 def consented(sandbox: Sandbox, root: Path, *users: str) -> Path:

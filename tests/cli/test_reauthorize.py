@@ -5,9 +5,6 @@ from __future__ import annotations
 import html
 import json
 import re
-import socket
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urljoin
@@ -18,35 +15,7 @@ from privateshare.cli import ExitCode
 from privateshare.sandbox import Sandbox
 from privateshare.testing.sandboxed import write_sandbox_config
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "privateshare", *args], capture_output=True, text=True, timeout=180
-    )
-
-
-def consent_in_browser(
-    *args: str, answer: Callable[[str], None]
-) -> subprocess.CompletedProcess[str]:
-    """Run a consent command; ``answer`` plays the user's browser on the printed URL."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "privateshare", *args, "--no-browser", "--timeout", "60"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    url = proc.stdout.readline().strip()
-    assert url.startswith("http://127.0.0.1:"), url
-    answer(url)
-    out, err = proc.communicate(timeout=120)
-    return subprocess.CompletedProcess(proc.args, proc.returncode, url + "\n" + out, err)
+from ..helpers import cli, consent_command, free_port
 
 
 def share(url: str) -> None:
@@ -60,7 +29,7 @@ def test_reauthorize_fixes_a_partial_account(
     sandbox = privateshare_sandbox(partial=True, redirect_uris=(redirect,))
     config = write_sandbox_config(sandbox, tmp_path, digime={"redirect_uri": redirect})
     c = str(config)
-    assert consent_in_browser("authorize", "-c", c, "--user", "amy", answer=share).returncode == 0
+    assert consent_command("authorize", "-c", c, "--user", "amy", answer=share).returncode == 0
     first = cli("pull", "-c", c, "--user", "amy")
     assert first.returncode == ExitCode.PARTIAL
     summary = json.loads(cli("pull", "-c", c, "--user", "amy", "--json").stdout)[0]
@@ -69,7 +38,7 @@ def test_reauthorize_fixes_a_partial_account(
         first.stdout
     )
 
-    fixed = consent_in_browser(
+    fixed = consent_command(
         "reauthorize", "-c", c, "--user", "amy", "--account", account, answer=share
     )
     assert fixed.returncode == 0, fixed.stderr
@@ -88,29 +57,14 @@ def test_reauthorize_renews_consent_and_cancel_and_timeout(
     config = write_sandbox_config(sandbox, tmp_path, digime={"redirect_uri": redirect})
     c = str(config)
     assert cli("reauthorize", "-c", c, "--user", "bob").returncode == ExitCode.AUTHORIZATION
-    assert consent_in_browser("authorize", "-c", c, "--user", "bob", answer=share).returncode == 0
-    renewed = consent_in_browser("reauthorize", "-c", c, "--user", "bob", answer=share)
+    assert consent_command("authorize", "-c", c, "--user", "bob", answer=share).returncode == 0
+    renewed = consent_command("reauthorize", "-c", c, "--user", "bob", answer=share)
     assert renewed.returncode == 0, renewed.stderr
     assert "/user-reauth?" in renewed.stdout and "Consent renewed for user bob" in renewed.stderr
     assert cli("pull", "-c", c, "--user", "bob").returncode == 0
 
-    timed_out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "privateshare",
-            "reauthorize",
-            "-c",
-            c,
-            "--user",
-            "bob",
-            "--no-browser",
-            "--timeout",
-            "1",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
+    timed_out = cli(
+        "reauthorize", "-c", c, "--user", "bob", "--no-browser", "--timeout", "1", timeout=120
     )
     assert timed_out.returncode == ExitCode.TIMEOUT, timed_out.stderr
 
@@ -140,18 +94,18 @@ def test_share_and_cancel_on_the_consent_form(
     sandbox = privateshare_sandbox(partial=True, redirect_uris=(redirect,), auto_consent=False)
     config = write_sandbox_config(sandbox, tmp_path, digime={"redirect_uri": redirect})
     c = str(config)
-    cancelled = consent_in_browser(
+    cancelled = consent_command(
         "authorize", "-c", c, "--user", "cy", answer=click_on_the_form("cancel")
     )
     assert cancelled.returncode == ExitCode.AUTHORIZATION, cancelled.stderr
     assert "USER_CANCEL" in cancelled.stderr
-    shared = consent_in_browser(
+    shared = consent_command(
         "authorize", "-c", c, "--user", "cy", answer=click_on_the_form("share")
     )
     assert shared.returncode == 0, shared.stderr
     summary = json.loads(cli("pull", "-c", c, "--user", "cy", "--json").stdout)[0]
     (account,) = summary["reauthorize_urls"]
-    no = consent_in_browser(
+    no = consent_command(
         "reauthorize",
         "-c",
         c,
@@ -162,7 +116,7 @@ def test_share_and_cancel_on_the_consent_form(
         answer=click_on_the_form("cancel"),
     )
     assert no.returncode == ExitCode.AUTHORIZATION, no.stderr
-    yes = consent_in_browser(
+    yes = consent_command(
         "reauthorize",
         "-c",
         c,
@@ -192,13 +146,13 @@ def test_authorize_on_a_chosen_service_then_reauthorize_adds_another(
         seen.append(url)
         share(url)
 
-    chosen = consent_in_browser(
+    chosen = consent_command(
         "authorize", "-c", c, "--user", "sam", "--service", str(first), answer=share_and_keep
     )
     assert chosen.returncode == 0, chosen.stderr
     assert f"service={first}" in seen[0], seen[0]
 
-    added = consent_in_browser(
+    added = consent_command(
         "reauthorize", "-c", c, "--user", "sam", "--service", str(second), answer=share_and_keep
     )
     assert added.returncode == 0, added.stderr

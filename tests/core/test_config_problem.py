@@ -40,3 +40,30 @@ def test_a_config_error_keeps_the_objects_and_their_text(tmp_path: Path) -> None
     unknown = by_key[("[pull]", "")]
     assert unknown.message == "unknown key 'colour'" and "valid keys are" in unknown.fix
     assert ConfigError("plain text").details == [ConfigProblem(message="plain text")]
+
+
+def test_a_problem_from_a_located_message_keeps_the_text_and_finds_where() -> None:
+    problem = ConfigProblem.from_text("[keys] path: /x/contract.pem does not exist", "preflight")
+    assert (problem.where, problem.key, problem.kind) == ("[keys]", "path", "preflight")
+    assert str(problem) == "[keys] path: /x/contract.pem does not exist"
+    table = ConfigProblem.from_text("[keys] is missing; add it")
+    assert (table.where, table.key, str(table)) == ("[keys]", "", "[keys] is missing; add it")
+    assert ConfigProblem.from_text("no sinks").where == ""
+
+
+def test_check_returns_the_decoding_problems_structured(tmp_path: Path) -> None:
+    from privateshare.checks import check
+
+    raw = {
+        "digime": {"application_id": "app", "contract_id": "c"},
+        "keys": {"type": "file", "path": "k.pem"},
+        "sinks": {"x": {"type": "memory"}},
+        "pull": {"concurrency": 0},
+    }
+    problems = check(raw, base_dir=tmp_path)
+    (concurrency,) = [p for p in problems if p.key == "concurrency"]
+    assert isinstance(concurrency, ConfigProblem) and concurrency.where == "[pull]"
+    assert concurrency.expected and concurrency.kind == "config"
+    as_json = concurrency.to_dict()
+    assert as_json["text"] == str(concurrency)
+    assert as_json["key"] == "concurrency" and as_json["kind"] == "config"

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,56 +14,24 @@ from privateshare.cli import ExitCode
 from privateshare.sandbox import Sandbox
 from privateshare.testing.sandboxed import write_sandbox_config
 
+from ..helpers import cli, consent_command, free_port
 from .conftest import delivered
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "privateshare", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 def authorize(config: Path, user: str, *extra: str) -> subprocess.CompletedProcess[str]:
     """Run ``authorize`` and act as the browser: open the printed URL (auto-consent)."""
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "privateshare",
-            "authorize",
-            "--config",
-            str(config),
-            "--user",
-            user,
-            "--no-browser",
-            "--timeout",
-            "60",
-            *extra,
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+
+    def answer(url: str) -> None:
+        for _ in range(50):  # the callback server is up before the URL is printed
+            try:
+                requests.get(url, timeout=10)  # follows the redirect to our callback
+                break
+            except requests.ConnectionError:
+                time.sleep(0.1)
+
+    return consent_command(
+        "authorize", "--config", str(config), "--user", user, *extra, answer=answer
     )
-    assert proc.stdout is not None
-    url = proc.stdout.readline().strip()
-    assert url.startswith("http://127.0.0.1:"), url
-    for _ in range(50):  # the callback server is up before the URL is printed
-        try:
-            requests.get(url, timeout=10)  # follows the redirect to our callback
-            break
-        except requests.ConnectionError:
-            time.sleep(0.1)
-    out, err = proc.communicate(timeout=120)
-    return subprocess.CompletedProcess(proc.args, proc.returncode, url + "\n" + out, err)
 
 
 def test_authorize_pull_accounts_users_delete(

@@ -11,7 +11,7 @@ from privateshare.framework import load
 from privateshare.sandbox import Sandbox
 from privateshare.testing.sandboxed import consent, write_sandbox_config
 
-from .test_cli_flow import cli
+from ..helpers import cli
 
 
 def test_damaged_records_and_a_lost_store_key_from_the_command_line(

@@ -16,6 +16,8 @@ from privateshare.cli import main
 from privateshare.scale import ScaleError, enqueue_users
 from privateshare.scale.app import PULL_TASK, create_app
 
+from ..helpers import free_port
+
 
 def _wait(predicate, timeout=60.0, what="condition"):
     deadline = time.monotonic() + timeout
@@ -80,17 +82,11 @@ def _pgid(pid):
         return None
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class OwnRedis:
     """A redis-server of the test's own (never the machine's), persisted across restarts."""
 
     def __init__(self, folder):
-        self.port = _free_port()
+        self.port = free_port()
         self.folder = folder
         folder.mkdir()
         self.proc = None
