@@ -144,8 +144,9 @@ def test_interrupted_pull_exits_130_with_nothing_half_written(
     from privateshare.flow import Flow
     from privateshare.testing.sandboxed import consent, sandbox_framework, sha256_tree
 
-    # Slow answers, so the signal lands while files are on their way.
-    sandbox = privateshare_sandbox(files=30, latency=0.2)
+    # Slow answers, so the signal lands while files are on their way (seconds of work are
+    # left after the first file, even when a loaded machine is slow to send the signal).
+    sandbox = privateshare_sandbox(files=80, latency=0.3)
     with sandbox_framework(sandbox, tmp_path) as fw:
         consent(Flow(fw), "ann")
     config = write_sandbox_config(sandbox, tmp_path)
