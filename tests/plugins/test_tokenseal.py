@@ -59,7 +59,7 @@ def test_a_record_moved_to_another_contract_kind_or_user_does_not_open(keys: Sto
         ("c1", "token", keys.digest("bob")),
     ]:
         with pytest.raises(TamperedRecord):
-            keys.open(contract, kind, where, blob)  # type: ignore[arg-type]
+            keys.open(contract, kind, where, blob)
 
 
 def test_a_changed_byte_anywhere_after_the_key_id_does_not_open(keys: StoreKeys) -> None:
