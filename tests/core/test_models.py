@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+
 import msgspec
+import pytest
 
 from privateshare.models import (
     MAX_FAILURES_LISTED,
     DataFile,
     FileFailure,
+    FileList,
     FileMetadata,
     RevokeUrl,
     RunSummary,
@@ -112,3 +116,41 @@ def test_a_source_query_sends_only_what_was_asked_and_the_sdk_defaults() -> None
         "offset": 40,
         "sort": {"name": "desc"},
     }
+
+
+def test_file_list_codec() -> None:
+    listing = msgspec.json.decode(
+        json.dumps(
+            {
+                "status": {
+                    "state": "partial",
+                    "details": {
+                        "acc1": {
+                            "state": "partial",
+                            "error": {
+                                "code": "ServiceAuthorizationError",
+                                "statusCode": 511,
+                                "reauth": True,
+                            },
+                        },
+                        "acc2": {"state": "completed"},
+                    },
+                },
+                "fileList": [
+                    {
+                        "name": "f1.json",
+                        "updatedDate": 1568716294874,
+                        "schema": {"standard": "digime", "version": "1.0.0"},
+                    }
+                ],
+            }
+        ),
+        type=FileList,
+    )
+    assert listing.status.details["acc1"].error.status_code == 511
+    assert listing.file_list[0].updated_date == 1568716294874
+    assert msgspec.json.decode(b'{"status":{"state":"pending"}}', type=FileList).file_list is None
+    with pytest.raises(msgspec.ValidationError):
+        msgspec.json.decode(b'{"status":{"state":"exploded"}}', type=FileList)
+    with pytest.raises(msgspec.ValidationError):
+        msgspec.json.decode(b'{"fileList":[]}', type=FileList)

@@ -1,4 +1,5 @@
-"""Config problems are objects, rendered in one place, and kept on the ConfigError."""
+"""core/errors.py: config problems are objects, rendered in one place and kept on the
+ConfigError; the other errors carry what callers branch on."""
 
 from __future__ import annotations
 
@@ -6,8 +7,15 @@ from pathlib import Path
 
 import pytest
 
+import privateshare.errors as errors
 from privateshare.config import load_config
-from privateshare.errors import ConfigError, ConfigProblem
+from privateshare.errors import (
+    ConfigError,
+    ConfigProblem,
+    FileDecryptionError,
+    PrivateShareError,
+    ServerError,
+)
 
 
 def test_a_problem_renders_where_key_expected_found_and_fix() -> None:
@@ -67,3 +75,38 @@ def test_check_returns_the_decoding_problems_structured(tmp_path: Path) -> None:
     as_json = concurrency.to_dict()
     assert as_json["text"] == str(concurrency)
     assert as_json["key"] == "concurrency" and as_json["kind"] == "config"
+
+
+def test_a_config_error_says_how_many_problems_and_where() -> None:
+    one = ConfigError("[pull] timeout: bad", source="/etc/ps.toml")
+    assert str(one) == "/etc/ps.toml: [pull] timeout: bad" and one.source == "/etc/ps.toml"
+    two = ConfigError([ConfigProblem("[keys]", "path", message="missing"), "no sinks"])
+    assert str(two) == "2 problems in the configuration:\n  - [keys] path: missing\n  - no sinks"
+    assert two.problems == ["[keys] path: missing", "no sinks"] and two.source is None
+
+
+def test_a_message_that_already_names_its_place_is_not_prefixed_twice() -> None:
+    problem = ConfigProblem("[keys]", "path", message="[keys] path: /x does not exist")
+    assert str(problem) == "[keys] path: /x does not exist"
+    with_fix = ConfigProblem("[keys]", message="is missing", fix="add a [keys] table")
+    assert str(with_fix) == "[keys]: is missing; add a [keys] table"
+
+
+def test_every_error_is_a_privateshare_error() -> None:
+    classes = [
+        value
+        for value in vars(errors).values()
+        if isinstance(value, type) and issubclass(value, Exception)
+    ]
+    assert len(classes) > 15
+    assert all(issubclass(cls, PrivateShareError) for cls in classes), classes
+
+
+def test_decryption_and_server_errors_keep_what_callers_branch_on() -> None:
+    failed = FileDecryptionError("hash", "the digest differs", "f.json")
+    assert (failed.check, failed.file_name) == ("hash", "f.json")
+    assert str(failed) == "hash check failed (f.json): the digest differs"
+    assert str(FileDecryptionError("size", "too short")) == "size check failed: too short"
+    error = ServerError("gone", code="NotFound", reference="r9", status_code=404)
+    assert (error.code, error.reference, error.status_code) == ("NotFound", "r9", 404)
+    assert str(error) == "gone (code NotFound, HTTP 404, reference r9)"
