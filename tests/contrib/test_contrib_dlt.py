@@ -7,15 +7,12 @@ pipeline per test), so xdist's ``loadfile`` gives it a worker while the rest go 
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from .test_contrib_packages import CONTRIB, run_own_tests
+from .test_contrib_packages import CONTRIB, run_demo_with_sinks, run_own_tests
 
 
 @pytest.mark.timeout(900)  # ~95 s of CPU alone; several times that on a loaded machine
@@ -30,19 +27,7 @@ def test_the_demo_command_with_a_dlt_sink_and_the_readme_query(
     """Literally: add [sinks.warehouse] type = "dlt" to the demo, run it, then run the SQL
     query of the plugin's README on the DuckDB file it made."""
     duckdb = pytest.importorskip("duckdb", reason="privateshare-dlt needs dlt[duckdb]")
-    (tmp_path / "warehouse.toml").write_text('[sinks.warehouse]\ntype = "dlt"\n')
-    demo = tmp_path / "demo"
-    env = {**os.environ, "PYTHONPATH": str(sinks_site), "RUNTIME__DLTHUB_TELEMETRY": "false"}
-    sinks = str(tmp_path / "warehouse.toml")
-    result = subprocess.run(
-        [sys.executable, "-m", "privateshare", "demo", "--dir", str(demo), "--sinks", sinks],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "24/24 files match" in result.stdout.replace("\n", " ")
+    demo = run_demo_with_sinks(sinks_site, tmp_path, '[sinks.warehouse]\ntype = "dlt"\n')
 
     # What the file sink delivered is the truth: objects per table, and the spending.
     folder = demo / "data" / "demo-user"

@@ -42,6 +42,24 @@ def test_installed_sinks_are_listed_with_their_options(sinks_site: Path) -> None
     assert secret == {"name": "secret", "type": "Secret", "required": True, "default": None}
 
 
+def run_demo_with_sinks(sinks_site: Path, tmp_path: Path, sinks_toml: str) -> Path:
+    """`privateshare demo --sinks FILE` with the contrib sinks installed; the demo's folder."""
+    (tmp_path / "sinks.toml").write_text(sinks_toml)
+    demo = tmp_path / "demo"
+    env = {**env_with(sinks_site), "RUNTIME__DLTHUB_TELEMETRY": "false"}
+    command = ["demo", "--dir", str(demo), "--sinks", str(tmp_path / "sinks.toml")]
+    result = subprocess.run(
+        [sys.executable, "-m", "privateshare", *command],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "24/24 files match" in result.stdout.replace("\n", " ")
+    return demo
+
+
 def run_own_tests(sinks_site: Path, name: str) -> None:
     """Run a distribution's own test suite against its installed copy."""
     # From the distribution's directory, so its own pytest settings apply; -P keeps that
@@ -112,33 +130,10 @@ def test_demo_with_a_parquet_sink_reads_back_with_pyarrow(
 
 def test_the_demo_command_with_a_parquet_sink(sinks_site: Path, tmp_path: Path) -> None:
     """Literally: add [sinks.lake] type = "parquet" to the demo, run it, read it back."""
-    import os
-    import subprocess
-    import sys
-
     import pyarrow.dataset as ds
 
-    (tmp_path / "lake.toml").write_text('[sinks.lake]\ntype = "parquet"\nroot = "lake"\n')
-    demo = tmp_path / "demo"
-    env = {**os.environ, "PYTHONPATH": str(sinks_site)}
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "privateshare",
-            "demo",
-            "--dir",
-            str(demo),
-            "--sinks",
-            str(tmp_path / "lake.toml"),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "24/24 files match" in result.stdout.replace("\n", " ")
+    lake = '[sinks.lake]\ntype = "parquet"\nroot = "lake"\n'
+    demo = run_demo_with_sinks(sinks_site, tmp_path, lake)
     folder = demo / "data" / "demo-user"
     expected = 0
     for meta_file in folder.glob("*.metadata.json"):
