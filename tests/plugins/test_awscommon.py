@@ -27,7 +27,7 @@ def no_aws_setup(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 def session(**options: object) -> AwsSession:
-    return AwsSession(AwsConnection(**options), "sinks.archive", SinkError)  # type: ignore[arg-type]
+    return AwsSession(AwsConnection(**options), "sinks.archive", SinkError)
 
 
 def client_error(code: str, message: str = "", status: int = 400) -> bx.ClientError:
@@ -35,14 +35,14 @@ def client_error(code: str, message: str = "", status: int = 400) -> bx.ClientEr
         "Error": {"Code": code, "Message": message},
         "ResponseMetadata": {"HTTPStatusCode": status},
     }
-    return bx.ClientError(response, "PutObject")  # type: ignore[arg-type]
+    return bx.ClientError(response, "PutObject")
 
 
 HEAD = "[sinks.archive]: cannot upload s3://b/k"
 
 
 def translate(exc: BaseException, s: AwsSession | None = None, **kwargs: object) -> str:
-    error = aws_error(exc, s or session(), "upload s3://b/k", **kwargs)  # type: ignore[arg-type]
+    error = aws_error(exc, s or session(), "upload s3://b/k", **kwargs)
     assert type(error) is SinkError, "the plugin's own error class"
     message = str(error)
     assert message.startswith(HEAD), message
