@@ -125,7 +125,8 @@ class AwsSession:
         config = botocore.config.Config(
             connect_timeout=o.timeout,
             read_timeout=o.timeout,
-            retries={"mode": "standard", "max_attempts": o.max_attempts},
+            # total_max_attempts counts the first try; botocore's max_attempts counts retries.
+            retries={"mode": "standard", "total_max_attempts": o.max_attempts},
             max_pool_connections=self.pool_size,
         )
         try:
