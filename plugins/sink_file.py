@@ -20,7 +20,6 @@ import logging
 import os
 import threading
 from pathlib import Path
-from typing import BinaryIO
 
 import msgspec
 
@@ -43,7 +42,15 @@ log = logging.getLogger(__name__)
 #: Suffix of the metadata file written beside each data file.
 METADATA_SUFFIX = ".metadata.json"
 
-_BUFFER = 1 << 20
+#: Chunks smaller than this are gathered and written together; larger ones go straight to
+#: the file with ``os.write`` (no copy through a userspace buffer).
+_GATHER = 256 << 10
+#: A file bigger than this is dropped from the page cache as it reaches the disk (see
+#: ``FileSinkWriter._written``); smaller files, most of a library, are left alone.
+_DROP_AFTER = 32 << 20
+#: How often (bytes written) a large file starts writeback and drops what reached the disk.
+_DROP_STEP = 16 << 20
+_FADVISE = getattr(os, "posix_fadvise", None)
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -67,6 +74,8 @@ class FileSink(Plugin):
         metadata: bool = True
         #: fsync files and directories on commit (turn off only for throwaway data).
         fsync: bool = True
+        #: Drop large files (over 32 MiB) from the page cache as they reach the disk.
+        drop_cache: bool = True
 
     def __init__(self, options: FileSink.Options, context: PluginContext) -> None:
         super().__init__(options, context)
@@ -273,19 +282,25 @@ class FileSinkWriter(SinkWriter):
 
     def __init__(self, sink: FileSink, dir_fd: int, target: Path, file: DataFile) -> None:
         super().__init__(file, where=str(target))
-        self._out: BinaryIO | None = None
+        self._fd = -1
         self._dir_fd = dir_fd
         self._sink = sink
         self.target = target
         self._temps: list[str] = []
+        #: Small chunks not written yet (a large chunk is written at once, uncopied).
+        self._pending = bytearray()
+        #: Bytes handed to the kernel; up to where writeback was started, and pages dropped.
+        self._offset = 0
+        self._flushed = 0
+        self._dropped = 0
+        self._drop = sink.options.drop_cache and _FADVISE is not None
         self._data_temp = self._new_temp()
         try:
-            fd = os.open(self._data_temp, _TEMP_FLAGS, 0o600, dir_fd=dir_fd)
+            self._fd = os.open(self._data_temp, _TEMP_FLAGS, 0o600, dir_fd=dir_fd)
         except OSError as exc:
             self.state = "aborted"
             self._cleanup()
             raise self._fail("create a temp file for", exc) from None
-        self._out = open(fd, "wb", buffering=_BUFFER)  # noqa: SIM115
 
     def __repr__(self) -> str:
         return f"FileSinkWriter({str(self.target)!r}, {self.state}, {self.size} bytes)"
@@ -304,24 +319,73 @@ class FileSinkWriter(SinkWriter):
         )
 
     def _write(self, chunk: bytes | memoryview) -> None:
-        """Append a chunk (written through at once, so a reused buffer is safe to pass)."""
-        assert self._out is not None  # open until commit or abort
+        """Append a chunk: a large one is written at once, a small one gathered (copied).
+
+        Either way nothing refers to ``chunk`` afterwards, so a reused buffer is safe to pass.
+        """
+        pending = self._pending
         try:
-            self._out.write(chunk)
+            if (chunk.nbytes if isinstance(chunk, memoryview) else len(chunk)) >= _GATHER:
+                if pending:
+                    self._write_all(pending)
+                    pending.clear()
+                self._write_all(chunk)
+            else:
+                pending += chunk
+                if len(pending) >= _GATHER:
+                    self._write_all(pending)
+                    pending.clear()
         except OSError as exc:
             raise self._fail("write", exc) from None
 
+    def _write_all(self, data: bytes | bytearray | memoryview) -> None:
+        """``os.write`` until all of ``data`` is in the kernel's hands (a write may be short)."""
+        fd = self._fd
+        with memoryview(data) as whole, whole.cast("B") as view:
+            size = len(view)
+            written = os.write(fd, view)
+            while written < size:
+                written += os.write(fd, view[written:])
+        self._offset += size
+        if self._drop and self._offset >= max(_DROP_AFTER, self._flushed + _DROP_STEP):
+            self._written()
+
+    def _written(self) -> None:
+        """Keep a large file from filling the page cache while it is written.
+
+        ``POSIX_FADV_DONTNEED`` starts writeback of the dirty pages of the range it is
+        given and drops the pages already written back. Each call (every ``_DROP_STEP``
+        bytes, past ``_DROP_AFTER``) starts the writeback of what was written since the
+        previous call, so the disk works while we decrypt and the fsync at commit has
+        little left to do, and drops what the previous call sent to the disk. Advice
+        only: durability still comes from the fsync at commit; a failure here is ignored.
+        """
+        assert _FADVISE is not None
+        started, self._flushed = self._flushed, self._offset
+        with contextlib.suppress(OSError):
+            _FADVISE(self._fd, started, self._offset - started, os.POSIX_FADV_DONTNEED)
+            if started > self._dropped:
+                _FADVISE(self._fd, self._dropped, started - self._dropped, os.POSIX_FADV_DONTNEED)
+                self._dropped = started
+
     def _commit(self) -> None:
         """Make the file (then its metadata) visible atomically, replacing the old version."""
-        assert self._out is not None
         fsync = self._sink.options.fsync
         name = self.target.name
         try:
-            out, self._out = self._out, None
-            out.flush()
-            if fsync:
-                os.fsync(out.fileno())
-            out.close()
+            if self._pending:
+                self._write_all(self._pending)
+                self._pending = bytearray()
+            fd, self._fd = self._fd, -1
+            try:
+                if fsync:
+                    os.fsync(fd)
+                if self._drop and self._offset > _DROP_AFTER and _FADVISE is not None:
+                    # On disk now: its pages are clean and can all go.
+                    with contextlib.suppress(OSError):
+                        _FADVISE(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
             meta_temp = None
             if self._sink.options.metadata:
                 meta_temp = self._write_metadata(fsync)
@@ -342,10 +406,11 @@ class FileSinkWriter(SinkWriter):
 
     def _discard(self) -> None:
         """Remove the temp files (a committed file is left alone: the base never gets here)."""
-        if self._out is not None:
-            out, self._out = self._out, None
+        self._pending = bytearray()
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
             with contextlib.suppress(OSError):
-                out.close()
+                os.close(fd)
         self._cleanup()
 
     # plumbing -------------------------------------------------------------------
@@ -353,11 +418,15 @@ class FileSinkWriter(SinkWriter):
     def _write_metadata(self, fsync: bool) -> str:
         temp = self._new_temp()
         fd = os.open(temp, _TEMP_FLAGS, 0o600, dir_fd=self._dir_fd)
-        with open(fd, "wb") as out:
-            out.write(metadata_json(self.metadata_document()))
-            out.flush()
+        try:
+            data = metadata_json(self.metadata_document())
+            written = os.write(fd, data)
+            while written < len(data):
+                written += os.write(fd, data[written:])
             if fsync:
-                os.fsync(out.fileno())
+                os.fsync(fd)
+        finally:
+            os.close(fd)
         return temp
 
     def _forget(self, temp: str) -> None:
