@@ -81,6 +81,8 @@ class FileSink(Plugin):
         super().__init__(options, context)
         self.root: Path = context.resolve(options.root)
         self._resolved_root: Path | None = None
+        #: The OS's path length limit under the resolved root (looked up with it).
+        self._path_max = 4095
         #: Directories whose entries changed since the last sync: (dev, inode) -> an open fd.
         self._dirty: dict[tuple[int, int], int] = {}
         self._dirty_lock = threading.Lock()
@@ -147,11 +149,12 @@ class FileSink(Plugin):
         checked = file_target(run, file, reserved_suffix=suffix)
         user, parts = checked.user_id, list(checked.parts)
         root = self._real_root(create=True)
-        target = root.joinpath(user, *parts)
-        _check_path_length(root, target, suffix, file.name, user)
-        _verify_inside(root, target, file.name, user)
+        parent = os.path.join(root, user, *parts[:-1])
+        _check_path_length(root, parent, parts[-1], suffix, file.name, user, self._path_max)
+        _verify_inside(root, parent, parts[-1], file.name, user)
         dir_fd = self._open_dir(root, [user, *parts[:-1]], user, file.name)
-        return FileSinkWriter(self, dir_fd, target, file)  # owns dir_fd from here on
+        # owns dir_fd from here on
+        return FileSinkWriter(self, dir_fd, parent, parts[-1], file)
 
     @hookimpl
     def privateshare_sink_sync(self, run: RunInfo) -> None:
@@ -200,8 +203,12 @@ class FileSink(Plugin):
                     f"sink {self.context.name}: cannot create its root directory {self.root}: "
                     f"{exc.strerror}; create it or change root in [{self.context.name}]"
                 ) from None
-        self._resolved_root = self.root.resolve()
-        return self._resolved_root
+        self._resolved_root = resolved = self.root.resolve()
+        try:
+            self._path_max = os.pathconf(resolved, "PC_PATH_MAX") - 1  # counts the final NUL
+        except (OSError, ValueError):
+            self._path_max = 4095
+        return resolved
 
     def _open_dir(self, root: Path, parts: list[str], user: str, name: str) -> int:
         """Walk (creating) ``root/parts...`` without following symlinks; return the dir fd."""
@@ -239,30 +246,29 @@ class FileSink(Plugin):
         return fd
 
 
-def _check_path_length(root: Path, target: Path, suffix: str | None, name: str, user: str) -> None:
+def _check_path_length(
+    root: Path, parent: str, name: str, suffix: str | None, shown: str, user: str, limit: int
+) -> None:
     """The target, its metadata file and its temp files must fit the OS's path limit."""
-    try:
-        limit = os.pathconf(root, "PC_PATH_MAX") - 1  # the limit counts the final NUL
-    except (OSError, ValueError):
-        limit = 4095
-    directory = len(os.fsencode(target.parent)) + 1
-    last = max(len(os.fsencode(target.name + (suffix or ""))), len(temp_name()))
+    directory = len(os.fsencode(parent)) + 1
+    last = max(len(os.fsencode(name + (suffix or ""))), len(temp_name()))
     if directory + last > limit:
         raise UnsafeFileNameError(
-            f"file name {shown_name(name)} of user {shown_name(user)} is unsafe: under the "
+            f"file name {shown_name(shown)} of user {shown_name(user)} is unsafe: under the "
             f"root {root} its path would be {directory + last} bytes, over this system's limit "
             f"of {limit} (PATH_MAX); nothing was written. Use a shorter root."
         )
 
 
-def _verify_inside(root: Path, target: Path, name: str, user: str) -> None:
+def _verify_inside(root: Path, parent: str, name: str, shown: str, user: str) -> None:
     """Second line of defence: the resolved target must stay under the resolved root."""
-    resolved = target.parent.resolve() / target.name
-    if not resolved.is_relative_to(root):
+    resolved = os.path.realpath(parent)
+    top = str(root)
+    if resolved != top and not resolved.startswith(top.rstrip("/") + "/"):
         raise UnsafeFileNameError(
-            f"file name {shown_name(name)} of user {shown_name(user)} resolves to {resolved}, "
-            f"outside the sink's root {root}; nothing was written. Remove the symbolic link on "
-            "the way."
+            f"file name {shown_name(shown)} of user {shown_name(user)} resolves to "
+            f"{os.path.join(resolved, name)}, outside the sink's root {root}; nothing was "
+            "written. Remove the symbolic link on the way."
         )
 
 
@@ -280,12 +286,15 @@ class FileSinkWriter(SinkWriter):
     never leaves a file half-written, and such files are not checkpointed.
     """
 
-    def __init__(self, sink: FileSink, dir_fd: int, target: Path, file: DataFile) -> None:
-        super().__init__(file, where=str(target))
+    def __init__(self, sink: FileSink, dir_fd: int, parent: str, name: str, file: DataFile) -> None:
+        where = os.path.join(parent, name)
+        super().__init__(file, where=where)
         self._fd = -1
         self._dir_fd = dir_fd
         self._sink = sink
-        self.target = target
+        self._parent = parent
+        self._name = name
+        self.target = Path(where)
         self._temps: list[str] = []
         #: Small chunks not written yet (a large chunk is written at once, uncopied).
         self._pending = bytearray()
@@ -303,18 +312,18 @@ class FileSinkWriter(SinkWriter):
             raise self._fail("create a temp file for", exc) from None
 
     def __repr__(self) -> str:
-        return f"FileSinkWriter({str(self.target)!r}, {self.state}, {self.size} bytes)"
+        return f"FileSinkWriter({self.where!r}, {self.state}, {self.size} bytes)"
 
     def _new_temp(self) -> str:
         name = temp_name()
         self._temps.append(name)
         with _active_lock:
-            _active_temps.add(str(self.target.parent / name))
+            _active_temps.add(os.path.join(self._parent, name))
         return name
 
     def _fail(self, action: str, exc: OSError) -> SinkError:
         return SinkError(
-            f"sink {self._sink.context.name}: cannot {action} {self.target}: "
+            f"sink {self._sink.context.name}: cannot {action} {self.where}: "
             f"{exc.strerror or exc}; check free space and permissions under {self._sink.root}"
         )
 
@@ -371,7 +380,7 @@ class FileSinkWriter(SinkWriter):
     def _commit(self) -> None:
         """Make the file (then its metadata) visible atomically, replacing the old version."""
         fsync = self._sink.options.fsync
-        name = self.target.name
+        name = self._name
         try:
             if self._pending:
                 self._write_all(self._pending)
@@ -432,7 +441,7 @@ class FileSinkWriter(SinkWriter):
     def _forget(self, temp: str) -> None:
         self._temps.remove(temp)
         with _active_lock:
-            _active_temps.discard(str(self.target.parent / temp))
+            _active_temps.discard(os.path.join(self._parent, temp))
 
     def _cleanup(self) -> None:
         for temp in list(self._temps):
@@ -441,7 +450,9 @@ class FileSinkWriter(SinkWriter):
             except FileNotFoundError:
                 pass
             except OSError as exc:
-                log.warning("could not remove temp file %s: %s", self.target.parent / temp, exc)
+                log.warning(
+                    "could not remove temp file %s: %s", os.path.join(self._parent, temp), exc
+                )
             self._forget(temp)
         self._close_dir()
 
