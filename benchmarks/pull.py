@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import itertools
 import json
 import os
@@ -454,8 +455,11 @@ def part_small(bench: Bench) -> None:
     say(f"\n## small files: {args.files} x 20 KiB plaintext, default [pull] (concurrency 8)")
     say(f"load average {loadavg()}")
     floor, sign, unwrap, trip = Figure(), Figure(), Figure(), Figure()
-    cpu = {"file": Figure(), "memory": Figure()}
-    rate = {"file": Figure(), "memory": Figure()}
+    # file: the default transport (requests); urllib3: the same pull with [transport] urllib3
+    # (when this privateshare has it: an older checkout, measured for comparison, may not).
+    u3 = importlib.util.find_spec("privateshare.plugins.transport_urllib3") is not None
+    cpu = {"file": Figure(), "urllib3": Figure(), "memory": Figure()}
+    rate = {"file": Figure(), "urllib3": Figure(), "memory": Figure()}
     rss = Figure()
     wire = 0.0
     for r in range(args.repeat):
@@ -465,20 +469,25 @@ def part_small(bench: Bench) -> None:
         unwrap.add(f["decrypt_ms"])
         trip.add(f["http_ms"])
         wire = f["wire_kib"]
-        for sink in ("file", "memory"):
-            result = bench.pull(sb, f"{sink}{r}", sink)
-            cpu[sink].add(per_file_ms(result))
-            rate[sink].add(files_per_s(result))
-            if sink == "file":
+        for variant in ("file", "urllib3", "memory") if u3 else ("file", "memory"):
+            if variant == "urllib3":
+                result = bench.pull(sb, f"{variant}{r}", "file", transport={"type": "urllib3"})
+            else:
+                result = bench.pull(sb, f"{variant}{r}", variant)
+            cpu[variant].add(per_file_ms(result))
+            rate[variant].add(files_per_s(result))
+            if variant == "file":
                 rss.add(result["peak_rss_mib"])
         say(
             f"  round {r + 1}: floor {f['floor_ms']:.2f} ms; file sink "
             f"{cpu['file'].values[-1]:.2f} ms/file, {rate['file'].values[-1]:.0f} files/s; "
-            f"memory sink {cpu['memory'].values[-1]:.2f} ms/file, "
+            + (f"with urllib3 {cpu['urllib3'].values[-1]:.2f} ms/file; " if u3 else "")
+            + f"memory sink {cpu['memory'].values[-1]:.2f} ms/file, "
             f"{rate['memory'].values[-1]:.0f} files/s; load {loadavg()}"
         )
     ratio = Figure([c / f for c, f in zip(cpu["file"].values, floor.values, strict=True)])
     ratio_mem = Figure([c / f for c, f in zip(cpu["memory"].values, floor.values, strict=True)])
+    ratio_u3 = Figure([c / f for c, f in zip(cpu["urllib3"].values, floor.values, strict=u3)])
     say(
         f"floor (CPU ms per file, measured in each round): PS512 sign {sign.show()} + "
         f"RSA-OAEP-SHA1 decrypt {unwrap.show()} + http.client round trip of "
@@ -488,6 +497,11 @@ def part_small(bench: Bench) -> None:
         f"file sink:   {cpu['file'].show()} ms CPU/file = {ratio.show()}x the floor; "
         f"{rate['file'].show('.0f')} files/s; peak RSS {rss.show('.0f')} MiB"
     )
+    if u3:
+        say(
+            f"file sink, [transport] urllib3: {cpu['urllib3'].show()} ms CPU/file = "
+            f"{ratio_u3.show()}x the floor; {rate['urllib3'].show('.0f')} files/s"
+        )
     say(
         f"memory sink: {cpu['memory'].show()} ms CPU/file = {ratio_mem.show()}x the floor; "
         f"{rate['memory'].show('.0f')} files/s (the file sink's disk work: "
@@ -499,6 +513,7 @@ def part_small(bench: Bench) -> None:
         "decrypt_ms": unwrap.values,
         "http_ms": trip.values,
         "file_ms": cpu["file"].values,
+        "urllib3_ms": cpu["urllib3"].values,
         "memory_ms": cpu["memory"].values,
         "file_files_s": rate["file"].values,
         "memory_files_s": rate["memory"].values,
@@ -513,6 +528,17 @@ def part_small(bench: Bench) -> None:
             2.5,
         )
     )
+    if u3:
+        bench.targets.append(
+            Target(
+                "small",
+                "the same with [transport] type = urllib3",
+                "<= 2.5x",
+                f"{cpu['urllib3'].show()} ms vs {floor.show()} ms",
+                ratio_u3.median,
+                2.5,
+            )
+        )
     bench.targets.append(
         Target(
             "small",
