@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import itertools
 import json
 import os
@@ -449,6 +448,18 @@ def files_per_s(result: dict[str, Any]) -> float:
 # --- the parts ------------------------------------------------------------------------------
 
 
+def has_plugin_module(name: str) -> bool:
+    """Whether the privateshare imported here ships ``plugins/<name>.py``.
+
+    Looked up in the directory ``privateshare.plugins`` was imported from, not by module
+    name: run against another checkout (``PYTHONPATH``), an editable install's finder
+    would still resolve the name to this one.
+    """
+    import privateshare.plugins
+
+    return any((Path(p) / f"{name}.py").is_file() for p in privateshare.plugins.__path__)
+
+
 def part_small(bench: Bench) -> None:
     args = bench.args
     sb = bench.small_sandbox()
@@ -457,7 +468,7 @@ def part_small(bench: Bench) -> None:
     floor, sign, unwrap, trip = Figure(), Figure(), Figure(), Figure()
     # file: the default transport (requests); urllib3: the same pull with [transport] urllib3
     # (when this privateshare has it: an older checkout, measured for comparison, may not).
-    u3 = importlib.util.find_spec("privateshare.plugins.transport_urllib3") is not None
+    u3 = has_plugin_module("transport_urllib3")
     cpu = {"file": Figure(), "urllib3": Figure(), "memory": Figure()}
     rate = {"file": Figure(), "urllib3": Figure(), "memory": Figure()}
     rss = Figure()
