@@ -3,7 +3,8 @@ releases the GIL.
 
 ``--http``: one GET of the sandbox's unsigned ``discovery/services`` answer (~30 KiB, the
 size of a small file's download) through each layer a download passes, from the top down:
-``requests.Session.get``; privateshare's transport plugin (``fw.hooks.send``, pacing and all);
+``requests.Session.get``; privateshare's transport plugin (``fw.hooks.send``, pacing and all),
+then the same with ``[transport] type = "urllib3"`` (where the checkout has it);
 a fresh ``requests.Request(...).prepare()`` + ``HTTPAdapter.send`` (what the plugin does
 underneath); ``HTTPAdapter.send`` of a request prepared once; a urllib3 connection pool; bare
 ``http.client``. The sandbox runs in this process, the client in a child process: the figures
@@ -59,6 +60,12 @@ def http_layers(url: str, config: dict[str, Any], base_dir: str) -> dict[str, Ca
 
     session = requests.Session()
     fw = privateshare.load(config, base_dir=Path(base_dir))
+    # The same with [transport] type = "urllib3", where this checkout has it.
+    u3 = None
+    if any((Path(p) / "transport_urllib3.py").is_file() for p in plugins_path()):
+        u3 = privateshare.load(
+            {**config, "transport": {"type": "urllib3"}}, base_dir=Path(base_dir)
+        )
     adapter = HTTPAdapter(pool_connections=1, pool_maxsize=1, max_retries=0)
     prepared = requests.Request("GET", url, headers={"User-Agent": "bench"}).prepare()
     parts = urlsplit(url)
@@ -70,6 +77,14 @@ def http_layers(url: str, config: dict[str, Any], base_dir: str) -> dict[str, Ca
 
     def transport() -> int:
         response = fw.hooks.send(HttpRequest("GET", url, stream=True))
+        try:
+            return len(response.read())
+        finally:
+            response.close()
+
+    def transport_urllib3() -> int:
+        assert u3 is not None
+        response = u3.hooks.send(HttpRequest("GET", url, stream=True))
         try:
             return len(response.read())
         finally:
@@ -101,11 +116,19 @@ def http_layers(url: str, config: dict[str, Any], base_dir: str) -> dict[str, Ca
     return {
         "requests.Session.get": session_get,
         "privateshare transport (fw.hooks.send)": transport,
+        **({"the same, [transport] urllib3": transport_urllib3} if u3 is not None else {}),
         "Request.prepare + HTTPAdapter.send": prepare_and_send,
         "HTTPAdapter.send (prepared once)": adapter_send,
         "urllib3 HTTPConnectionPool": urllib3_pool,
         "http.client": http_client,
     }
+
+
+def plugins_path() -> list[str]:
+    """Where ``privateshare.plugins`` was imported from (another checkout via PYTHONPATH)."""
+    import privateshare.plugins
+
+    return list(privateshare.plugins.__path__)
 
 
 def child_http(spec: dict[str, Any]) -> dict[str, Any]:

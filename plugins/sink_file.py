@@ -20,7 +20,6 @@ import logging
 import os
 import threading
 from pathlib import Path
-from typing import BinaryIO
 
 import msgspec
 
@@ -43,7 +42,15 @@ log = logging.getLogger(__name__)
 #: Suffix of the metadata file written beside each data file.
 METADATA_SUFFIX = ".metadata.json"
 
-_BUFFER = 1 << 20
+#: Chunks smaller than this are gathered and written together; larger ones go straight to
+#: the file with ``os.write`` (no copy through a userspace buffer).
+_GATHER = 256 << 10
+#: A file bigger than this is dropped from the page cache as it reaches the disk (see
+#: ``FileSinkWriter._written``); smaller files, most of a library, are left alone.
+_DROP_AFTER = 32 << 20
+#: How often (bytes written) a large file starts writeback and drops what reached the disk.
+_DROP_STEP = 16 << 20
+_FADVISE = getattr(os, "posix_fadvise", None)
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -67,11 +74,15 @@ class FileSink(Plugin):
         metadata: bool = True
         #: fsync files and directories on commit (turn off only for throwaway data).
         fsync: bool = True
+        #: Drop large files (over 32 MiB) from the page cache as they reach the disk.
+        drop_cache: bool = True
 
     def __init__(self, options: FileSink.Options, context: PluginContext) -> None:
         super().__init__(options, context)
         self.root: Path = context.resolve(options.root)
         self._resolved_root: Path | None = None
+        #: The OS's path length limit under the resolved root (looked up with it).
+        self._path_max = 4095
         #: Directories whose entries changed since the last sync: (dev, inode) -> an open fd.
         self._dirty: dict[tuple[int, int], int] = {}
         self._dirty_lock = threading.Lock()
@@ -138,11 +149,12 @@ class FileSink(Plugin):
         checked = file_target(run, file, reserved_suffix=suffix)
         user, parts = checked.user_id, list(checked.parts)
         root = self._real_root(create=True)
-        target = root.joinpath(user, *parts)
-        _check_path_length(root, target, suffix, file.name, user)
-        _verify_inside(root, target, file.name, user)
+        parent = os.path.join(root, user, *parts[:-1])
+        _check_path_length(root, parent, parts[-1], suffix, file.name, user, self._path_max)
+        _verify_inside(root, parent, parts[-1], file.name, user)
         dir_fd = self._open_dir(root, [user, *parts[:-1]], user, file.name)
-        return FileSinkWriter(self, dir_fd, target, file)  # owns dir_fd from here on
+        # owns dir_fd from here on
+        return FileSinkWriter(self, dir_fd, parent, parts[-1], file)
 
     @hookimpl
     def privateshare_sink_sync(self, run: RunInfo) -> None:
@@ -191,8 +203,12 @@ class FileSink(Plugin):
                     f"sink {self.context.name}: cannot create its root directory {self.root}: "
                     f"{exc.strerror}; create it or change root in [{self.context.name}]"
                 ) from None
-        self._resolved_root = self.root.resolve()
-        return self._resolved_root
+        self._resolved_root = resolved = self.root.resolve()
+        try:
+            self._path_max = os.pathconf(resolved, "PC_PATH_MAX") - 1  # counts the final NUL
+        except (OSError, ValueError):
+            self._path_max = 4095
+        return resolved
 
     def _open_dir(self, root: Path, parts: list[str], user: str, name: str) -> int:
         """Walk (creating) ``root/parts...`` without following symlinks; return the dir fd."""
@@ -230,30 +246,29 @@ class FileSink(Plugin):
         return fd
 
 
-def _check_path_length(root: Path, target: Path, suffix: str | None, name: str, user: str) -> None:
+def _check_path_length(
+    root: Path, parent: str, name: str, suffix: str | None, shown: str, user: str, limit: int
+) -> None:
     """The target, its metadata file and its temp files must fit the OS's path limit."""
-    try:
-        limit = os.pathconf(root, "PC_PATH_MAX") - 1  # the limit counts the final NUL
-    except (OSError, ValueError):
-        limit = 4095
-    directory = len(os.fsencode(target.parent)) + 1
-    last = max(len(os.fsencode(target.name + (suffix or ""))), len(temp_name()))
+    directory = len(os.fsencode(parent)) + 1
+    last = max(len(os.fsencode(name + (suffix or ""))), len(temp_name()))
     if directory + last > limit:
         raise UnsafeFileNameError(
-            f"file name {shown_name(name)} of user {shown_name(user)} is unsafe: under the "
+            f"file name {shown_name(shown)} of user {shown_name(user)} is unsafe: under the "
             f"root {root} its path would be {directory + last} bytes, over this system's limit "
             f"of {limit} (PATH_MAX); nothing was written. Use a shorter root."
         )
 
 
-def _verify_inside(root: Path, target: Path, name: str, user: str) -> None:
+def _verify_inside(root: Path, parent: str, name: str, shown: str, user: str) -> None:
     """Second line of defence: the resolved target must stay under the resolved root."""
-    resolved = target.parent.resolve() / target.name
-    if not resolved.is_relative_to(root):
+    resolved = os.path.realpath(parent)
+    top = str(root)
+    if resolved != top and not resolved.startswith(top.rstrip("/") + "/"):
         raise UnsafeFileNameError(
-            f"file name {shown_name(name)} of user {shown_name(user)} resolves to {resolved}, "
-            f"outside the sink's root {root}; nothing was written. Remove the symbolic link on "
-            "the way."
+            f"file name {shown_name(shown)} of user {shown_name(user)} resolves to "
+            f"{os.path.join(resolved, name)}, outside the sink's root {root}; nothing was "
+            "written. Remove the symbolic link on the way."
         )
 
 
@@ -271,57 +286,115 @@ class FileSinkWriter(SinkWriter):
     never leaves a file half-written, and such files are not checkpointed.
     """
 
-    def __init__(self, sink: FileSink, dir_fd: int, target: Path, file: DataFile) -> None:
-        super().__init__(file, where=str(target))
-        self._out: BinaryIO | None = None
+    def __init__(self, sink: FileSink, dir_fd: int, parent: str, name: str, file: DataFile) -> None:
+        where = os.path.join(parent, name)
+        super().__init__(file, where=where)
+        self._fd = -1
         self._dir_fd = dir_fd
         self._sink = sink
-        self.target = target
+        self._parent = parent
+        self._name = name
+        self.target = Path(where)
         self._temps: list[str] = []
+        #: Small chunks not written yet (a large chunk is written at once, uncopied).
+        self._pending = bytearray()
+        #: Bytes handed to the kernel; up to where writeback was started, and pages dropped.
+        self._offset = 0
+        self._flushed = 0
+        self._dropped = 0
+        self._drop = sink.options.drop_cache and _FADVISE is not None
         self._data_temp = self._new_temp()
         try:
-            fd = os.open(self._data_temp, _TEMP_FLAGS, 0o600, dir_fd=dir_fd)
+            self._fd = os.open(self._data_temp, _TEMP_FLAGS, 0o600, dir_fd=dir_fd)
         except OSError as exc:
             self.state = "aborted"
             self._cleanup()
             raise self._fail("create a temp file for", exc) from None
-        self._out = open(fd, "wb", buffering=_BUFFER)  # noqa: SIM115
 
     def __repr__(self) -> str:
-        return f"FileSinkWriter({str(self.target)!r}, {self.state}, {self.size} bytes)"
+        return f"FileSinkWriter({self.where!r}, {self.state}, {self.size} bytes)"
 
     def _new_temp(self) -> str:
         name = temp_name()
         self._temps.append(name)
         with _active_lock:
-            _active_temps.add(str(self.target.parent / name))
+            _active_temps.add(os.path.join(self._parent, name))
         return name
 
     def _fail(self, action: str, exc: OSError) -> SinkError:
         return SinkError(
-            f"sink {self._sink.context.name}: cannot {action} {self.target}: "
+            f"sink {self._sink.context.name}: cannot {action} {self.where}: "
             f"{exc.strerror or exc}; check free space and permissions under {self._sink.root}"
         )
 
     def _write(self, chunk: bytes | memoryview) -> None:
-        """Append a chunk (written through at once, so a reused buffer is safe to pass)."""
-        assert self._out is not None  # open until commit or abort
+        """Append a chunk: a large one is written at once, a small one gathered (copied).
+
+        Either way nothing refers to ``chunk`` afterwards, so a reused buffer is safe to pass.
+        """
+        pending = self._pending
         try:
-            self._out.write(chunk)
+            if (chunk.nbytes if isinstance(chunk, memoryview) else len(chunk)) >= _GATHER:
+                if pending:
+                    self._write_all(pending)
+                    pending.clear()
+                self._write_all(chunk)
+            else:
+                pending += chunk
+                if len(pending) >= _GATHER:
+                    self._write_all(pending)
+                    pending.clear()
         except OSError as exc:
             raise self._fail("write", exc) from None
 
+    def _write_all(self, data: bytes | bytearray | memoryview) -> None:
+        """``os.write`` until all of ``data`` is in the kernel's hands (a write may be short)."""
+        fd = self._fd
+        with memoryview(data) as whole, whole.cast("B") as view:
+            size = len(view)
+            written = os.write(fd, view)
+            while written < size:
+                written += os.write(fd, view[written:])
+        self._offset += size
+        if self._drop and self._offset >= max(_DROP_AFTER, self._flushed + _DROP_STEP):
+            self._written()
+
+    def _written(self) -> None:
+        """Keep a large file from filling the page cache while it is written.
+
+        ``POSIX_FADV_DONTNEED`` starts writeback of the dirty pages of the range it is
+        given and drops the pages already written back. Each call (every ``_DROP_STEP``
+        bytes, past ``_DROP_AFTER``) starts the writeback of what was written since the
+        previous call, so the disk works while we decrypt and the fsync at commit has
+        little left to do, and drops what the previous call sent to the disk. Advice
+        only: durability still comes from the fsync at commit; a failure here is ignored.
+        """
+        assert _FADVISE is not None
+        started, self._flushed = self._flushed, self._offset
+        with contextlib.suppress(OSError):
+            _FADVISE(self._fd, started, self._offset - started, os.POSIX_FADV_DONTNEED)
+            if started > self._dropped:
+                _FADVISE(self._fd, self._dropped, started - self._dropped, os.POSIX_FADV_DONTNEED)
+                self._dropped = started
+
     def _commit(self) -> None:
         """Make the file (then its metadata) visible atomically, replacing the old version."""
-        assert self._out is not None
         fsync = self._sink.options.fsync
-        name = self.target.name
+        name = self._name
         try:
-            out, self._out = self._out, None
-            out.flush()
-            if fsync:
-                os.fsync(out.fileno())
-            out.close()
+            if self._pending:
+                self._write_all(self._pending)
+                self._pending = bytearray()
+            fd, self._fd = self._fd, -1
+            try:
+                if fsync:
+                    os.fsync(fd)
+                if self._drop and self._offset > _DROP_AFTER and _FADVISE is not None:
+                    # On disk now: its pages are clean and can all go.
+                    with contextlib.suppress(OSError):
+                        _FADVISE(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
             meta_temp = None
             if self._sink.options.metadata:
                 meta_temp = self._write_metadata(fsync)
@@ -342,10 +415,11 @@ class FileSinkWriter(SinkWriter):
 
     def _discard(self) -> None:
         """Remove the temp files (a committed file is left alone: the base never gets here)."""
-        if self._out is not None:
-            out, self._out = self._out, None
+        self._pending = bytearray()
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
             with contextlib.suppress(OSError):
-                out.close()
+                os.close(fd)
         self._cleanup()
 
     # plumbing -------------------------------------------------------------------
@@ -353,17 +427,21 @@ class FileSinkWriter(SinkWriter):
     def _write_metadata(self, fsync: bool) -> str:
         temp = self._new_temp()
         fd = os.open(temp, _TEMP_FLAGS, 0o600, dir_fd=self._dir_fd)
-        with open(fd, "wb") as out:
-            out.write(metadata_json(self.metadata_document()))
-            out.flush()
+        try:
+            data = metadata_json(self.metadata_document())
+            written = os.write(fd, data)
+            while written < len(data):
+                written += os.write(fd, data[written:])
             if fsync:
-                os.fsync(out.fileno())
+                os.fsync(fd)
+        finally:
+            os.close(fd)
         return temp
 
     def _forget(self, temp: str) -> None:
         self._temps.remove(temp)
         with _active_lock:
-            _active_temps.discard(str(self.target.parent / temp))
+            _active_temps.discard(os.path.join(self._parent, temp))
 
     def _cleanup(self) -> None:
         for temp in list(self._temps):
@@ -372,7 +450,9 @@ class FileSinkWriter(SinkWriter):
             except FileNotFoundError:
                 pass
             except OSError as exc:
-                log.warning("could not remove temp file %s: %s", self.target.parent / temp, exc)
+                log.warning(
+                    "could not remove temp file %s: %s", os.path.join(self._parent, temp), exc
+                )
             self._forget(temp)
         self._close_dir()
 

@@ -93,6 +93,13 @@ class RequestsTransport(Plugin):
     Options = RequestsOptions
     description = "HTTPS with pooled connections, timeouts and retries (requests)"
 
+    #: What sending raises, by kind: a TLS failure (told apart so the message can point at
+    #: ``ca_bundle``), a connection error or timeout (retried), anything else (not retried).
+    #: A transport sending another way (``transport_urllib3``) names its library's errors.
+    _tls_errors: tuple[type[BaseException], ...] = (requests.exceptions.SSLError,)
+    _retried_errors: tuple[type[BaseException], ...] = (requests.ConnectionError, requests.Timeout)
+    _other_errors: tuple[type[BaseException], ...] = (requests.RequestException,)
+
     def __init__(self, options: RequestsOptions, context: PluginContext) -> None:
         super().__init__(options, context)
         self.options: RequestsOptions = options
@@ -127,12 +134,12 @@ class RequestsTransport(Plugin):
         for attempt in range(1, attempts + 1):
             try:
                 response = self._attempt(request, what, attempt)
-            except requests.exceptions.SSLError as exc:
+            except self._tls_errors as exc:
                 raise TransportError(
                     f"TLS verification failed for {what}: {_reason(exc)}; "
                     f"set [{self.context.name}] ca_bundle if the server uses a private CA"
                 ) from None
-            except (requests.ConnectionError, requests.Timeout) as exc:
+            except self._retried_errors as exc:
                 if _left(request) == 0:
                     raise TransportError(
                         f"{what}: the deadline passed before the server answered ({_reason(exc)})"
@@ -144,7 +151,7 @@ class RequestsTransport(Plugin):
                     ) from None
                 time.sleep(delay)
                 continue
-            except requests.RequestException as exc:  # an invalid URL, header or proxy
+            except self._other_errors as exc:  # an invalid URL, header or proxy
                 raise TransportError(f"{what}: {_reason(exc)}") from None
             if response.status_code in RETRY_STATUSES:
                 retry_after = _retry_after(response.headers.get("Retry-After"))
@@ -160,7 +167,7 @@ class RequestsTransport(Plugin):
             )
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _attempt(self, request: HttpRequest, what: str, attempt: int) -> requests.Response:
+    def _attempt(self, request: HttpRequest, what: str, attempt: int) -> Any:
         """One attempt, following redirects within the request's origin, each hop signed afresh."""
         home: str | None = None  # the origin of request.url, as requests spells it
         url = request.url
@@ -184,16 +191,7 @@ class RequestsTransport(Plugin):
                 )
             if request.authorize is not None:
                 prepared.headers["Authorization"] = request.authorize()
-            response = self._adapter.send(
-                prepared,
-                stream=True,
-                timeout=(
-                    _within(self.options.connect_timeout, left),
-                    _within(self.options.read_timeout, left),
-                ),
-                verify=self._verify,
-                proxies=self._proxies_for(url),
-            )
+            response = self._send(prepared, url, left)
             location = response.headers.get("Location")
             if response.status_code not in REDIRECT_STATUSES or not location:
                 return response
@@ -204,7 +202,20 @@ class RequestsTransport(Plugin):
                 url = ""
         raise TransportError(f"{what}: more than {MAX_REDIRECTS} redirects")
 
-    def _prepare(self, request: HttpRequest, url: str) -> requests.PreparedRequest | None:
+    def _send(self, prepared: Any, url: str, left: float | None) -> Any:
+        """Send one prepared hop; the response's body is left unread (``raw``)."""
+        return self._adapter.send(
+            prepared,
+            stream=True,
+            timeout=(
+                _within(self.options.connect_timeout, left),
+                _within(self.options.read_timeout, left),
+            ),
+            verify=self._verify,
+            proxies=self._proxies_for(url),
+        )
+
+    def _prepare(self, request: HttpRequest, url: str) -> Any:
         """The request for ``url`` as it would be sent, unsigned; None if ``url`` is unusable.
 
         What ``requests.Request(...).prepare()`` does, less its cookie jar and hooks (there
@@ -302,9 +313,7 @@ class RequestsResponse:
     inflates a Content-Encoding without bound), over a socket file paced by ``pace``.
     """
 
-    def __init__(
-        self, response: requests.Response, what: str, pace: Pace, *, read_ahead: int = 0
-    ) -> None:
+    def __init__(self, response: Any, what: str, pace: Pace, *, read_ahead: int = 0) -> None:
         self._response = response
         self._what = what
         self.status_code = response.status_code

@@ -15,7 +15,7 @@ from privateshare.errors import ConfigError, PluginError
 from privateshare.hooks.loading import FAMILIES, check_config, discover, installed_names
 
 BUILTINS = {
-    "transport": {"requests"},
+    "transport": {"requests", "urllib3"},
     "keys": {"file", "env-key"},
     "tokens": {"file"},
     "decryption": {"digime"},

@@ -336,11 +336,13 @@ def test_root_that_cannot_be_created_is_a_clear_error(tmp_path: Path) -> None:
         deliver_one(sink, "alice", "f.json", b"x")
 
 
+HALF = b"half of the file" * (1 << 15)
+
+
 def _die_mid_write(root: str) -> None:
     sink = make_sink(Path(root))
     writer = sink.privateshare_sink_open_file(run=make_run(), file=make_file("alice", "f.json"))
-    writer.write(b"half of the file")
-    writer._out.flush()  # type: ignore[union-attr]
+    writer.write(HALF)  # large enough to be written at once, not gathered
     os._exit(1)  # killed: no commit, no abort, no cleanup
 
 
@@ -355,7 +357,7 @@ def test_a_killed_writer_leaves_no_file_and_its_temp_is_cleaned_at_open_run(
     assert child.exitcode == 1
     leftovers = list((tmp_path / "root/alice").iterdir())
     assert [p.name.startswith(TEMP_PREFIX) for p in leftovers] == [True]
-    assert leftovers[0].read_bytes() == b"half of the file"
+    assert leftovers[0].read_bytes() == HALF
 
     sink = make_sink(tmp_path)
     deliver_one(sink, "bob", "g.json", b"other user")  # cleans bob's directory only
@@ -468,4 +470,105 @@ def test_without_fsync_nothing_is_synced(tmp_path, monkeypatch) -> None:
 def deliver_to(sink: FileSink, run, name: str) -> None:
     writer = sink.privateshare_sink_open_file(run, make_file(run.user_id, name))
     writer.write(b"{}")
+    writer.commit()
+
+
+def test_small_chunks_are_gathered_large_ones_written_at_once_in_order(tmp_path: Path) -> None:
+    sink = make_sink(tmp_path)
+    run = make_run("alice")
+    writer = sink.privateshare_sink_open_file(run, make_file("alice", "mixed.bin"))
+    reused = bytearray(600 << 10)  # a decryptor's buffer: overwritten after every write
+    expected = bytearray()
+    for i, size in enumerate([10, 300 << 10, 7, 200 << 10, 100 << 10, 600 << 10, 1, 3]):
+        reused[:size] = bytes([i + 1]) * size
+        writer.write(memoryview(reused)[:size])
+        expected += reused[:size]
+        reused[:size] = b"\xff" * size  # whatever was kept of the chunk would show this
+    wide = memoryview(bytearray(range(8)) * 40000).cast("I")  # 4-byte items: 320,000 bytes
+    writer.write(wide)
+    expected += wide.tobytes()
+    writer.commit()
+    data = (tmp_path / "root/alice/mixed.bin").read_bytes()
+    assert data == bytes(expected)
+    assert writer.size == len(expected)
+    meta = json.loads((tmp_path / f"root/alice/mixed.bin{METADATA_SUFFIX}").read_text())
+    assert meta["size"] == len(expected)
+
+
+def test_a_short_os_write_is_continued(tmp_path: Path, monkeypatch) -> None:
+    real_write = os.write
+
+    def short_write(fd: int, data) -> int:  # the kernel may take less than asked
+        return real_write(fd, memoryview(data)[:1000])
+
+    sink = make_sink(tmp_path)
+    monkeypatch.setattr(os, "write", short_write)
+    payload = os.urandom(700 << 10)
+    deliver_to_with(sink, make_run("alice"), "short.bin", [b"head", payload, b"tail"])
+    monkeypatch.undo()
+    assert (tmp_path / "root/alice/short.bin").read_bytes() == b"head" + payload + b"tail"
+
+
+@pytest.mark.skipif(not hasattr(os, "posix_fadvise"), reason="no posix_fadvise on this system")
+def test_a_large_file_leaves_the_page_cache_as_it_reaches_the_disk(
+    tmp_path: Path, monkeypatch
+) -> None:
+    from privateshare.plugins import sink_file
+
+    # Scaled down: past 1 MiB, every 256 KiB.
+    monkeypatch.setattr(sink_file, "_DROP_AFTER", 1 << 20)
+    monkeypatch.setattr(sink_file, "_DROP_STEP", 256 << 10)
+    events: list[tuple[str, int, int]] = []
+    real_fadvise, real_fsync = os.posix_fadvise, os.fsync
+
+    def spying_fadvise(fd: int, offset: int, length: int, advice: int) -> None:
+        assert advice == os.POSIX_FADV_DONTNEED
+        events.append(("drop", offset, length))
+        real_fadvise(fd, offset, length, advice)
+
+    def spying_fsync(fd: int) -> None:
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            events.append(("fsync", os.fstat(fd).st_size, 0))
+        real_fsync(fd)
+
+    monkeypatch.setattr(sink_file, "_FADVISE", spying_fadvise)
+    monkeypatch.setattr(os, "fsync", spying_fsync)
+    payload = os.urandom(3 << 20)
+    chunks = [payload[i : i + (300 << 10)] for i in range(0, len(payload), 300 << 10)]
+    deliver_to_with(make_sink(tmp_path), make_run("alice"), "big.bin", chunks)
+    assert (tmp_path / "root/alice/big.bin").read_bytes() == payload
+
+    k = 1 << 10
+    # Written so far after each 300 KiB chunk: 300, 600, ... 3000, then 3072 KiB. Past 1 MiB,
+    # each call starts the writeback of what came since the previous one and drops what the
+    # previous one started; nothing is dropped that was not handed to the disk first.
+    while_writing = [("drop", 0, 1200 * k)]
+    for end in range(1500, 3001, 300):
+        while_writing += [("drop", (end - 300) * k, 300 * k), ("drop", (end - 600) * k, 300 * k)]
+    while_writing[2] = ("drop", 0, 1200 * k)
+    # Then the data fsync, and only after it (the pages are clean) the whole file is dropped.
+    assert events[: len(while_writing) + 2] == [
+        *while_writing,
+        ("fsync", len(payload), 0),
+        ("drop", 0, 0),
+    ]
+
+
+def test_drop_cache_false_gives_no_advice(tmp_path: Path, monkeypatch) -> None:
+    from privateshare.plugins import sink_file
+
+    monkeypatch.setattr(sink_file, "_DROP_AFTER", 1 << 20)
+    monkeypatch.setattr(sink_file, "_DROP_STEP", 256 << 10)
+    calls: list[tuple[int, int]] = []
+    monkeypatch.setattr(sink_file, "_FADVISE", lambda fd, o, n, a: calls.append((o, n)))
+    payload = os.urandom(3 << 20)
+    deliver_to_with(make_sink(tmp_path, drop_cache=False), make_run("alice"), "b.bin", [payload])
+    assert (tmp_path / "root/alice/b.bin").read_bytes() == payload
+    assert calls == []
+
+
+def deliver_to_with(sink: FileSink, run, name: str, chunks: list[bytes]) -> None:
+    writer = sink.privateshare_sink_open_file(run, make_file(run.user_id, name))
+    for chunk in chunks:
+        writer.write(chunk)
     writer.commit()

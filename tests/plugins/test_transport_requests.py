@@ -1,4 +1,9 @@
-"""The requests transport against a real local HTTP(S) server."""
+"""The requests and urllib3 transports against a real local HTTP(S) server.
+
+The urllib3 transport shares the requests transport's policies and replaces only how a
+request is built and sent, so every test here (the conformance suite included) runs for
+both: ``transport_kind`` parametrizes the module.
+"""
 
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ from cryptography.x509.oid import NameOID
 from privateshare.errors import ConfigError, ResponseTooLarge, TransportError
 from privateshare.hooks import PluginContext
 from privateshare.plugins.transport_requests import RequestsOptions, RequestsTransport
+from privateshare.plugins.transport_urllib3 import Urllib3Transport
 from privateshare.testing.conformance import READ_PATHS, TransportConformance, read_body
 from privateshare.testing.hostile import (
     Answer,
@@ -104,10 +110,25 @@ def reply(
     handler.wfile.write(body)
 
 
+TRANSPORTS: dict[str, type[RequestsTransport]] = {
+    "requests": RequestsTransport,
+    "urllib3": Urllib3Transport,
+}
+_kind = ["requests"]
+
+
+@pytest.fixture(autouse=True, params=sorted(TRANSPORTS))
+def transport_kind(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Every test of this module runs with each transport (``transport()`` builds it)."""
+    _kind[0] = request.param
+    yield request.param
+    _kind[0] = "requests"
+
+
 def transport(tmp_path: Path, **options: object) -> RequestsTransport:
     defaults: dict[str, object] = {"backoff": 0.01, "read_timeout": 5.0}
     defaults.update(options)
-    return RequestsTransport(
+    return TRANSPORTS[_kind[0]](
         RequestsOptions(**defaults),  # type: ignore[arg-type]
         PluginContext(name="transport", base_dir=tmp_path),
     )
@@ -568,3 +589,54 @@ def test_a_slow_consumer_of_a_read_ahead_body_is_not_a_slow_server(
         got += part
         time.sleep(0.25)
     assert got == body
+
+
+# --- the urllib3 transport sends what the requests transport sends ------------------------
+
+
+def test_both_transports_send_the_same_request(serve, tmp_path: Path) -> None:
+    seen: list[tuple[str, str, list[tuple[str, str]], bytes]] = []
+
+    def record(handler: BaseHTTPRequestHandler, n: int) -> None:
+        reply(handler, 200, b"{}")
+
+    server = serve(record)
+    original = server.script
+
+    def keep(handler: BaseHTTPRequestHandler, n: int) -> None:
+        seen.append((handler.command, handler.path, sorted(handler.headers.items()), b""))
+        original(handler, n)
+
+    server.script = keep
+    for kind in sorted(TRANSPORTS):
+        built = TRANSPORTS[kind](
+            RequestsOptions(user_agent="ua/1"), PluginContext(name="transport", base_dir=tmp_path)
+        )
+        for request in (
+            HttpRequest("GET", server.url + "/v1.7/a?b=c", authorize=lambda: "Bearer x"),
+            HttpRequest("POST", server.url + "/v1.7/p", json={"k": [1, "é"]}),
+            HttpRequest("POST", server.url + "/v1.7/empty", headers={"X-Extra": "1"}),
+        ):
+            with built.privateshare_transport_send(request) as response:
+                assert response.read() == b"{}"
+        built.close()
+    assert len(seen) == 6
+    assert seen[:3] == seen[3:]  # method, path and every header alike
+    assert ("User-Agent", "ua/1") in seen[0][2] and ("Authorization", "Bearer x") in seen[0][2]
+    assert ("Content-Type", "application/json") in seen[1][2]
+    assert ("Content-Length", "0") in seen[2][2]
+
+
+def test_user_info_in_the_url_is_sent_as_basic_auth_not_in_the_request_line(
+    serve, tmp_path: Path
+) -> None:
+    lines: list[tuple[str, str]] = []
+
+    def keep(handler: BaseHTTPRequestHandler, n: int) -> None:
+        lines.append((handler.path, handler.headers.get("Authorization", "")))
+        reply(handler, 200)
+
+    server = serve(keep)
+    url = server.url.replace("http://", "http://us%40er:p%3Aw@") + "/x"
+    assert transport(tmp_path).privateshare_transport_send(HttpRequest("GET", url)).read() == b"ok"
+    assert lines == [("/x", "Basic dXNAZXI6cDp3")]  # base64 of "us@er:p:w"
