@@ -7,7 +7,8 @@ was. Each part takes ``--repeat`` rounds, the variants alternating within a roun
 the median with min-max. Parts (all by default; pick some with their flags):
 
 ``--small``       2,000 files of 20 KiB plaintext (JSON gzip/brotli/none, JPEG, PDF) into the
-                  file sink and into the memory sink: client CPU per file and files/s, against
+                  file sink (its root on this disk, and on tmpfs: /dev/shm) and into the
+                  memory sink: client CPU per file and files/s, against
                   the floor measured in the same run: one PS512 signature + one RSA-OAEP-SHA1
                   decryption + one ``http.client`` round trip for a file of the same library.
                   Target: CPU per file <= 2.5x the floor (file sink).
@@ -60,6 +61,8 @@ from typing import Any
 HERE = Path(__file__).resolve()
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 POSTGRESQL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+#: A RAM file system for the small-file part's file sink on tmpfs (skipped where absent).
+TMPFS = "/dev/shm"
 CURL = ["curl", "-sS", "-w", "%{http_code} %{size_download} %{time_total}"]
 
 
@@ -463,9 +466,15 @@ class Bench:
     def pull(self, sb: Any, name: str, sink: str = "file", **extra: Any) -> dict[str, Any]:
         """One pull in a fresh child; the root is removed afterwards (unless ``keep``)."""
         keep = extra.pop("keep", False)
+        # The file sink's data elsewhere (e.g. on tmpfs); tokens stay under the work root.
+        data_base = extra.pop("data_base", None)
         spec = self.spec(sb, name, {}, **extra)
         root = spec["root"]
-        if sink == "file":
+        if sink == "file" and data_base:
+            data = tempfile.mkdtemp(prefix=f"ps-bench-{name}-", dir=data_base)
+            self.discard(data)
+            spec["config"]["sinks"] = self.file_sink(data)
+        elif sink == "file":
             spec["config"]["sinks"] = self.file_sink(root)
         elif sink == "memory":
             spec["config"]["sinks"] = {"memory": {"type": "memory"}}
@@ -518,8 +527,12 @@ def part_small(bench: Bench) -> None:
     # file: the default transport (requests); urllib3: the same pull with [transport] urllib3
     # (when this privateshare has it: an older checkout, measured for comparison, may not).
     u3 = has_plugin_module("transport_urllib3")
-    cpu = {"file": Figure(), "urllib3": Figure(), "memory": Figure()}
-    rate = {"file": Figure(), "urllib3": Figure(), "memory": Figure()}
+    # tmpfs: the same file sink with its root on a RAM file system (/dev/shm), which
+    # separates the sink's own cost from this disk's file system's (creating an inode).
+    shm = TMPFS if os.path.isdir(TMPFS) else None
+    variants = ["file", *(["tmpfs"] if shm else []), *(["urllib3"] if u3 else []), "memory"]
+    cpu = {v: Figure() for v in ("file", "tmpfs", "urllib3", "memory")}
+    rate = {v: Figure() for v in ("file", "tmpfs", "urllib3", "memory")}
     rss = Figure()
     wire = 0.0
     for r in range(args.repeat):
@@ -529,9 +542,11 @@ def part_small(bench: Bench) -> None:
         unwrap.add(f["decrypt_ms"])
         trip.add(f["http_ms"])
         wire = f["wire_kib"]
-        for variant in ("file", "urllib3", "memory") if u3 else ("file", "memory"):
+        for variant in variants:
             if variant == "urllib3":
                 result = bench.pull(sb, f"{variant}{r}", "file", transport={"type": "urllib3"})
+            elif variant == "tmpfs":
+                result = bench.pull(sb, f"{variant}{r}", "file", data_base=shm)
             else:
                 result = bench.pull(sb, f"{variant}{r}", variant)
             cpu[variant].add(per_file_ms(result))
@@ -541,6 +556,7 @@ def part_small(bench: Bench) -> None:
         say(
             f"  round {r + 1}: floor {f['floor_ms']:.2f} ms; file sink "
             f"{cpu['file'].values[-1]:.2f} ms/file, {rate['file'].values[-1]:.0f} files/s; "
+            + (f"on tmpfs {cpu['tmpfs'].values[-1]:.2f} ms/file; " if shm else "")
             + (f"with urllib3 {cpu['urllib3'].values[-1]:.2f} ms/file; " if u3 else "")
             + f"memory sink {cpu['memory'].values[-1]:.2f} ms/file, "
             f"{rate['memory'].values[-1]:.0f} files/s; load {loadavg()}"
@@ -548,6 +564,7 @@ def part_small(bench: Bench) -> None:
     ratio = Figure([c / f for c, f in zip(cpu["file"].values, floor.values, strict=True)])
     ratio_mem = Figure([c / f for c, f in zip(cpu["memory"].values, floor.values, strict=True)])
     ratio_u3 = Figure([c / f for c, f in zip(cpu["urllib3"].values, floor.values, strict=u3)])
+    ratio_shm = Figure([c / f for c, f in zip(cpu["tmpfs"].values, floor.values, strict=bool(shm))])
     say(
         f"floor (CPU ms per file, measured in each round): PS512 sign {sign.show()} + "
         f"RSA-OAEP-SHA1 decrypt {unwrap.show()} + http.client round trip of "
@@ -557,6 +574,12 @@ def part_small(bench: Bench) -> None:
         f"file sink:   {cpu['file'].show()} ms CPU/file = {ratio.show()}x the floor; "
         f"{rate['file'].show('.0f')} files/s; peak RSS {rss.show('.0f')} MiB"
     )
+    if shm:
+        say(
+            f"file sink on tmpfs ({shm}): {cpu['tmpfs'].show()} ms CPU/file = "
+            f"{ratio_shm.show()}x the floor; {rate['tmpfs'].show('.0f')} files/s (this disk's "
+            f"file system: {cpu['file'].median - cpu['tmpfs'].median:.2f} ms/file more)"
+        )
     if u3:
         say(
             f"file sink, [transport] urllib3: {cpu['urllib3'].show()} ms CPU/file = "
@@ -573,6 +596,7 @@ def part_small(bench: Bench) -> None:
         "decrypt_ms": unwrap.values,
         "http_ms": trip.values,
         "file_ms": cpu["file"].values,
+        "tmpfs_ms": cpu["tmpfs"].values,
         "urllib3_ms": cpu["urllib3"].values,
         "memory_ms": cpu["memory"].values,
         "file_files_s": rate["file"].values,
@@ -588,6 +612,18 @@ def part_small(bench: Bench) -> None:
             2.5,
         )
     )
+    if shm:
+        bench.targets.append(
+            Target(
+                "small",
+                "the same with the file sink's root on tmpfs, reference",
+                "<= 2.5x",
+                f"{cpu['tmpfs'].show()} ms vs {floor.show()} ms",
+                ratio_shm.median,
+                2.5,
+                reference=True,
+            )
+        )
     if u3:
         bench.targets.append(
             Target(
