@@ -7,7 +7,8 @@ was. Each part takes ``--repeat`` rounds, the variants alternating within a roun
 the median with min-max. Parts (all by default; pick some with their flags):
 
 ``--small``       2,000 files of 20 KiB plaintext (JSON gzip/brotli/none, JPEG, PDF) into the
-                  file sink and into the memory sink: client CPU per file and files/s, against
+                  file sink (its root on this disk, and on tmpfs: /dev/shm) and into the
+                  memory sink: client CPU per file and files/s, against
                   the floor measured in the same run: one PS512 signature + one RSA-OAEP-SHA1
                   decryption + one ``http.client`` round trip for a file of the same library.
                   Target: CPU per file <= 2.5x the floor (file sink).
@@ -21,8 +22,10 @@ the median with min-max. Parts (all by default; pick some with their flags):
                   ``curl -o /dev/null`` of the same URL. Targets: >= 70% of curl's MB/s; RSS
                   flat (growth over the process's baseline <= 64 MiB).
 ``--compression`` gzip and brotli files of 15 MiB, one at a time: MB/s of decompressed output
-                  end to end (memory sink) against zlib/brotli decompressing the same bytes in
-                  one call. Target: >= 80%.
+                  end to end (file sink; memory sink for reference) against zlib/brotli
+                  decompressing the same bytes in one call in the client's process just
+                  before and after its pull; and the client's CPU per byte (the worker
+                  thread's, per file) against the bare decompressor's. Target: >= 80%.
 
     python benchmarks/pull.py [--small] [--memory] [--checkpoint] [--sql] [--large]
                               [--compression] [--quick] [--repeat 3] [--json out.json]
@@ -47,6 +50,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -57,6 +61,8 @@ from typing import Any
 HERE = Path(__file__).resolve()
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 POSTGRESQL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+#: A RAM file system for the small-file part's file sink on tmpfs (skipped where absent).
+TMPFS = "/dev/shm"
 CURL = ["curl", "-sS", "-w", "%{http_code} %{size_download} %{time_total}"]
 
 
@@ -131,13 +137,20 @@ def child_pull(spec: dict[str, Any]) -> dict[str, Any]:
     from privateshare.testing.sandboxed import consent
 
     user = spec["user"]
-    events: list[tuple[float, str, int]] = []
+    # (wall, CPU of the reporting thread, that thread, file name, bytes): a file event is
+    # reported by the worker thread that delivered it, so at concurrency 1 the CPU between
+    # two of its events is that file's client CPU (no other thread works meanwhile).
+    events: list[tuple[float, float, int, str, int]] = []
 
     def progress(event: str, data: Any) -> None:
         if event == "file":
-            events.append((time.perf_counter(), data[0], data[1]))
+            events.append(
+                (time.perf_counter(), time.thread_time(), threading.get_ident(), *data[:2])
+            )
         elif event == "status":  # the list was read: downloads start now
-            events.append((time.perf_counter(), "", 0))
+            events.append((time.perf_counter(), 0.0, 0, "", 0))
+
+    bare = bare_decompressions(spec.get("bare", []))
 
     with privateshare.load(spec["config"], base_dir=Path(spec["base_dir"])) as fw:
         flow = Flow(fw)
@@ -157,6 +170,8 @@ def child_pull(spec: dict[str, Any]) -> dict[str, Any]:
             wall, cpu = time.perf_counter() - wall, cpu_seconds() - cpu
             faults = page_faults() - faults
         started = time.perf_counter() - wall
+    for name, seconds in bare_decompressions(spec.get("bare", [])).items():
+        bare[name] = [(a + b) / 2 for a, b in zip(bare[name], seconds, strict=True)]
     return {
         "files": summary.files_delivered,
         "skipped": summary.files_skipped,
@@ -168,8 +183,29 @@ def child_pull(spec: dict[str, Any]) -> dict[str, Any]:
         "page_faults": faults,
         "base_rss_mib": base_rss / 1024,
         "peak_rss_mib": vm_kib("VmHWM") / 1024,
-        "timeline": [(t - started, name, size) for t, name, size in events],
+        "timeline": [(t - started, c, th, name, size) for t, c, th, name, size in events],
+        "bare": bare,
     }
+
+
+def bare_decompressions(files: list[dict[str, str]]) -> dict[str, list[float]]:
+    """[wall, CPU] seconds of zlib/brotli decompressing each payload in one call, in this
+    process: the compression part measures them just before and just after the pull, so
+    the bare decompressor and the pull see the same machine (the load drifts)."""
+    import zlib
+
+    import brotli
+
+    seconds: dict[str, list[float]] = {}
+    for f in files:
+        payload = Path(f["path"]).read_bytes()
+        wall, cpu = time.perf_counter(), time.thread_time()
+        if f["kind"] == "gzip":
+            zlib.decompressobj(wbits=16 + zlib.MAX_WBITS).decompress(payload)
+        else:
+            brotli.decompress(payload)
+        seconds[f["name"]] = [time.perf_counter() - wall, time.thread_time() - cpu]
+    return seconds
 
 
 def child_floor(spec: dict[str, Any]) -> dict[str, Any]:
@@ -430,9 +466,15 @@ class Bench:
     def pull(self, sb: Any, name: str, sink: str = "file", **extra: Any) -> dict[str, Any]:
         """One pull in a fresh child; the root is removed afterwards (unless ``keep``)."""
         keep = extra.pop("keep", False)
+        # The file sink's data elsewhere (e.g. on tmpfs); tokens stay under the work root.
+        data_base = extra.pop("data_base", None)
         spec = self.spec(sb, name, {}, **extra)
         root = spec["root"]
-        if sink == "file":
+        if sink == "file" and data_base:
+            data = tempfile.mkdtemp(prefix=f"ps-bench-{name}-", dir=data_base)
+            self.discard(data)
+            spec["config"]["sinks"] = self.file_sink(data)
+        elif sink == "file":
             spec["config"]["sinks"] = self.file_sink(root)
         elif sink == "memory":
             spec["config"]["sinks"] = {"memory": {"type": "memory"}}
@@ -485,8 +527,12 @@ def part_small(bench: Bench) -> None:
     # file: the default transport (requests); urllib3: the same pull with [transport] urllib3
     # (when this privateshare has it: an older checkout, measured for comparison, may not).
     u3 = has_plugin_module("transport_urllib3")
-    cpu = {"file": Figure(), "urllib3": Figure(), "memory": Figure()}
-    rate = {"file": Figure(), "urllib3": Figure(), "memory": Figure()}
+    # tmpfs: the same file sink with its root on a RAM file system (/dev/shm), which
+    # separates the sink's own cost from this disk's file system's (creating an inode).
+    shm = TMPFS if os.path.isdir(TMPFS) else None
+    variants = ["file", *(["tmpfs"] if shm else []), *(["urllib3"] if u3 else []), "memory"]
+    cpu = {v: Figure() for v in ("file", "tmpfs", "urllib3", "memory")}
+    rate = {v: Figure() for v in ("file", "tmpfs", "urllib3", "memory")}
     rss = Figure()
     wire = 0.0
     for r in range(args.repeat):
@@ -496,9 +542,11 @@ def part_small(bench: Bench) -> None:
         unwrap.add(f["decrypt_ms"])
         trip.add(f["http_ms"])
         wire = f["wire_kib"]
-        for variant in ("file", "urllib3", "memory") if u3 else ("file", "memory"):
+        for variant in variants:
             if variant == "urllib3":
                 result = bench.pull(sb, f"{variant}{r}", "file", transport={"type": "urllib3"})
+            elif variant == "tmpfs":
+                result = bench.pull(sb, f"{variant}{r}", "file", data_base=shm)
             else:
                 result = bench.pull(sb, f"{variant}{r}", variant)
             cpu[variant].add(per_file_ms(result))
@@ -508,6 +556,7 @@ def part_small(bench: Bench) -> None:
         say(
             f"  round {r + 1}: floor {f['floor_ms']:.2f} ms; file sink "
             f"{cpu['file'].values[-1]:.2f} ms/file, {rate['file'].values[-1]:.0f} files/s; "
+            + (f"on tmpfs {cpu['tmpfs'].values[-1]:.2f} ms/file; " if shm else "")
             + (f"with urllib3 {cpu['urllib3'].values[-1]:.2f} ms/file; " if u3 else "")
             + f"memory sink {cpu['memory'].values[-1]:.2f} ms/file, "
             f"{rate['memory'].values[-1]:.0f} files/s; load {loadavg()}"
@@ -515,6 +564,7 @@ def part_small(bench: Bench) -> None:
     ratio = Figure([c / f for c, f in zip(cpu["file"].values, floor.values, strict=True)])
     ratio_mem = Figure([c / f for c, f in zip(cpu["memory"].values, floor.values, strict=True)])
     ratio_u3 = Figure([c / f for c, f in zip(cpu["urllib3"].values, floor.values, strict=u3)])
+    ratio_shm = Figure([c / f for c, f in zip(cpu["tmpfs"].values, floor.values, strict=bool(shm))])
     say(
         f"floor (CPU ms per file, measured in each round): PS512 sign {sign.show()} + "
         f"RSA-OAEP-SHA1 decrypt {unwrap.show()} + http.client round trip of "
@@ -524,6 +574,12 @@ def part_small(bench: Bench) -> None:
         f"file sink:   {cpu['file'].show()} ms CPU/file = {ratio.show()}x the floor; "
         f"{rate['file'].show('.0f')} files/s; peak RSS {rss.show('.0f')} MiB"
     )
+    if shm:
+        say(
+            f"file sink on tmpfs ({shm}): {cpu['tmpfs'].show()} ms CPU/file = "
+            f"{ratio_shm.show()}x the floor; {rate['tmpfs'].show('.0f')} files/s (this disk's "
+            f"file system: {cpu['file'].median - cpu['tmpfs'].median:.2f} ms/file more)"
+        )
     if u3:
         say(
             f"file sink, [transport] urllib3: {cpu['urllib3'].show()} ms CPU/file = "
@@ -540,6 +596,7 @@ def part_small(bench: Bench) -> None:
         "decrypt_ms": unwrap.values,
         "http_ms": trip.values,
         "file_ms": cpu["file"].values,
+        "tmpfs_ms": cpu["tmpfs"].values,
         "urllib3_ms": cpu["urllib3"].values,
         "memory_ms": cpu["memory"].values,
         "file_files_s": rate["file"].values,
@@ -555,6 +612,18 @@ def part_small(bench: Bench) -> None:
             2.5,
         )
     )
+    if shm:
+        bench.targets.append(
+            Target(
+                "small",
+                "the same with the file sink's root on tmpfs, reference",
+                "<= 2.5x",
+                f"{cpu['tmpfs'].show()} ms vs {floor.show()} ms",
+                ratio_shm.median,
+                2.5,
+                reference=True,
+            )
+        )
     if u3:
         bench.targets.append(
             Target(
@@ -864,84 +933,112 @@ def part_large(bench: Bench) -> None:
     )
 
 
-def bare_seconds(payload: bytes, compression: str) -> float:
-    """Least seconds of 3 for zlib/brotli to decompress ``payload`` in one call."""
-    import zlib
-
-    import brotli
-
-    best = float("inf")
-    for _ in range(3):
-        started = time.perf_counter()
-        if compression == "gzip":
-            zlib.decompressobj(wbits=16 + zlib.MAX_WBITS).decompress(payload)
-        else:
-            brotli.decompress(payload)
-        best = min(best, time.perf_counter() - started)
-    return best
-
-
 def part_compression(bench: Bench) -> None:
     args = bench.args
     size = args.compressed_size
     say(
         f"\n## compressed files: {args.compressed_files} files of {size / MiB:.0f} MiB "
-        "plaintext, one at a time ([pull] concurrency 1), memory sink"
+        "plaintext, one at a time ([pull] concurrency 1), into the file sink (fsync) and the "
+        "memory sink"
     )
+    say(
+        "the sandbox serves from this process, the client is a child process (no shared GIL); "
+        "the bare decompressor runs in the client's process just before and after its pull "
+        "(the mean of the two), so both see the same load"
+    )
+    kinds = ("gzip", "brotli")
+    sinks = ("file", "memory")
     with bench.sandbox(
         files=args.compressed_files, size_distribution=f"fixed:{size}", updated_fraction=0
     ) as sb:
-        kinds: dict[str, str] = {}
-        payloads: dict[str, bytes] = {}
-        for f in sb.library.files:
+        payloads: list[dict[str, str]] = []
+        for i, f in enumerate(sb.library.files):
             kind = f.latest.compression
-            if kind in ("gzip", "brotli"):
-                kinds[f.name] = kind
-                payloads[f.name] = b"".join(f.latest.iter_payload())
-        ratios = {k: Figure() for k in ("gzip", "brotli")}
-        speeds = {k: Figure() for k in ("gzip", "brotli")}
-        bare_speed = {k: Figure() for k in ("gzip", "brotli")}
+            if kind in kinds:
+                path = bench.work / f"payload-{i}"
+                path.write_bytes(b"".join(f.latest.iter_payload()))
+                payloads.append({"name": f.name, "kind": kind, "path": str(path)})
+        kind_of = {p["name"]: p["kind"] for p in payloads}
+        # (sink, kind) -> Figure, per round: MB/s end to end, MB/s bare, wall and CPU ratios
+        speed, bare_speed, wall_ratio, cpu_ratio, cpu_ms = ({} for _ in range(5))
+        for key in itertools.product(sinks, kinds):
+            for d in (speed, bare_speed, wall_ratio, cpu_ratio, cpu_ms):
+                d[key] = Figure()
         for r in range(args.repeat):
-            bare = {name: bare_seconds(data, kinds[name]) for name, data in payloads.items()}
-            result = bench.pull(sb, f"z{r}", "memory", pull={"concurrency": 1}, timeline=True)
-            timeline = result["timeline"]
-            spent: dict[str, float] = {"gzip": 0.0, "brotli": 0.0}
-            plain: dict[str, int] = {"gzip": 0, "brotli": 0}
-            base: dict[str, float] = {"gzip": 0.0, "brotli": 0.0}
-            # Files arrive one at a time: each took from the previous event to its own.
-            for (t0, _, _), (t1, name, got) in itertools.pairwise(timeline):
-                kind = kinds.get(name)
-                if kind:
-                    spent[kind] += t1 - t0
-                    plain[kind] += got
-                    base[kind] += bare[name]
-            for kind in ("gzip", "brotli"):
-                speeds[kind].add(plain[kind] / 1e6 / spent[kind])
-                bare_speed[kind].add(plain[kind] / 1e6 / base[kind])
-                ratios[kind].add(base[kind] / spent[kind])
-            say(
-                f"  round {r + 1}: gzip {speeds['gzip'].values[-1]:.0f} MB/s "
-                f"(bare {bare_speed['gzip'].values[-1]:.0f}), brotli "
-                f"{speeds['brotli'].values[-1]:.0f} MB/s "
-                f"(bare {bare_speed['brotli'].values[-1]:.0f}); load {loadavg()}"
-            )
-    for kind in ("gzip", "brotli"):
+            line = []
+            for sink in sinks:
+                result = bench.pull(
+                    sb, f"z{sink}{r}", sink, pull={"concurrency": 1}, timeline=True, bare=payloads
+                )
+                wall = {k: 0.0 for k in kinds}
+                cpu = {k: 0.0 for k in kinds}
+                bare_wall = {k: 0.0 for k in kinds}
+                bare_cpu = {k: 0.0 for k in kinds}
+                plain = {k: 0 for k in kinds}
+                cpu_at: dict[int, float] = {}
+                previous = result["timeline"][0][0]
+                # Files arrive one at a time: each took from the previous event to its own.
+                for t, c, thread, name, got in result["timeline"][1:]:
+                    took, previous = t - previous, t
+                    spent, cpu_at[thread] = c - cpu_at.get(thread, 0.0), c
+                    kind = kind_of.get(name)
+                    if kind:
+                        wall[kind] += took
+                        cpu[kind] += spent
+                        plain[kind] += got
+                        bare_wall[kind] += result["bare"][name][0]
+                        bare_cpu[kind] += result["bare"][name][1]
+                for k in kinds:
+                    speed[sink, k].add(plain[k] / 1e6 / wall[k])
+                    bare_speed[sink, k].add(plain[k] / 1e6 / bare_wall[k])
+                    wall_ratio[sink, k].add(bare_wall[k] / wall[k])
+                    cpu_ratio[sink, k].add(bare_cpu[k] / cpu[k])
+                    cpu_ms[sink, k].add(cpu[k] * 1000 * MiB / plain[k])
+                    line.append(
+                        f"{sink} {k} {speed[sink, k].values[-1]:.0f} MB/s (bare "
+                        f"{bare_speed[sink, k].values[-1]:.0f}), CPU x"
+                        f"{cpu_ratio[sink, k].values[-1]:.2f}"
+                    )
+            say(f"  round {r + 1}: {'; '.join(line)}; load {loadavg()}")
+    for sink, k in itertools.product(sinks, kinds):
         say(
-            f"{kind:<7} {speeds[kind].show('.0f')} MB/s of plaintext end to end = "
-            f"{ratios[kind].show()}x the bare decompressor ({bare_speed[kind].show('.0f')} MB/s)"
+            f"{sink:<6} {k:<7} {speed[sink, k].show('.0f')} MB/s of plaintext end to end = "
+            f"{wall_ratio[sink, k].show()}x the bare decompressor's "
+            f"{bare_speed[sink, k].show('.0f')} MB/s; client CPU {cpu_ms[sink, k].show()} ms "
+            f"per MiB = {cpu_ratio[sink, k].show()}x the bare decompressor's CPU"
+        )
+        bare_name = "zlib" if k == "gzip" else "brotli"
+        reference = sink != "file"
+        into = "file sink" if sink == "file" else "memory sink, reference"
+        bench.targets.append(
+            Target(
+                "compression",
+                f"{k} files end to end ({into}) vs bare {bare_name}, wall",
+                ">= 0.80x",
+                f"{speed[sink, k].show('.0f')} MB/s vs {bare_speed[sink, k].show('.0f')} MB/s",
+                wall_ratio[sink, k].median,
+                0.80,
+                higher_is_better=True,
+                reference=reference,
+            )
         )
         bench.targets.append(
             Target(
                 "compression",
-                f"{kind} files end to end vs bare {'zlib' if kind == 'gzip' else 'brotli'}",
+                f"the same, client CPU per byte vs bare {bare_name}'s",
                 ">= 0.80x",
-                f"{speeds[kind].show('.0f')} MB/s vs {bare_speed[kind].show('.0f')} MB/s",
-                ratios[kind].median,
+                f"{cpu_ms[sink, k].show()} ms/MiB",
+                cpu_ratio[sink, k].median,
                 0.80,
                 higher_is_better=True,
+                reference=reference,
             )
         )
-    bench.results["compression"] = {k: v.values for k, v in ratios.items()}
+    bench.results["compression"] = {
+        f"{sink} {k} {what}": d[sink, k].values
+        for sink, k in itertools.product(sinks, kinds)
+        for what, d in (("wall", wall_ratio), ("cpu", cpu_ratio), ("MB/s", speed))
+    }
 
 
 PARTS: dict[str, Callable[[Bench], None]] = {

@@ -554,6 +554,48 @@ def test_a_large_file_leaves_the_page_cache_as_it_reaches_the_disk(
     ]
 
 
+@pytest.mark.skipif(not hasattr(os, "posix_fadvise"), reason="no posix_fadvise on this system")
+def test_a_mid_size_file_starts_its_writeback_early_and_stays_cached(
+    tmp_path: Path, monkeypatch
+) -> None:
+    from privateshare.plugins import sink_file
+
+    # Scaled down: writeback every 256 KiB, dropping only past 4 MiB (never reached here).
+    monkeypatch.setattr(sink_file, "_DROP_AFTER", 4 << 20)
+    monkeypatch.setattr(sink_file, "_WRITEBACK_STEP", 256 << 10)
+    events: list[tuple[str, int, int]] = []
+    written = [0]
+    real_write = os.write
+
+    def spying_write(fd: int, data) -> int:
+        n = real_write(fd, data)
+        written[0] += n if len(data) > 4096 else 0  # the data file's chunks, not the metadata
+        return n
+
+    def spying_fadvise(fd: int, offset: int, length: int, advice: int) -> None:
+        assert advice == os.POSIX_FADV_DONTNEED
+        # Never ahead of what was handed to the kernel.
+        assert offset + length <= written[0], (offset, length, written[0])
+        events.append(("advise", offset, length))
+
+    monkeypatch.setattr(sink_file, "_FADVISE", spying_fadvise)
+    monkeypatch.setattr(os, "write", spying_write)
+    payload = os.urandom(1 << 20)
+    chunks = [payload[i : i + (300 << 10)] for i in range(0, len(payload), 300 << 10)]
+    deliver_to_with(make_sink(tmp_path), make_run("alice"), "mid.bin", chunks)
+    monkeypatch.undo()
+    assert (tmp_path / "root/alice/mid.bin").read_bytes() == payload
+    k = 1 << 10
+    # After 300, 600 and 900 KiB: each call covers what came since the previous one; the
+    # last 124 KiB is left to the fsync, and no whole-file drop follows it (the file is
+    # under _DROP_AFTER: it stays cached).
+    assert events == [
+        ("advise", 0, 300 * k),
+        ("advise", 300 * k, 300 * k),
+        ("advise", 600 * k, 300 * k),
+    ]
+
+
 def test_drop_cache_false_gives_no_advice(tmp_path: Path, monkeypatch) -> None:
     from privateshare.plugins import sink_file
 
