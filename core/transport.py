@@ -9,10 +9,14 @@ The contract every transport keeps is in docs/hooks.md and is checked by
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import io
+import zlib
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol, cast
 from urllib.parse import urlsplit
+
+from .errors import ResponseTooLarge, TransportError
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"})
 DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -91,3 +95,140 @@ class HttpResponse(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+#: Most bytes one decoding step reads from the body or produces from it.
+DECODE_STEP = 64 << 10
+#: Content-Encodings :func:`decoded_stream` decodes (``x-gzip`` is gzip's old name).
+ENCODINGS = ("gzip", "x-gzip", "deflate", "br")
+
+
+def content_encoding(headers: Mapping[str, str]) -> list[str]:
+    """``Content-Encoding``'s codings in the order they were applied, ``identity`` left out."""
+    value = headers.get("Content-Encoding", "") or ""
+    return [c for c in (p.strip().lower() for p in value.split(",")) if c and c != "identity"]
+
+
+def decoded_stream(response: HttpResponse, limit: int | None, what: str = "the answer") -> BinaryIO:
+    """``response``'s body with its Content-Encoding decoded, as a stream capped at ``limit``.
+
+    Shared by every transport's ``read(limit)`` and by readers of long answers (the file
+    list), so an encoded answer is read at flat memory like a plain one: the body as sent
+    (``response.stream()``) is decoded in steps of at most :data:`DECODE_STEP` bytes in
+    and out, and :class:`~privateshare.errors.ResponseTooLarge` is raised as soon as the
+    decoded bytes pass ``limit`` (a bomb costs one step, not its inflated size).
+    ``TransportError`` for an unknown coding, corrupt data or a stream cut short.
+    """
+    codings = content_encoding(response.headers)
+    for coding in codings:
+        if coding not in ENCODINGS:
+            response.close()
+            raise TransportError(
+                f"the body of {what} has Content-Encoding {coding!r}, which privateshare "
+                f"cannot decode (it decodes {', '.join(ENCODINGS)}); the server should not "
+                "send it: we ask for nothing but those"
+            )
+    raw = response.stream()
+    pieces: Iterator[bytes] = iter(lambda: raw.read(DECODE_STEP), b"")
+    for coding in reversed(codings):
+        pieces = _decode_steps(pieces, coding, what)
+    body = _CappedBody(pieces, limit, what, ", ".join(codings) or "identity")
+    return cast(BinaryIO, io.BufferedReader(body, buffer_size=DECODE_STEP))
+
+
+class _CappedBody(io.RawIOBase):
+    """Decoded pieces as a raw stream; past ``limit`` decoded bytes, ResponseTooLarge."""
+
+    def __init__(self, pieces: Iterator[bytes], limit: int | None, what: str, coding: str) -> None:
+        self._pieces = pieces
+        self._limit = limit
+        self._what = what
+        self._coding = coding
+        self._left = b""
+        self._total = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._left:
+            piece = next(self._pieces, None)
+            if piece is None:
+                return 0
+            self._total += len(piece)
+            if self._limit is not None and self._total > self._limit:
+                once = "" if self._coding == "identity" else f" once decoded ({self._coding})"
+                raise ResponseTooLarge(
+                    f"the answer to {self._what} is larger than {self._limit} bytes{once}; "
+                    "it was not read further"
+                )
+            self._left = piece
+        n = min(len(buffer), len(self._left))
+        buffer[:n] = self._left[:n]
+        self._left = self._left[n:]
+        return n
+
+
+def _decode_steps(pieces: Iterator[bytes], coding: str, what: str) -> Iterator[bytes]:
+    import brotli  # here, not at start-up: most answers are not encoded
+
+    try:
+        if coding == "br":
+            yield from _unbrotli(pieces)
+        else:
+            yield from _inflate(pieces, coding)
+    except (zlib.error, brotli.error, _Cut) as exc:
+        reason = "it ends before its compressed stream does" if isinstance(exc, _Cut) else exc
+        raise TransportError(
+            f"the body of {what} could not be decoded (Content-Encoding {coding}): {reason}"
+        ) from None
+
+
+class _Cut(Exception):
+    pass
+
+
+def _inflate(pieces: Iterator[bytes], coding: str) -> Iterator[bytes]:
+    """gzip (members in a row, as gzip allows) or deflate (zlib-wrapped, or raw as some
+    servers send it), at most :data:`DECODE_STEP` bytes out per step."""
+    gzip = coding != "deflate"
+    d: Any = None
+    for piece in pieces:
+        data = piece
+        if d is None:
+            zlib_header = (
+                len(data) >= 2 and data[0] & 0x0F == 8 and (data[0] << 8 | data[1]) % 31 == 0
+            )
+            wbits = (
+                16 + zlib.MAX_WBITS if gzip else zlib.MAX_WBITS if zlib_header else -zlib.MAX_WBITS
+            )
+            d = zlib.decompressobj(wbits)
+        while True:
+            if d.eof:
+                if not data or not gzip:
+                    break  # deflate: what follows its end is ignored, as urllib3 does
+                d = zlib.decompressobj(16 + zlib.MAX_WBITS)  # the next gzip member
+            out = d.decompress(data, DECODE_STEP)
+            if out:
+                yield out
+            data = d.unused_data if d.eof else d.unconsumed_tail
+            if not data and not d.eof and len(out) < DECODE_STEP:
+                break
+    if d is not None and not d.eof:
+        raise _Cut
+
+
+def _unbrotli(pieces: Iterator[bytes]) -> Iterator[bytes]:
+    import brotli
+
+    d = brotli.Decompressor()
+    for piece in pieces:
+        out = d.process(piece, output_buffer_limit=DECODE_STEP)
+        while True:
+            if out:
+                yield out
+            if d.is_finished() or (not out and d.can_accept_more_data()):
+                break
+            out = d.process(b"", output_buffer_limit=DECODE_STEP)
+    if not d.is_finished():
+        raise _Cut

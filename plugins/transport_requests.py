@@ -40,7 +40,7 @@ from requests.structures import CaseInsensitiveDict
 from privateshare.config import Delay, Seconds
 from privateshare.errors import ConfigError, ResponseTooLarge, TransportError
 from privateshare.hooks import Plugin, PluginContext, hookimpl
-from privateshare.transport import HttpRequest, origin
+from privateshare.transport import HttpRequest, decoded_stream, origin
 
 log = logging.getLogger(__name__)
 
@@ -326,14 +326,24 @@ class RequestsResponse:
 
     def read(self, limit: int | None = None) -> bytes:
         encoding = self.headers.get("Content-Encoding", "identity").strip().lower()
-        if limit is not None and encoding == "identity":
+        # BytesIO hands its buffer over on getvalue(): a large answer is held once, not twice.
+        body = io.BytesIO()
+        if encoding not in ("", "identity"):
+            # Decoded by the core's capped decoder, the one long answers stream through.
+            try:
+                stream = decoded_stream(self, limit, self._what)
+                while chunk := stream.read(CHUNK):
+                    body.write(chunk)
+            except (ResponseTooLarge, TransportError):
+                self.close()
+                raise
+            return body.getvalue()
+        if limit is not None:
             declared = _content_length(self.headers.get("Content-Length"))
             if declared is not None and declared > limit:
                 self.close()
                 raise self._too_large(limit, encoding)
-        # BytesIO hands its buffer over on getvalue(): a large answer is held once, not twice.
-        body = io.BytesIO()
-        for chunk in self._chunks(CHUNK, decode=True):
+        for chunk in self._chunks(CHUNK, decode=False):
             body.write(chunk)
             if limit is not None and body.tell() > limit:
                 self.close()

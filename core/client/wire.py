@@ -26,7 +26,7 @@ from ..errors import (
 )
 from ..retry import Retry, current_deadline
 from ..sinks import check_name
-from ..transport import HttpRequest, HttpResponse
+from ..transport import HttpRequest, HttpResponse, content_encoding, decoded_stream
 
 JSON = {"accept": "application/json"}
 #: An error answer is read up to this much; beyond, its details are dropped.
@@ -138,14 +138,19 @@ class Wire:
     def answer_chunks(self, response: HttpResponse, what: str) -> Iterator[bytes | memoryview]:
         """The answer in pieces of about ``STREAM_CHUNK`` bytes, capped as :meth:`answer`.
 
-        A body sent as is (no Content-Encoding) is read from the stream, so no more than
-        one piece is held; an encoded one is decoded whole by the transport, within the cap.
+        The body is read from the stream, so no more than one piece is held; an encoded
+        one (gzip, deflate, br) goes through :func:`~privateshare.transport.decoded_stream`,
+        which decodes it in bounded steps and stops once the decoded bytes pass the cap.
         """
-        encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
-        if encoding not in ("", "identity"):
-            body = memoryview(self.answer(response, what))
-            for start in range(0, len(body), STREAM_CHUNK):
-                yield body[start : start + STREAM_CHUNK]
+        if content_encoding(response.headers):
+            try:
+                decoded = decoded_stream(response, self.max_answer_bytes, what)
+                while chunk := decoded.read(STREAM_CHUNK):
+                    yield chunk
+            except ResponseTooLarge:
+                response.close()
+                coding = response.headers.get("Content-Encoding", "")
+                raise self._too_large(what, f" once decoded (Content-Encoding {coding})") from None
             return
         cap = self.max_answer_bytes
         declared = response.headers.get("Content-Length", "").strip()
@@ -161,9 +166,9 @@ class Wire:
                 raise self._too_large(what)
             yield chunk
 
-    def _too_large(self, what: str) -> ResponseTooLarge:
+    def _too_large(self, what: str, decoded: str = "") -> ResponseTooLarge:
         return ResponseTooLarge(
-            f"{what}: the answer is larger than {self.max_answer_bytes} bytes ([digime] "
+            f"{what}: the answer is larger than {self.max_answer_bytes} bytes{decoded} ([digime] "
             "max_answer_bytes); if this answer can really be that large, raise [digime] "
             "max_answer_bytes"
         )

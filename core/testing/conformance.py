@@ -45,7 +45,7 @@ from ..hooks import specs as hookspecs
 from ..keys import KeyHandle
 from ..models import DataFile, FileMetadata, RunInfo, RunSummary, Token, UserAccessToken
 from ..sinks import FileWriter
-from ..transport import HttpRequest, HttpResponse
+from ..transport import HttpRequest, HttpResponse, decoded_stream
 from .hostile import (
     Answer,
     Exchange,
@@ -1037,6 +1037,43 @@ class TransportConformance:
                 f"refusing a {encoding} bomb with read(limit=1 MiB) peaked at "
                 f"{peak / MiB:.1f} MiB of Python memory (limit "
                 f"{self.max_peak_memory / MiB:.0f} MiB): decode in steps, count decoded bytes"
+            )
+
+    def test_an_encoded_body_streams_as_sent_and_decodes_in_capped_steps(self) -> None:
+        # stream() gives the body as sent, so the core's one capped decoder
+        # (privateshare.transport.decoded_stream) reads long encoded answers, the file
+        # list, at flat memory over any transport.
+        data = b'{"fileList": [' + b'{"name": "f.json", "updatedDate": 1}, ' * 20_000 + b"1]}"
+        server = self.serve()
+        for encoding in self.encodings:
+            body = compress(data, encoding)
+            headers = {"Content-Encoding": encoding, "Content-Type": "application/json"}
+            url = server.route(f"/v1/list-{encoding}", respond(body, headers=headers))
+            sent = self.fetch(HttpRequest("GET", url, stream=True), "stream")
+            assert sent == body, f"stream() decoded the {encoding} body: it must give it as sent"
+            with closing(self.send(HttpRequest("GET", url, stream=True))) as response:
+                assert decoded_stream(response, len(data)).read() == data
+            with (
+                closing(self.send(HttpRequest("GET", url, stream=True))) as response,
+                pytest.raises(ResponseTooLarge, match="once decoded"),
+            ):
+                decoded_stream(response, len(data) - 1).read()
+            url = server.route(f"/v1/bomb-stream-{encoding}", bomb(encoding, self.bomb_size))
+            tracemalloc.start()
+            try:
+                with (
+                    closing(self.send(HttpRequest("GET", url, stream=True))) as response,
+                    pytest.raises(ResponseTooLarge),
+                ):
+                    stream = decoded_stream(response, 64 * MiB)
+                    while stream.read(MiB):
+                        pass
+                _, peak = tracemalloc.get_traced_memory()
+            finally:
+                tracemalloc.stop()
+            assert peak <= self.max_peak_memory, (
+                f"decoding a {encoding} bomb from stream() under a 64 MiB cap peaked at "
+                f"{peak / MiB:.1f} MiB of Python memory: stream() must not read ahead unbounded"
             )
 
     @pytest.mark.parametrize("sent", [0, 16, 1000, 4096, 8176])

@@ -5,17 +5,23 @@ Against the sandbox (real answers, both API profiles) and a hostile server (bomb
 
 from __future__ import annotations
 
+import gzip
+import json
 import tracemalloc
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import brotli
 import pytest
 
 from privateshare import PrivateShare
 from privateshare.errors import ConfigError, ResponseTooLarge, ServerError
 from privateshare.flow import Flow, client_for
+from privateshare.models import Token, UserAccessToken
 from privateshare.sandbox import Sandbox
-from privateshare.testing.hostile import HostileServer, bomb
+from privateshare.testing.hostile import Answer, Exchange, HostileServer, bomb, compress, respond
 from privateshare.testing.sandboxed import consent, sandbox_framework
 
 MiB = 1 << 20
@@ -113,3 +119,115 @@ def test_max_answer_bytes_must_be_positive(
     for value in (0, -1):
         with pytest.raises(ConfigError, match=r"\[digime\] max_answer_bytes"):
             privateshare_factory(f"[digime]\nmax_answer_bytes = {value}\n")
+
+
+# --- a file list with a Content-Encoding streams through the same capped decoder -----------
+
+ROW = b'{"name":"same.json","updatedDate":1}'
+
+
+def list_bomb(encoding: str, size: int) -> Answer:
+    """A valid-looking ``encoding`` file list whose rows inflate to about ``size`` bytes.
+
+    Built like :func:`~privateshare.testing.hostile.bomb`: a head, then one segment of
+    ~1 MiB of rows repeated (identical bytes, each flushed), so it costs nothing to serve;
+    rows of one name, so what the client keeps of them stays one row.
+    """
+    rows = (b"," + ROW) * (MiB // (len(ROW) + 1))
+    first = b'{"status":{"state":"completed"},"fileList":[' + ROW
+    if encoding == "gzip":
+        head, segment = gzip.compress(first, mtime=0), gzip.compress(rows, mtime=0)
+    elif encoding == "deflate":
+        c = zlib.compressobj(9)
+        head = c.compress(first) + c.flush(zlib.Z_FULL_FLUSH)
+        segment = c.compress(rows) + c.flush(zlib.Z_FULL_FLUSH)
+    else:
+        b = brotli.Compressor(quality=5)
+        head = b.process(first) + b.flush()
+        segment = b.process(rows) + b.flush()
+    count = -(-size // len(rows))
+
+    def answer(exchange: Exchange) -> None:
+        exchange.head(200, {"Content-Encoding": encoding}, length=len(head) + len(segment) * count)
+        if not exchange.write(head):
+            return
+        for _ in range(0, count, 16):
+            if not exchange.write(segment * 16):
+                return
+
+    return answer
+
+
+def scan(client: Any, *, keep: bool = True) -> tuple[Any, list[tuple[str, int]]]:
+    """The file list of session ``key``, read as the pull reads it: rows as they come
+    (with ``keep``, the last date of each name, as the flow keeps them)."""
+    seen: list[tuple[str, int]] = []
+    unique: dict[str, int] = {}
+
+    def visitor() -> Callable[[list[Any]], None]:
+        seen.clear()
+        unique.clear()
+
+        def visit(rows: list[Any]) -> None:
+            if keep:
+                unique.update((row.name, row.updated_date) for row in rows)
+            seen.append((rows[-1].name, len(rows)))
+
+        return visit
+
+    token = UserAccessToken(Token("access"), Token("refresh"))
+    status, _ = client.scan_file_list("key", token, visitor)
+    return status, [*unique.items(), ("rows", sum(n for _, n in seen))]
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "br"])
+def test_a_file_list_bomb_ends_in_a_clear_error_at_flat_memory(
+    privateshare_factory: Callable[..., PrivateShare], hostile: HostileServer, encoding: str
+) -> None:
+    # 10 GiB of rows once decoded, under a cap of 32 MiB: the list is decoded in steps and
+    # read in batches, so refusing it holds a few MiB, not the cap's worth.
+    hostile.route("/v1.7/permission-access/query/key", list_bomb(encoding, 10 << 30))
+    client = client_for(hostile_framework(privateshare_factory, hostile, 32 * MiB))
+    tracemalloc.start()
+    try:
+        with pytest.raises(ResponseTooLarge) as info:
+            scan(client, keep=False)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    message = str(info.value)
+    assert message.startswith(
+        f"the file list: the answer is larger than {32 * MiB} bytes once decoded "
+        f"(Content-Encoding {encoding})"
+    )
+    assert "raise [digime] max_answer_bytes" in message
+    # About 9 MiB (a batch of rows and its decoding steps) whatever the cap: decoded whole,
+    # as before, it held the cap's 32 MiB and more.
+    assert peak < 12 * MiB, f"refusing the {encoding} list bomb peaked at {peak / MiB:.1f} MiB"
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "br"])
+def test_an_encoded_file_list_is_read_exactly_as_the_plain_one(
+    privateshare_factory: Callable[..., PrivateShare], hostile: HostileServer, encoding: str
+) -> None:
+    # ~5 MiB of rows (several batches, many decoding steps), pretty-printed in places.
+    rows = [
+        {"name": f"file-{i:06d}-{'é' if i % 7 == 0 else 'x'}.json", "updatedDate": 1000 + i}
+        for i in range(60_000)
+    ]
+    plain = json.dumps(
+        {"fileList": rows, "status": {"state": "completed"}}, ensure_ascii=False
+    ).encode()
+    hostile.route("/v1.7/permission-access/query/key", respond(plain))
+    fw = hostile_framework(privateshare_factory, hostile, 64 * MiB)
+    expected = scan(client_for(fw))
+    hostile.route(
+        "/v1.7/permission-access/query/key",
+        respond(compress(plain, encoding), headers={"Content-Encoding": encoding}),
+    )
+    assert scan(client_for(fw)) == expected
+    assert expected[1][-1] == ("rows", 60_000)
+    # The cap counts decoded bytes: one byte under the plain size is refused.
+    tight = hostile_framework(privateshare_factory, hostile, len(plain) - 1)
+    with pytest.raises(ResponseTooLarge, match="once decoded"):
+        scan(client_for(tight))
