@@ -52,7 +52,39 @@ def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     return min(24, 3 * (cores or 1))
 
 
+#: The longest test files (wall on one worker, longest first), started before the others.
+#: xdist's ``loadfile`` hands out whole files in collection order (``--no-loadscope-reorder``
+#: in pyproject.toml; by default it would hand out the files with the most tests first, and
+#: these files, with few long tests, last: they then ran alone at the end of the suite).
+LONG_FILES = (
+    "contrib/test_contrib_dlt_conformance.py",
+    "contrib/test_contrib_dlt_sink.py",
+    "contrib/test_contrib_dlt.py",
+    "plugins/test_tokens_flow.py",
+    "test_packaging.py",
+    "contrib/test_contrib_dlt_kill.py",
+    "plugins/test_sink_sql.py",
+    "plugins/test_tokens_sql.py",
+    "cli/test_reauthorize.py",
+    "flow/test_cli_flow.py",
+    "contrib/test_contrib_packages.py",
+    "plugins/test_transport_requests.py",
+    "plugins/test_sink_s3.py",
+    "scale/test_rounds.py",
+    "scale/test_failures.py",
+)
+
+
+def _long_first(item: pytest.Item) -> int:
+    try:
+        path = item.path.relative_to(TESTS).as_posix()
+    except ValueError:
+        return len(LONG_FILES)
+    return LONG_FILES.index(path) if path in LONG_FILES else len(LONG_FILES)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=_long_first)  # stable: within a file, and for the rest, the order is kept
     for item in items:
         try:
             parts = item.path.relative_to(TESTS).parts

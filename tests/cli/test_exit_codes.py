@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from privateshare.cli.exitcodes import EXIT_CODES
 from privateshare.errors import OutputExists, SecretUnavailable
 from privateshare.flow import ConsentDenied
 from privateshare.sandbox import Sandbox
+from privateshare.sandbox.messages import Request, Response
 from privateshare.testing.sandboxed import write_sandbox_config
 
 from ..helpers import cli, free_port
@@ -144,12 +146,28 @@ def test_interrupted_pull_exits_130_with_nothing_half_written(
     from privateshare.flow import Flow
     from privateshare.testing.sandboxed import consent, sandbox_framework, sha256_tree
 
-    # Slow answers, so the signal lands while files are on their way (seconds of work are
-    # left after the first file, even when a loaded machine is slow to send the signal).
-    sandbox = privateshare_sandbox(files=80, latency=0.3)
+    sandbox = privateshare_sandbox(files=80, latency=0.05)
     with sandbox_framework(sandbox, tmp_path) as fw:
         consent(Flow(fw), "ann")
     config = write_sandbox_config(sandbox, tmp_path)
+    # Work remains when the signal arrives, by construction: after the first file's answer,
+    # the sandbox holds every other file's answer until the signal has been sent, so the
+    # pull cannot finish first, however slow a loaded machine is to send the signal. (The
+    # answers are then released: an interrupted pull finishes the files in flight.)
+    handle, answered, signalled = sandbox.app.handle, threading.Lock(), threading.Event()
+    first_sent = False
+
+    def gated(request: Request) -> Response:
+        nonlocal first_sent
+        response = handle(request)
+        if response.status == 200 and sandbox.app.route(request)[0].kind == "file":
+            with answered:
+                wait, first_sent = first_sent, True
+            if wait:
+                signalled.wait(120)
+        return response
+
+    sandbox.app.handle = gated  # type: ignore[method-assign]
     proc = subprocess.Popen(
         [sys.executable, "-m", "privateshare", "pull", "-c", str(config), "--user", "ann"],
         stdout=subprocess.PIPE,
@@ -158,11 +176,14 @@ def test_interrupted_pull_exits_130_with_nothing_half_written(
     )
     assert proc.stderr is not None
     seen = []
-    for line in proc.stderr:  # wait for the first delivered file, then interrupt
-        seen.append(line)
-        if "delivered" in line:
-            break
-    proc.send_signal(signum)
+    try:
+        for line in proc.stderr:  # wait for the first delivered file, then interrupt
+            seen.append(line)
+            if "delivered" in line:
+                break
+        proc.send_signal(signum)
+    finally:
+        signalled.set()
     _out, rest = proc.communicate(timeout=120)
     err = "".join(seen) + rest
     assert proc.returncode == ExitCode.INTERRUPTED, err

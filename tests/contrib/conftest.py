@@ -10,6 +10,7 @@ in-tree build would leave ``build/`` and ``*.egg-info`` in the checkout.
 from __future__ import annotations
 
 import importlib
+import os
 import shutil
 import subprocess
 import sys
@@ -44,16 +45,40 @@ def pip_install_target(sources: list[Path], target: Path, workdir: Path) -> Path
     return target
 
 
+def shared_dir(tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
+    """A directory that every xdist worker of this session sees (one per session without
+    workers): the parent of the workers' own temporary directories."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent
+    return base / name
+
+
 @pytest.fixture(scope="session")
 def sinks_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """privateshare-parquet, -webhook and -dlt, installed into one directory."""
-    work = tmp_path_factory.mktemp("contrib-src")
-    sources = [
-        CONTRIB / "privateshare-parquet",
-        CONTRIB / "privateshare-webhook",
-        CONTRIB / "privateshare-dlt",
-    ]
-    return pip_install_target(sources, tmp_path_factory.mktemp("contrib-site"), work)
+    """privateshare-parquet, -webhook and -dlt, installed into one directory.
+
+    Installed once per test session and shared by the xdist workers (several test files
+    use it, on different workers): the first worker installs under a lock, the others wait
+    for it and reuse the directory, which nobody writes to afterwards."""
+    from filelock import FileLock
+
+    shared = shared_dir(tmp_path_factory, "contrib-sinks")
+    shared.mkdir(exist_ok=True)
+    site, done = shared / "site", shared / "installed"
+    with FileLock(str(shared / "lock")):
+        if not done.exists():
+            shutil.rmtree(site, ignore_errors=True)
+            shutil.rmtree(shared / "src", ignore_errors=True)
+            (shared / "src").mkdir()
+            sources = [
+                CONTRIB / "privateshare-parquet",
+                CONTRIB / "privateshare-webhook",
+                CONTRIB / "privateshare-dlt",
+            ]
+            pip_install_target(sources, site, shared / "src")
+            done.touch()
+    return site
 
 
 @pytest.fixture(scope="session")

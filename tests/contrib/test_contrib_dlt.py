@@ -1,8 +1,5 @@
-"""The dlt sink distribution: its own suite, and the demo into a DuckDB warehouse.
-
-In a file of its own: the dlt suite is the longest single test of the project (dlt runs a
-pipeline per test), so xdist's ``loadfile`` gives it a worker while the rest go on.
-"""
+"""The dlt sink distribution: its own suite (one part; the others are in
+``test_contrib_dlt_*.py``, see ``dlt_parts``), and the demo into a DuckDB warehouse."""
 
 from __future__ import annotations
 
@@ -12,13 +9,18 @@ from pathlib import Path
 
 import pytest
 
-from .test_contrib_packages import CONTRIB, run_demo_with_sinks, run_own_tests
+from .dlt_parts import CUTS, run_part, suite_files
+from .test_contrib_packages import CONTRIB, run_demo_with_sinks
 
 
-@pytest.mark.timeout(900)  # ~95 s of CPU alone; several times that on a loaded machine
-def test_the_dlt_distribution_passes_its_own_tests(sinks_site: Path) -> None:
-    pytest.importorskip("dlt", reason="privateshare-dlt needs dlt[duckdb,postgres] installed")
-    run_own_tests(sinks_site, "privateshare-dlt")
+def test_the_parts_cover_every_test_file() -> None:
+    """Each file of the dlt suite is cut by an expression and its negation: all of it runs."""
+    assert suite_files() == sorted(CUTS)
+
+
+@pytest.mark.timeout(600)  # minutes of CPU on a loaded machine
+def test_the_dlt_distribution_passes_its_own_flow_tests(sinks_site: Path) -> None:
+    run_part(sinks_site, "tests/test_flow.py", negated=True)
 
 
 def test_the_demo_command_with_a_dlt_sink_and_the_readme_query(

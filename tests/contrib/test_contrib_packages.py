@@ -60,12 +60,17 @@ def run_demo_with_sinks(sinks_site: Path, tmp_path: Path, sinks_toml: str) -> Pa
     return demo
 
 
-def run_own_tests(sinks_site: Path, name: str) -> None:
-    """Run a distribution's own test suite against its installed copy."""
+def run_own_tests(sinks_site: Path, name: str, *selection: str) -> None:
+    """Run a distribution's own test suite against its installed copy.
+
+    ``selection`` (pytest arguments: a test file of the distribution and a ``-k``
+    expression) runs a part of the suite instead of ``tests``: the dlt suite runs in parts
+    from several of our files, so xdist spreads it over workers."""
     # From the distribution's directory, so its own pytest settings apply; -P keeps that
     # directory off sys.path, so the tests import the installed copy (PYTHONPATH).
+    what = list(selection) or ["tests"]
     proc = subprocess.run(
-        [sys.executable, "-P", "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"],
+        [sys.executable, "-P", "-m", "pytest", "-q", "-p", "no:cacheprovider", *what],
         cwd=CONTRIB / name,
         env={**env_with(sinks_site), "PYTHONDONTWRITEBYTECODE": "1"},
         capture_output=True,

@@ -111,12 +111,13 @@ class TestDltSinkConformance(SinkConformance):
     def snapshot(self) -> set[Any]:
         """Every row of every table (by user, file, key) and every pending package."""
         held: set[Any] = {("pending", p) for p in self.sink.pending_packages()}
-        for table in self.wh.tables():
-            if table.startswith("_dlt"):
-                continue
-            key = "_privateshare_key" if table != FILES_TABLE else "_privateshare_file"
-            rows = self.wh.rows(table, "_privateshare_user_id", "_privateshare_file", key)
-            held |= {(table, *row) for row in rows}
+        with self.wh.reading():
+            for table in self.wh.tables():
+                if table.startswith("_dlt"):
+                    continue
+                key = "_privateshare_key" if table != FILES_TABLE else "_privateshare_file"
+                rows = self.wh.rows(table, "_privateshare_user_id", "_privateshare_file", key)
+                held |= {(table, *row) for row in rows}
         return held
 
 

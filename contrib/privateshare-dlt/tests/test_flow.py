@@ -6,6 +6,7 @@ with the same tables as a run that was never interrupted."""
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import os
 import signal
@@ -30,7 +31,9 @@ if TYPE_CHECKING:
     from privateshare.sandbox.library import FileVersion, Library
 
 
+@functools.cache
 def naming() -> Any:
+    """dlt's naming convention, made once: each ``dlt.Schema`` resolves dlt's configuration."""
     import dlt
 
     return dlt.Schema("privateshare").naming
@@ -80,6 +83,11 @@ def same(expected: Any, stored: Any) -> bool:
 
 def check_against_library(wh: Warehouse, library: Library, user: str) -> int:
     """Every table of ``wh`` holds exactly the latest version of every file; returns rows."""
+    with wh.reading():
+        return _check_against_library(wh, library, user)
+
+
+def _check_against_library(wh: Warehouse, library: Library, user: str) -> int:
     expected: dict[str, dict[tuple[str, str], dict[str, Any]]] = {}
     children: Counter[str] = Counter()
     files: dict[str, tuple[str, int | None]] = {}
