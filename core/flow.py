@@ -19,11 +19,7 @@ says what to do instead.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import logging
-import os
-import platform
 import threading
 import time
 import uuid
@@ -711,7 +707,6 @@ class Run:
 
     # polling (protocol.md#polling, with the limits of the iOS SDK)
     def _poll_and_download(self) -> None:
-        limit_malloc_arenas()
         with ThreadPoolExecutor(self._workers) as pool:
             stopped_by_deadline = not self._poll(pool)
         # Downloads in flight at the deadline were ended by it (every request carries it),
@@ -1033,32 +1028,6 @@ class _Rows:
                 listing[name] = updated
         self.skipped += skipped
         self.duplicates += duplicates
-
-
-#: glibc's ``mallopt`` parameter for the most malloc arenas (``M_ARENA_MAX``).
-_M_ARENA_MAX = -8
-_arenas_limited = False
-
-
-def limit_malloc_arenas(arenas: int = 1) -> None:
-    """On glibc, let threads started from now on share ``arenas`` malloc arena(s).
-
-    glibc gives each new thread its own arena (up to 8 per core). A pull's workers
-    each grew one from the blocks they freed (HTTP and decryption buffers, resized
-    dicts), which no other thread could reuse: that kept ~250 bytes of RSS per file
-    of the library (2,000 vs 20,000 files: 62.6 vs 71.4 MiB peak; one arena: 61.7 vs
-    64.0 MiB). Python allocates under the GIL, so the workers hardly contend for one
-    arena. Done once per process; ``MALLOC_ARENA_MAX`` in the environment, if set,
-    is glibc's to apply and is left alone.
-    """
-    global _arenas_limited
-    if _arenas_limited:
-        return
-    _arenas_limited = True
-    if os.environ.get("MALLOC_ARENA_MAX") or platform.libc_ver()[0] != "glibc":
-        return
-    with contextlib.suppress(OSError, AttributeError):  # not glibc after all: leave it
-        ctypes.CDLL(None).mallopt(_M_ARENA_MAX, arenas)
 
 
 def _with_staged(previous: UserAccessToken | None, answer: str) -> UserAccessToken:
