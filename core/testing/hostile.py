@@ -360,7 +360,8 @@ def compress(data: bytes, encoding: str) -> bytes:
     if encoding == "deflate":
         return zlib.compress(data)
     if encoding == "br":
-        compressed: bytes = brotli.compress(data)
+        # Quality 5, not brotli's 11: as valid a body, made in a fraction of the time.
+        compressed: bytes = brotli.compress(data, quality=5)
         return compressed
     raise ValueError(f"compress: unknown encoding {encoding!r}; use one of {ENCODINGS}")
 
