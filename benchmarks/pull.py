@@ -134,10 +134,7 @@ def child_pull(spec: dict[str, Any]) -> dict[str, Any]:
     """Consent (unless ``repull``), then one measured ``Flow.pull``."""
     import privateshare
     from privateshare.flow import Flow
-    from privateshare.malloc import limit_arenas
     from privateshare.testing.sandboxed import consent
-
-    limit_arenas()  # as `privateshare pull` and the Celery workers do
 
     user = spec["user"]
     # (wall, CPU of the reporting thread, that thread, file name, bytes): a file event is
@@ -224,10 +221,7 @@ def child_floor(spec: dict[str, Any]) -> dict[str, Any]:
 
     import privateshare
     from privateshare.flow import Flow
-    from privateshare.malloc import limit_arenas
     from privateshare.testing.sandboxed import consent
-
-    limit_arenas()  # as `privateshare pull` and the Celery workers do
 
     config, base = spec["config"], Path(spec["base_dir"])
     with privateshare.load(config, base_dir=base) as fw:

@@ -1,16 +1,14 @@
-"""One glibc malloc arena for a process's threads, in the processes privateshare runs itself.
+"""One glibc malloc arena for a process's threads: less memory for very large libraries.
 
 glibc gives each thread that allocates its own arena (up to eight a core). A pull's
 workers each grew one from the blocks they freed (HTTP and decryption buffers, resized
 dicts) that no other thread could reuse, and kept them: about 250 bytes of RSS per file
 of the library (a 20,000-file pull peaked at 71 MiB, with one arena at 64 MiB;
-benchmarks/compare.md). Python allocates under the GIL, so threads hardly wait for one
-arena.
-
-It is a setting of the whole process, so the library never makes it on its own: the
-``privateshare pull`` command and the Celery workers' pool processes do, and an
-application that embeds privateshare calls :func:`limit_arenas` (or sets
-``MALLOC_ARENA_MAX``) if it wants the same.
+benchmarks/compare.md). The price is CPU where buffers are large: with one arena, freed
+megabytes go back to the system and are faulted in again (compressed files cost up to a
+third more CPU per byte). So it is a choice, and a setting of the whole process: nothing
+in privateshare makes it. ``MALLOC_ARENA_MAX=1`` in the environment does it for a
+command or a worker; :func:`limit_arenas` does it from inside an application.
 """
 
 from __future__ import annotations

@@ -167,7 +167,6 @@ def pull_command(
 ) -> None:
     """Receive new and updated files of a user (or all users) into every sink."""
     from ..checkpoint import parse_since
-    from ..malloc import limit_arenas
 
     if bool(user_id) == all_users:
         raise click.UsageError("give exactly one of --user ID or --all-users")
@@ -176,7 +175,6 @@ def pull_command(
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--since") from None
     fw, flow = open_flow(config_path)
-    limit_arenas()  # this process is ours: the pull's workers share one malloc arena
     reporter = Reporter(as_json=as_json)
     with fw, reporter.live("pulling"):
         if all_users:

@@ -29,7 +29,6 @@ from ..config import Config, load_config
 from ..errors import AuthorizationRequired, ConfigError
 from ..flow import Flow
 from ..framework import PrivateShare
-from ..malloc import limit_arenas
 from .db import ScaleError
 from .settings import ScaleSettings, safe_url
 from .state import DEAD, DONE, FAILED, QUEUED, ScaleState, task_id_for
@@ -191,11 +190,7 @@ def runtime(path: str) -> Runtime:
 
 @worker_process_init.connect
 def _assemble_runtimes(**_: Any) -> None:
-    """Assemble the framework as each pool process starts, not on its first task.
-
-    A pool process is ours and runs pull after pull: its threads share one malloc arena.
-    """
-    limit_arenas()
+    """Assemble the framework as each pool process starts, not on its first task."""
     for path in list(_registered):
         try:
             runtime(path)

@@ -32,9 +32,6 @@ def _app(config_path: Path) -> Any:
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
 def worker_command(config_path: Path, celery_args: tuple[str, ...]) -> None:
     """Start a Celery worker that pulls users (extra options go to `celery worker`)."""
-    from ..malloc import limit_arenas
-
-    limit_arenas()  # this process is ours, and its pool processes inherit the setting
     app = _app(config_path)
     args = list(celery_args)
     if not any(a in ("-l", "--loglevel") or a.startswith("--loglevel=") for a in args):
