@@ -986,9 +986,14 @@ class TransportConformance:
         else:
             assert response.status_code == 503
             response.close()
+        # Retry-After (slow_seconds) ends past the deadline: the one attempt is all there is.
+        # Counted, not timed: on a loaded machine the first attempt, sent in time, may reach
+        # the server after the deadline.
         assert server.requests, "the request was never sent"
-        late = [r for r in server.requests if r.at > deadline]
-        assert not late, "an attempt was started after the request's deadline"
+        assert len(server.requests) == 1, (
+            f"{len(server.requests) - 1} retry(ies) started although the server's Retry-After "
+            "ends past the request's deadline"
+        )
 
     def test_read_limit_is_exact(self) -> None:
         body = _pattern(10_000)
