@@ -168,12 +168,19 @@ def test_interrupted_pull_exits_130_with_nothing_half_written(
         return response
 
     sandbox.app.handle = gated  # type: ignore[method-assign]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "privateshare", "pull", "-c", str(config), "--user", "ann"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    # A shell without job control starts background commands with SIGINT ignored, and an
+    # ignored signal stays ignored across exec: the pull would never see the Ctrl-C. A
+    # handled one is reset to the default in the child, which Python then handles.
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "privateshare", "pull", "-c", str(config), "--user", "ann"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    finally:
+        signal.signal(signal.SIGINT, inherited)
     assert proc.stderr is not None
     seen = []
     try:
