@@ -10,12 +10,13 @@ The contract every transport keeps is in docs/hooks.md and is checked by
 from __future__ import annotations
 
 import io
-import zlib
+import itertools
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Protocol, cast
 from urllib.parse import urlsplit
 
+from .decompress import Corrupt, gunzip, inflate, unbrotli
 from .errors import ResponseTooLarge, TransportError
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"})
@@ -170,65 +171,13 @@ class _CappedBody(io.RawIOBase):
 
 
 def _decode_steps(pieces: Iterator[bytes], coding: str, what: str) -> Iterator[bytes]:
-    import brotli  # here, not at start-up: most answers are not encoded
-
+    first = next(pieces, None)
+    if first is None:
+        return  # an empty body is empty, whatever its coding (as urllib3 reads it)
+    steps = unbrotli if coding == "br" else gunzip if coding != "deflate" else inflate
     try:
-        if coding == "br":
-            yield from _unbrotli(pieces)
-        else:
-            yield from _inflate(pieces, coding)
-    except (zlib.error, brotli.error, _Cut) as exc:
-        reason = "it ends before its compressed stream does" if isinstance(exc, _Cut) else exc
+        yield from steps(itertools.chain((first,), pieces), DECODE_STEP)
+    except Corrupt as exc:
         raise TransportError(
-            f"the body of {what} could not be decoded (Content-Encoding {coding}): {reason}"
+            f"the body of {what} could not be decoded (Content-Encoding {coding}): {exc}"
         ) from None
-
-
-class _Cut(Exception):
-    pass
-
-
-def _inflate(pieces: Iterator[bytes], coding: str) -> Iterator[bytes]:
-    """gzip (members in a row, as gzip allows) or deflate (zlib-wrapped, or raw as some
-    servers send it), at most :data:`DECODE_STEP` bytes out per step."""
-    gzip = coding != "deflate"
-    d: Any = None
-    for piece in pieces:
-        data = piece
-        if d is None:
-            zlib_header = (
-                len(data) >= 2 and data[0] & 0x0F == 8 and (data[0] << 8 | data[1]) % 31 == 0
-            )
-            wbits = (
-                16 + zlib.MAX_WBITS if gzip else zlib.MAX_WBITS if zlib_header else -zlib.MAX_WBITS
-            )
-            d = zlib.decompressobj(wbits)
-        while True:
-            if d.eof:
-                if not data or not gzip:
-                    break  # deflate: what follows its end is ignored, as urllib3 does
-                d = zlib.decompressobj(16 + zlib.MAX_WBITS)  # the next gzip member
-            out = d.decompress(data, DECODE_STEP)
-            if out:
-                yield out
-            data = d.unused_data if d.eof else d.unconsumed_tail
-            if not data and not d.eof and len(out) < DECODE_STEP:
-                break
-    if d is not None and not d.eof:
-        raise _Cut
-
-
-def _unbrotli(pieces: Iterator[bytes]) -> Iterator[bytes]:
-    import brotli
-
-    d = brotli.Decompressor()
-    for piece in pieces:
-        out = d.process(piece, output_buffer_limit=DECODE_STEP)
-        while True:
-            if out:
-                yield out
-            if d.is_finished() or (not out and d.can_accept_more_data()):
-                break
-            out = d.process(b"", output_buffer_limit=DECODE_STEP)
-    if not d.is_finished():
-        raise _Cut

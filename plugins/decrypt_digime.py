@@ -33,15 +33,14 @@ import mmap
 import os
 import stat
 import threading
-import zlib
 from collections.abc import Callable, Iterable, Iterator
 from typing import Annotated, BinaryIO, Final, Literal, NamedTuple
 
-import brotli
 import msgspec
 from cryptography.hazmat.primitives import padding as sym_padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from privateshare.decompress import Corrupt, gunzip, unbrotli
 from privateshare.errors import FileDecryptionError
 from privateshare.hooks import Plugin, PluginContext, hookimpl
 from privateshare.keys import KeyHandle
@@ -85,11 +84,6 @@ MMAP_WINDOW: Final = 8 * MiB
 #: outputs (~400 per 15 MiB file, each a sink call, gathered by the file sink with a
 #: copy); fed 1 MiB, about 2 MiB ones.
 _FEED: Final = 64 * KiB
-
-# brotli >= 1.2 can bound the output of one ``process`` call; older releases cannot,
-# so there we feed tiny input slices and check the cap after each one.
-_BROTLI_BOUNDED: Final = hasattr(brotli.Decompressor, "can_accept_more_data")
-_BROTLI_UNBOUNDED_FEED: Final = 256
 
 
 def decrypt_stream(
@@ -152,10 +146,9 @@ def decrypt_stream(
         plain = _strip_hash(plain, file_name)
     limits = _Limits(max_decompressed_bytes, max_ratio, ratio_floor)
     if compression == "gzip":
-        return _decompress(plain, _gunzip_steps, limits, chunk_size, _FEED, "gzip", file_name)
+        return _decompress(plain, gunzip, limits, chunk_size, _FEED, "gzip", file_name)
     if compression == "brotli":
-        feed = chunk_size if _BROTLI_BOUNDED else _FEED
-        return _decompress(plain, _unbrotli_steps, limits, chunk_size, feed, "brotli", file_name)
+        return _decompress(plain, unbrotli, limits, chunk_size, chunk_size, "brotli", file_name)
     return plain
 
 
@@ -465,64 +458,6 @@ def _strip_hash(chunks: Iterable[bytes | memoryview], file_name: str) -> Iterato
 # --- decompression -----------------------------------------------------------
 
 
-class _Corrupt(Exception):
-    """The compressed stream is invalid (not a cap violation)."""
-
-
-def _gunzip_steps(pieces: Iterable[memoryview], limit: int) -> Iterator[bytes]:
-    """Gunzip with at most ``limit`` output bytes per step; concatenated members allowed."""
-    d = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
-    try:
-        for piece in pieces:
-            data: bytes | memoryview = piece
-            while True:
-                if d.eof:
-                    if not data:
-                        break
-                    d = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)  # next member
-                out = d.decompress(data, limit)
-                if out:
-                    yield out
-                if d.eof:
-                    data = d.unused_data
-                    continue
-                data = d.unconsumed_tail
-                if not data and len(out) < limit:
-                    break
-    except zlib.error as exc:
-        raise _Corrupt(f"the gzip data is corrupt ({exc})") from None
-    if not d.eof:
-        raise _Corrupt("the gzip data ends before the end of its compressed stream")
-
-
-def _unbrotli_steps(pieces: Iterable[memoryview], limit: int) -> Iterator[bytes]:
-    """Brotli-decompress with bounded output per step (brotli >= 1.2)."""
-    d = brotli.Decompressor()
-    try:
-        for piece in pieces:
-            if d.is_finished():
-                raise _Corrupt("trailing data after the end of the brotli stream")
-            if not _BROTLI_BOUNDED:
-                for i in range(0, len(piece), _BROTLI_UNBOUNDED_FEED):
-                    out = d.process(piece[i : i + _BROTLI_UNBOUNDED_FEED])
-                    if out:
-                        yield out
-                    if d.is_finished() and i + _BROTLI_UNBOUNDED_FEED < len(piece):
-                        raise _Corrupt("trailing data after the end of the brotli stream")
-                continue
-            out = d.process(piece, output_buffer_limit=limit)
-            while True:
-                if out:
-                    yield out
-                if d.is_finished() or (not out and d.can_accept_more_data()):
-                    break
-                out = d.process(b"", output_buffer_limit=limit)
-    except brotli.error as exc:
-        raise _Corrupt(f"the brotli data is corrupt ({exc})") from None
-    if not d.is_finished():
-        raise _Corrupt("the brotli data ends before the end of its compressed stream")
-
-
 class _Limits(NamedTuple):
     cap: int
     ratio: int
@@ -589,7 +524,7 @@ def _decompress(
                     file_name,
                 )
             yield out
-    except _Corrupt as exc:
+    except Corrupt as exc:
         for _ in plain:  # raises size / padding / hash if the file itself is bad
             pass
         raise FileDecryptionError("decompression", str(exc), file_name) from None

@@ -40,7 +40,7 @@ from requests.structures import CaseInsensitiveDict
 from privateshare.config import Delay, Seconds
 from privateshare.errors import ConfigError, ResponseTooLarge, TransportError
 from privateshare.hooks import Plugin, PluginContext, hookimpl
-from privateshare.transport import HttpRequest, decoded_stream, origin
+from privateshare.transport import HttpRequest, content_encoding, decoded_stream, origin
 
 log = logging.getLogger(__name__)
 
@@ -325,10 +325,9 @@ class RequestsResponse:
         pace.install(self._raw)
 
     def read(self, limit: int | None = None) -> bytes:
-        encoding = self.headers.get("Content-Encoding", "identity").strip().lower()
         # BytesIO hands its buffer over on getvalue(): a large answer is held once, not twice.
         body = io.BytesIO()
-        if encoding not in ("", "identity"):
+        if content_encoding(self.headers):
             # Decoded by the core's capped decoder, the one long answers stream through.
             try:
                 stream = decoded_stream(self, limit, self._what)
@@ -342,12 +341,12 @@ class RequestsResponse:
             declared = _content_length(self.headers.get("Content-Length"))
             if declared is not None and declared > limit:
                 self.close()
-                raise self._too_large(limit, encoding)
+                raise self._too_large(limit)
         for chunk in self._chunks(CHUNK, decode=False):
             body.write(chunk)
             if limit is not None and body.tell() > limit:
                 self.close()
-                raise self._too_large(limit, encoding)
+                raise self._too_large(limit)
         return body.getvalue()
 
     def iter_bytes(self, chunk_size: int = 1 << 20) -> Iterator[bytes]:
@@ -387,11 +386,10 @@ class RequestsResponse:
             )
         return TransportError(f"the body of {self._what} was cut short: {_reason(exc)}")
 
-    def _too_large(self, limit: int, encoding: str) -> ResponseTooLarge:
-        decoded = "" if encoding == "identity" else f" once decoded ({encoding})"
+    def _too_large(self, limit: int) -> ResponseTooLarge:
+        """A plain body past the cap (an encoded one is capped by ``decoded_stream``)."""
         return ResponseTooLarge(
-            f"the answer to {self._what} is larger than {limit} bytes{decoded}; "
-            "it was not read further"
+            f"the answer to {self._what} is larger than {limit} bytes; it was not read further"
         )
 
     def __enter__(self) -> RequestsResponse:

@@ -1024,6 +1024,25 @@ class TransportConformance:
             ):
                 response.read(limit=len(data) - 1)  # more than the compressed size
 
+    def test_identity_or_an_empty_content_encoding_is_a_plain_body(self) -> None:
+        # Nothing to decode: read exactly, and a body past the cap is named plainly (no
+        # "once decoded", which would send the operator looking for a compression).
+        body = _pattern(10_000)
+        server = self.serve()
+        for value in ("identity", "", " Identity "):
+            headers = {"Content-Encoding": value, "Content-Type": "application/json"}
+            url = server.route(f"/v1/plain-{len(value)}", respond(body, headers=headers))
+            with closing(self.send(HttpRequest("GET", url))) as response:
+                assert response.read(limit=len(body)) == body, f"Content-Encoding {value!r}"
+            with (
+                closing(self.send(HttpRequest("GET", url))) as response,
+                pytest.raises(ResponseTooLarge) as refused,
+            ):
+                response.read(limit=len(body) - 1)
+            assert "decoded" not in str(refused.value), (
+                f"Content-Encoding {value!r} is no encoding, yet the error says: {refused.value}"
+            )
+
     def test_an_encoding_bomb_is_refused_at_flat_memory(self) -> None:
         server = self.serve()
         for encoding in self.encodings:

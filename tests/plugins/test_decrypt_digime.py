@@ -29,7 +29,6 @@ from privateshare.errors import FileDecryptionError
 from privateshare.hooks import PluginContext
 from privateshare.keys import SoftwareKeyHandle
 from privateshare.models import FileMetadata
-from privateshare.plugins import decrypt_digime
 from privateshare.plugins.decrypt_digime import (
     DEFAULT_RATIO_FLOOR,
     DigimeDecryptor,
@@ -637,17 +636,6 @@ def test_a_bomb_through_the_plugin_and_the_file_sink_leaves_little_and_nothing(
     assert temp.stat().st_size <= DEFAULT_RATIO_FLOOR  # 64 MiB written, not 512 MiB (or 4 GiB)
     writer.abort()
     assert list(user_dir.iterdir()) == []
-
-
-def test_brotli_without_output_limit_support(handle, rsa_key, monkeypatch) -> None:
-    """brotli < 1.2 has no output limit: the fallback feeds tiny slices, still capped."""
-    monkeypatch.setattr(decrypt_digime, "_BROTLI_BOUNDED", False)
-    blob = encrypt(rsa_key.public_key(), PAYLOAD, compression="brotli")
-    assert run(blob, handle, compression="brotli") == PAYLOAD
-    err = check_of(blob, handle, compression="brotli", max_decompressed_bytes=1000)
-    assert err.check == "decompression"
-    bad = encrypt(rsa_key.public_key(), brotli.compress(PAYLOAD) + b"junk")
-    assert check_of(bad, handle, compression="brotli").check == "decompression"
 
 
 # --- arguments and early stop -----------------------------------------------------
