@@ -12,7 +12,7 @@ import zlib
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-__all__ = ["Corrupt", "gunzip", "inflate", "unbrotli"]
+__all__ = ["Corrupt", "brotli_step_bound", "gunzip", "inflate", "unbrotli"]
 
 
 class Corrupt(ValueError):
@@ -33,10 +33,16 @@ def inflate(pieces: Iterable[bytes | memoryview], step: int) -> Iterator[bytes]:
 def _zlib_steps(pieces: Iterable[bytes | memoryview], step: int, *, gzip: bool) -> Iterator[bytes]:
     name = "gzip" if gzip else "deflate"
     d: Any = None
+    head = b""  # deflate: zlib-wrapped or raw is told by two bytes, which may come apart
     try:
         for piece in pieces:
             data: bytes | memoryview = piece
             if d is None:
+                if not gzip and len(head) + len(data) < 2:
+                    head += data
+                    continue
+                if head:
+                    data, head = head + data, b""
                 d = zlib.decompressobj(_wbits(data, gzip=gzip))
             while True:
                 if d.eof:
@@ -63,7 +69,11 @@ def _wbits(first: bytes | memoryview, *, gzip: bool) -> int:
 
 
 def unbrotli(pieces: Iterable[bytes | memoryview], step: int) -> Iterator[bytes]:
-    """Brotli (brotli >= 1.2 bounds each call's output); data after the stream is corrupt."""
+    """Brotli; data after the stream is corrupt.
+
+    brotli (>= 1.2) bounds each call's output by whole blocks of its output buffer, so a
+    step may pass ``step``: by at most one block, :func:`brotli_step_bound` in all.
+    """
     import brotli  # here, not at start-up: most answers and files are not brotli
 
     d = brotli.Decompressor()
@@ -84,3 +94,8 @@ def unbrotli(pieces: Iterable[bytes | memoryview], step: int) -> Iterator[bytes]
         raise Corrupt(f"the brotli data is corrupt ({exc})") from None
     if not d.is_finished():
         raise Corrupt("the brotli data ends before the end of its compressed stream")
+
+
+def brotli_step_bound(step: int) -> int:
+    """The most one :func:`unbrotli` step produces when asked for ``step`` bytes."""
+    return 2 * max(step, 32 << 10)
