@@ -1,6 +1,8 @@
 """A real S3/KMS endpoint for tests: moto's standalone server on 127.0.0.1.
 
-Load it with ``pytest_plugins = ["privateshare.testing.aws"]`` in a test module.
+Load it with ``pytest_plugins = ["privateshare.testing.aws"]`` in a test module. It needs
+moto's S3 and KMS backends and its server's web framework: ``pip install "moto[s3,kms]"
+flask flask-cors`` (privateshare's ``test`` extra has them).
 
 * ``moto_server`` (session) starts ``python -m moto.server`` in a subprocess on a
   free port; like a fresh AWS account it holds nothing, and it accepts any
