@@ -93,6 +93,8 @@ class NameDates:
 
     def get_key(self, key: int) -> int | None:
         """The date kept for the name whose :func:`name_key` is ``key``, or None."""
+        if not self._len:
+            return None
         i = self._slot((key >> 64) or 1, key & _LOW)
         if not self._his[i]:
             return None
@@ -118,14 +120,25 @@ class NameDates:
         if self._big:
             self._big.pop(key, None)
 
-    def _grow(self) -> None:
+    def reserve(self, total: int) -> None:
+        """Make room for ``total`` names in all at once (fewer rehashes as it fills)."""
+        if total * 3 > self._size * 2:
+            self._grow(total)
+
+    def _grow(self, count: int = 0) -> None:
         his, los, dates = self._his, self._los, self._dates
-        self._alloc(self._len * 3 // 2 + 8)  # half as large again
-        count = 0
+        self._alloc(max(count, self._len * 3 // 2 + 8))  # at least half as large again
+        count, size = 0, self._size
+        new_his, new_los, new_dates = self._his, self._los, self._dates
         for i, hi in enumerate(his):
             if hi:
-                j = self._slot(hi, los[i])
-                self._his[j], self._los[j], self._dates[j] = hi, los[i], dates[i]
+                lo = los[i]
+                j = hi % size
+                while new_his[j]:
+                    j += 1
+                    if j == size:
+                        j = 0
+                new_his[j], new_los[j], new_dates[j] = hi, lo, dates[i]
                 count += 1
         self._len = count
 
@@ -236,6 +249,11 @@ class DeliveryState:
             for sink in self.sinks
             if (seen := done[sink].get_key(key)) is None or seen < updated
         ]
+
+    def reserve(self, total: int) -> None:
+        """Make room in every sink's state for ``total`` names in all."""
+        for names in self.done.values():
+            names.reserve(total)
 
     def too_old(self, updated: int) -> bool:
         """Left out by ``--since``: updated before that date (undated files too)."""

@@ -795,6 +795,9 @@ class Run:
         state = self._state
         late: DigimeError | None = None
         undated = 0
+        self._taken.reserve(len(listing))
+        with self._lock:
+            state.reserve(len(listing))
         for name, key, updated in listing.items():
             taken = self._taken.get_key(key)
             if state.too_old(updated):

@@ -140,6 +140,9 @@ def test_name_dates_grow_and_keep_every_name() -> None:
     table = NameDates()
     for i in range(5000):
         table[f"n{i}"] = i - 2500
+        if i == 1000:
+            table.reserve(4000)  # room made in the middle, and asked again for less
+            table.reserve(10)
     assert len(table) == 5000
     assert all(table.get(f"n{i}") == i - 2500 for i in range(5000))
     assert table.get("n5000") is None and "n5000" not in table and "n7" in table
