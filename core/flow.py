@@ -623,8 +623,9 @@ class Run:
 
     Memory is bounded by the concurrency, not by the list: the pool is fed at most
     ``2 * concurrency`` files at a time, a list is read in batches and kept only as one
-    name and date per file that may need work (:class:`_Rows`), and what the run
-    remembers per file is the date it took (``_taken``). The checkpoint is held whole.
+    name and date per file that may need work (:class:`_Rows`, :class:`_Listing`), and what
+    the run remembers per file is the date it took (``_taken``). The checkpoint and
+    ``_taken`` keep a digest of each name, not the name (:class:`NameDates`).
     """
 
     #: Least seconds between checkpoint saves; a lagging checkpoint only means
