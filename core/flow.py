@@ -771,6 +771,7 @@ class Run:
             lambda t: self.client.scan_file_list(self.session.key, t, visitor)
         )
         rows = attempt[0]
+        rows.listing.done()
         if rows.duplicates and not self._duplicates_logged:
             self._duplicates_logged = True
             log.warning(
@@ -1089,6 +1090,10 @@ class _Listing:
         where = self._index.get_key(key)
         if where is not None:
             self._gone.add(where)
+
+    def done(self) -> None:
+        """The list is read: drop the index (names are only looked up while reading it)."""
+        self._index = NameDates()
 
     def __len__(self) -> int:
         return len(self._dates) - len(self._gone)

@@ -218,6 +218,7 @@ def test_the_listing_keeps_the_rows_a_dict_kept() -> None:
                 skipped += 1
                 if updated > seen:
                     reference[name] = updated
+        rows.listing.done()  # the list is read: its index goes, its rows stay
         assert [(n, d) for n, _, d in rows.listing.items()] == list(reference.items())
         assert all(k == name_key(n) for n, k, _ in rows.listing.items())
         assert len(rows.listing) == len(reference) and rows.skipped == skipped
