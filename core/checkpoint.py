@@ -62,85 +62,86 @@ class NameDates:
     its :func:`name_key` (``*_key``: computed once per row and shared by every sink's map).
     """
 
-    __slots__ = ("_big", "_dates", "_his", "_len", "_los", "_size")
+    __slots__ = ("_big", "_len", "_table")
 
     def __init__(self, items: Mapping[str, int] | Iterable[tuple[str, int]] = ()) -> None:
         pairs = items.items() if isinstance(items, Mapping) else items
-        #: Dates past the signed 64-bit range, by key (the table holds _DATE_MAX for them).
+        #: Dates past the signed 64-bit range, by (hi << 64 | lo); the table holds _DATE_MAX.
         self._big: dict[int, int] = {}
-        self._alloc(len(items) if isinstance(items, Mapping) else 0)
+        self._len = 0
+        #: (his, los, dates, size): replaced whole when it grows, so that a reader in another
+        #: thread (the flow reads the delivery state while a worker records under its lock)
+        #: never sees the arrays of one table with the size of another.
+        self._table = _table(len(items) if isinstance(items, Mapping) else 0)
         for name, updated in pairs:
             self.set_key(name_key(name), updated)
-
-    def _alloc(self, count: int) -> None:
-        size = max(8, count * 3 // 2 + 1)  # at most two thirds full
-        self._his = array("Q", [0]) * size
-        self._los = array("Q", [0]) * size
-        self._dates = array("q", [0]) * size
-        self._size = size
-        self._len = 0
-
-    def _slot(self, hi: int, lo: int) -> int:
-        his, los, size = self._his, self._los, self._size
-        i = hi % size
-        while True:
-            h = his[i]
-            if h == 0 or (h == hi and los[i] == lo):
-                return i
-            i += 1
-            if i == size:
-                i = 0
 
     def get_key(self, key: int) -> int | None:
         """The date kept for the name whose :func:`name_key` is ``key``, or None."""
         if not self._len:
             return None
-        i = self._slot((key >> 64) or 1, key & _LOW)
-        if not self._his[i]:
-            return None
-        updated = self._dates[i]
-        return self._big.get(key, updated) if updated == _DATE_MAX and self._big else updated
+        hi, lo = (key >> 64) or 1, key & _LOW
+        his, los, dates, size = self._table
+        i = hi % size
+        while True:
+            h = his[i]
+            if h == 0:
+                return None
+            if h == hi and los[i] == lo:
+                updated = dates[i]
+                if updated == _DATE_MAX and self._big:
+                    return self._big.get((hi << 64) | lo, updated)
+                return updated
+            i += 1
+            if i == size:
+                i = 0
 
     def set_key(self, key: int, updated: int) -> None:
-        """Keep ``updated`` for the name whose :func:`name_key` is ``key``."""
+        """Keep ``updated`` for the name whose :func:`name_key` is ``key``.
+
+        One writer at a time (the caller's lock); readers need none: a slot's date is
+        written before its digest marks it taken.
+        """
         hi, lo = (key >> 64) or 1, key & _LOW
-        i = self._slot(hi, lo)
-        if not self._his[i]:
-            if (self._len + 1) * 3 > self._size * 2:
-                self._grow()
-                i = self._slot(hi, lo)
-            self._his[i], self._los[i] = hi, lo
-            self._len += 1
         if _DATE_MIN <= updated < _DATE_MAX:
-            self._dates[i] = updated
+            stored = updated
         else:
-            self._dates[i] = _DATE_MAX
-            self._big[key] = updated
-            return
-        if self._big:
-            self._big.pop(key, None)
+            stored = _DATE_MAX
+            self._big[(hi << 64) | lo] = updated
+        his, los, dates, size = self._table
+        i = _slot(his, los, size, hi, lo)
+        if his[i]:
+            dates[i] = stored
+        else:
+            if (self._len + 1) * 3 > size * 2:
+                self._grow(self._len + 1)
+                his, los, dates, size = self._table
+                i = _slot(his, los, size, hi, lo)
+            los[i], dates[i] = lo, stored
+            his[i] = hi
+            self._len += 1
+        if stored != _DATE_MAX and self._big:
+            self._big.pop((hi << 64) | lo, None)
 
     def reserve(self, total: int) -> None:
         """Make room for ``total`` names in all at once (fewer rehashes as it fills)."""
-        if total * 3 > self._size * 2:
+        if total * 3 > self._table[3] * 2:
             self._grow(total)
 
-    def _grow(self, count: int = 0) -> None:
-        his, los, dates = self._his, self._los, self._dates
-        self._alloc(max(count, self._len * 3 // 2 + 8))  # at least half as large again
-        count, size = 0, self._size
-        new_his, new_los, new_dates = self._his, self._los, self._dates
+    def _grow(self, count: int) -> None:
+        his, los, dates, _ = self._table
+        table = _table(max(count, self._len * 3 // 2 + 8))  # at least half as large again
+        new_his, new_los, new_dates, size = table
         for i, hi in enumerate(his):
             if hi:
-                lo = los[i]
                 j = hi % size
                 while new_his[j]:
                     j += 1
                     if j == size:
                         j = 0
-                new_his[j], new_los[j], new_dates[j] = hi, lo, dates[i]
-                count += 1
-        self._len = count
+                new_los[j], new_dates[j] = los[i], dates[i]
+                new_his[j] = hi
+        self._table = table
 
     def get(self, name: str) -> int | None:
         return self.get_key(name_key(name))
@@ -155,12 +156,13 @@ class NameDates:
         return self._len
 
     def _entries(self) -> Iterator[tuple[int, int, int]]:
-        for i, hi in enumerate(self._his):
+        his, los, dates, _ = self._table
+        for i, hi in enumerate(his):
             if hi:
-                updated = self._dates[i]
+                updated = dates[i]
                 if updated == _DATE_MAX:
-                    updated = self._big.get((hi << 64) | self._los[i], updated)
-                yield hi, self._los[i], updated
+                    updated = self._big.get((hi << 64) | los[i], updated)
+                yield hi, los[i], updated
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, NameDates):
@@ -171,6 +173,24 @@ class NameDates:
 
     def __repr__(self) -> str:
         return f"NameDates({self._len} names)"
+
+
+def _table(count: int) -> tuple[array[int], array[int], array[int], int]:
+    """Empty arrays for ``count`` names, at most two thirds full."""
+    size = max(8, count * 3 // 2 + 1)
+    return array("Q", [0]) * size, array("Q", [0]) * size, array("q", [0]) * size, size
+
+
+def _slot(his: array[int], los: array[int], size: int, hi: int, lo: int) -> int:
+    """Where ``(hi, lo)`` is in the table, or the empty slot where it goes."""
+    i = hi % size
+    while True:
+        h = his[i]
+        if h == 0 or (h == hi and los[i] == lo):
+            return i
+        i += 1
+        if i == size:
+            i = 0
 
 
 class DeliveryState:

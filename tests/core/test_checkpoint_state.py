@@ -237,3 +237,41 @@ def test_the_listing_costs_less_than_a_dict() -> None:
         tracemalloc.stop()
     assert held / count < 120, f"{held / count:.0f} bytes per listed file"
     assert len(listing) == count
+
+
+def test_a_reader_in_another_thread_always_finds_what_was_written() -> None:
+    """The flow reads the delivery state while a worker records (under the run's lock, which
+    readers do not take): through every growth of the table, a name written stays found."""
+    import sys
+    import threading
+
+    table = NameDates()
+    keys = [name_key(f"n{i}") for i in range(40_000)]
+    written = 0
+    problems: list[object] = []
+    finished = threading.Event()
+
+    def read() -> None:
+        try:
+            while not finished.is_set():
+                for key in keys[:written:89]:
+                    if table.get_key(key) is None:
+                        problems.append(key)
+                        return
+        except Exception as exc:  # an IndexError from a half-swapped table, say
+            problems.append(exc)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        for index, key in enumerate(keys):
+            table.set_key(key, index)
+            written = index + 1
+    finally:
+        finished.set()
+        reader.join()
+        sys.setswitchinterval(interval)
+    assert not problems
+    assert all(table.get_key(key) == index for index, key in enumerate(keys))
