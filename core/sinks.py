@@ -353,19 +353,43 @@ def clean_stale_temps(top: Path, active: Container[str] | None = None) -> int:
     """
     removed = 0
     own = os.getpid()
-    for directory, _dirs, files in os.walk(top, followlinks=False):
-        for name in files:
-            if not name.startswith(TEMP_PREFIX):
+    for path, name in _files_under(os.fspath(top)):
+        if not name.startswith(TEMP_PREFIX):
+            continue
+        pid_text = name[len(TEMP_PREFIX) :].split("-", 1)[0]
+        pid = int(pid_text) if pid_text.isdigit() else 0
+        if pid == own:
+            if active is None or path in active:
                 continue
-            path = os.path.join(directory, name)
-            pid_text = name[len(TEMP_PREFIX) :].split("-", 1)[0]
-            pid = int(pid_text) if pid_text.isdigit() else 0
-            if pid == own:
-                if active is None or path in active:
-                    continue
-            elif pid and _pid_alive(pid):
-                continue
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-                removed += 1
+        elif pid and _pid_alive(pid):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+            removed += 1
     return removed
+
+
+def _files_under(top: str) -> Iterator[tuple[str, str]]:
+    """(path, name) of every non-directory under ``top``, as ``os.walk(top)`` would list them.
+
+    Entries are handed on as they are read, not gathered per directory first as
+    ``os.walk`` does: a user's directory of 50,000 files would be ~7 MiB of names at once.
+    Symbolic links to directories are not followed; unreadable directories are skipped.
+    """
+    pending = [top]
+    while pending:
+        directory = pending.pop()
+        try:
+            entries = os.scandir(directory)
+        except OSError:
+            continue
+        with entries:
+            for entry in entries:
+                try:
+                    is_dir = entry.is_dir()
+                except OSError:
+                    is_dir = False
+                if not is_dir:
+                    yield entry.path, entry.name
+                elif not entry.is_symlink():
+                    pending.append(entry.path)

@@ -148,10 +148,18 @@ class StoreKeys:
         return hmac.new(self._names, user_id.encode("utf-8"), hashlib.sha256).hexdigest()
 
     def seal(self, contract_id: str, kind: Kind, digest: str, record: msgspec.Struct) -> bytes:
+        return self.seal_encoded(contract_id, kind, digest, [msgspec.json.encode(record)])
+
+    def seal_encoded(self, contract_id: str, kind: Kind, digest: str, holder: list[bytes]) -> bytes:
+        """Seal the encoded record that ``holder`` holds, taking it out as soon as it is sealed.
+
+        A checkpoint's record may hold millions of names: its plaintext goes before the
+        sealed bytes are joined to their header, so at most two copies are held at once.
+        """
         nonce = secrets.token_bytes(NONCE_BYTES)
         aad = record_aad(contract_id, kind, digest, self.key_id)
-        plaintext = msgspec.json.encode(record)
-        return RECORD_MAGIC + self._id + nonce + self._aead.encrypt(nonce, plaintext, aad)
+        sealed = self._aead.encrypt(nonce, holder.pop(), aad)
+        return RECORD_MAGIC + self._id + nonce + sealed
 
     def open(self, contract_id: str, kind: Kind, digest: str, blob: bytes) -> bytes:
         """The record's plaintext, or MalformedRecord, ForeignRecord or TamperedRecord."""
@@ -433,9 +441,44 @@ class SealedRecordStore:
         """A new base holding ``state`` and naming a fresh, empty journal."""
         journal = secrets.token_hex(8)
         record = CheckpointRecord(user_id, {}, time.time(), state, journal)
-        blob = keys.seal(self.context.contract_id, "checkpoint", digest, record)
+        return self._checkpoint_put(
+            keys, user_id, digest, [msgspec.json.encode(record)], journal, old
+        )
+
+    def _checkpoint_put(
+        self,
+        keys: StoreKeys,
+        user_id: str,
+        digest: str,
+        holder: list[bytes],
+        journal: str,
+        old: str | None,
+    ) -> CheckpointState:
+        blob = keys.seal_encoded(self.context.contract_id, "checkpoint", digest, holder)
         self._checkpoint_rewrite(digest, f"user {user_id!r}", blob, old)
         return CheckpointState(journal, len(blob), 0, self._checkpoint_marker(digest))
+
+    def _checkpoint_compact(
+        self,
+        keys: StoreKeys,
+        user_id: str,
+        digest: str,
+        changes: dict[str, dict[str, int]] | None = None,
+    ) -> CheckpointState:
+        """Fold the journal (and ``changes``) into a new base, read from storage.
+
+        Holds the decoded state only until it is encoded: a compaction of a large
+        checkpoint peaks at the decoded state plus one encoded copy, not three.
+        """
+        state, where, _ = self._checkpoint_read(keys, user_id, digest)
+        for sink, names in (changes or {}).items():
+            state.setdefault(sink, {}).update(names)
+        journal = secrets.token_hex(8)
+        holder = [msgspec.json.encode(CheckpointRecord(user_id, {}, time.time(), state, journal))]
+        del state
+        return self._checkpoint_put(
+            keys, user_id, digest, holder, journal, where.journal if where else None
+        )
 
     @hookimpl
     def privateshare_checkpoint_load(self, user_id: str) -> dict[str, dict[str, int]]:
@@ -498,12 +541,9 @@ class SealedRecordStore:
             if where is None or where.marker != self._checkpoint_marker(digest):
                 # First save of this process, or another one rewrote the base meanwhile.
                 state, where, torn = self._checkpoint_read(keys, user_id, digest)
+                del state
                 if where is None or torn:
-                    for sink, names in changes.items():
-                        state.setdefault(sink, {}).update(names)
-                    cache[digest] = self._checkpoint_write(
-                        keys, user_id, digest, state, where.journal if where else None
-                    )
+                    cache[digest] = self._checkpoint_compact(keys, user_id, digest, changes)
                     return True
             blob = keys.seal(
                 self.context.contract_id,
@@ -516,10 +556,7 @@ class SealedRecordStore:
             )
             cache[digest] = where
             if where.journal_size > max(COMPACT_AT, where.base_size):
-                state, where, _ = self._checkpoint_read(keys, user_id, digest)
-                cache[digest] = self._checkpoint_write(
-                    keys, user_id, digest, state, where.journal if where else None
-                )
+                cache[digest] = self._checkpoint_compact(keys, user_id, digest)
         return True
 
     # --- the record of the last run ---------------------------------------------

@@ -138,8 +138,9 @@ class FileListDecoder:
     checks the document as a whole. Errors are those of :func:`decode_file_list`.
     """
 
-    #: Bytes of rows gathered before a batch is decoded.
-    BATCH = 1 << 20
+    #: Bytes of rows gathered before a batch is decoded (a re-pull of a large library holds
+    #: one batch, its rows and one piece of the answer beside the loaded checkpoint).
+    BATCH = 256 << 10
     #: How far back from the end of the data a batch's last row is looked for.
     WINDOW = 64 << 10
 

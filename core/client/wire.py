@@ -32,7 +32,7 @@ JSON = {"accept": "application/json"}
 #: An error answer is read up to this much; beyond, its details are dropped.
 MAX_ERROR_BYTES = 64 << 10
 #: Pieces in which a long answer (the file list) is read and decoded.
-STREAM_CHUNK = 1 << 20
+STREAM_CHUNK = 256 << 10
 
 #: The transport: one request in, one response out (``Hooks.send``).
 Send = Callable[[HttpRequest], HttpResponse]

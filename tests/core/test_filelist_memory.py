@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from privateshare.checkpoint import DeliveryState
+from privateshare.checkpoint import DeliveryState, NameDates
 from privateshare.client.files import (
     FileListDecoder,
     decode_file_list,
@@ -136,7 +136,7 @@ def test_a_checkpointed_list_costs_its_checkpoint_not_the_list() -> None:
     del body
     tracemalloc.start()
     try:
-        rows = _Rows(state, {})
+        rows = _Rows(state, NameDates())
         decode_file_list_in_batches(iter(chunks), rows)
         _, peak = tracemalloc.get_traced_memory()
     finally:
