@@ -25,6 +25,7 @@ Written only against privateshare's public API, as any third-party plugin would 
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import logging
 import re
@@ -293,6 +294,7 @@ class DltSink(Plugin):
         elif self.options.credentials is not None:
             credentials = self.options.credentials.reveal()
         destination = Destination.from_reference(self.options.destination, credentials=credentials)
+        _capabilities_once(destination)
         self.pipelines_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         pipeline = dlt.pipeline(
             pipeline_name=self.pipeline_name,
@@ -406,6 +408,29 @@ class DltSink(Plugin):
             if item:
                 text = text.replace(item, "<redacted>")
         return text
+
+
+def _capabilities_once(destination: Any) -> None:
+    """Make ``destination.capabilities()`` (without a config) work its answer out once.
+
+    dlt resolves the destination's whole configuration (environment variables, TOML files)
+    again on each such call, ~4 ms of CPU, and a pipeline asks at every step: many times
+    per commit. The sink makes a new destination each time it takes the pipeline, and its
+    configuration does not change while the pipeline is held, so one answer per naming
+    convention is the answer. Callers get a copy: dlt adjusts the one it is given.
+    """
+    compute = destination.capabilities
+    memo: dict[int, tuple[Any, Any]] = {}
+
+    def capabilities(config: Any = None, naming: Any = None) -> Any:
+        if config is not None:
+            return compute(config, naming)
+        held = memo.get(id(naming))
+        if held is None:  # the naming object is kept in the memo, so its id stays its own
+            held = memo[id(naming)] = (naming, compute(None, naming))
+        return copy.copy(held[1])
+
+    destination.capabilities = capabilities
 
 
 def _naming() -> Any:
