@@ -414,21 +414,24 @@ def _capabilities_once(destination: Any) -> None:
     """Make ``destination.capabilities()`` (without a config) work its answer out once.
 
     dlt resolves the destination's whole configuration (environment variables, TOML files)
-    again on each such call, ~4 ms of CPU, and a pipeline asks at every step: many times
+    again on each such call, ~4-14 ms of CPU, and a pipeline asks at every step: many times
     per commit. The sink makes a new destination each time it takes the pipeline, and its
-    configuration does not change while the pipeline is held, so one answer per naming
-    convention is the answer. Callers get a copy: dlt adjusts the one it is given.
+    configuration does not change while the pipeline is held, so one answer is the answer.
+    A naming convention changes it only through whether it is case sensitive (dlt's
+    ``adjust_capabilities``), and dlt makes a new naming object for most calls: the answers
+    are kept by that, not by the object. Callers get a copy: dlt adjusts the one it is given.
     """
     compute = destination.capabilities
-    memo: dict[int, tuple[Any, Any]] = {}
+    memo: dict[tuple[type, bool] | None, Any] = {}
 
     def capabilities(config: Any = None, naming: Any = None) -> Any:
         if config is not None:
             return compute(config, naming)
-        held = memo.get(id(naming))
-        if held is None:  # the naming object is kept in the memo, so its id stays its own
-            held = memo[id(naming)] = (naming, compute(None, naming))
-        return copy.copy(held[1])
+        key = (type(naming), bool(naming.is_case_sensitive)) if naming else None
+        held = memo.get(key)
+        if held is None:
+            held = memo[key] = compute(None, naming)
+        return copy.copy(held)
 
     destination.capabilities = capabilities
 
