@@ -42,14 +42,16 @@ SLOW_PATHS = ("contrib", "flow", "sandbox", "test_lint.py", "test_packaging.py")
 
 
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
-    """Three workers a core (``-n auto``), at most 24.
+    """Two workers a core (``-n auto``), at most 16.
 
-    Much of the suite waits: on the sandbox's latency, on servers, subprocesses and browsers.
-    With one worker a core the CPUs idled 40% of the time (2 cores: 7 min 06 s; 4 workers
-    5 min 43 s; 6 workers 4 min 58 s, the same tests and the same CPU time).
+    Much of the suite waits: on the sandbox's latency, on servers, subprocesses and browsers,
+    so one worker a core leaves the CPUs idle. But every worker collects the whole suite
+    (~5 s of CPU) and more workers contend for the cores: on 2 cores, a quiet machine, the
+    same tests took 3 workers 222 s (320 s of CPU), 4 workers 207 s (336 s), 5 workers
+    214 s (360 s), 6 workers 218 s (374 s).
     """
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return min(24, 3 * (cores or 1))
+    return min(16, 2 * (cores or 1))
 
 
 #: The longest test files (wall on one worker, longest first), started before the others.
