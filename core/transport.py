@@ -100,8 +100,14 @@ class HttpResponse(Protocol):
 
 #: Most bytes one decoding step reads from the body or produces from it.
 DECODE_STEP = 64 << 10
-#: Content-Encodings :func:`decoded_stream` decodes (``x-gzip`` is gzip's old name).
-ENCODINGS = ("gzip", "x-gzip", "deflate", "br")
+#: Content-Encodings :func:`decoded_stream` decodes, and how (``x-gzip`` is gzip's old name).
+_DECODERS: dict[str, Callable[[Iterator[bytes], int], Iterator[bytes]]] = {
+    "gzip": gunzip,
+    "x-gzip": gunzip,
+    "deflate": inflate,
+    "br": unbrotli,
+}
+ENCODINGS = tuple(_DECODERS)
 
 
 def content_encoding(headers: Mapping[str, str]) -> list[str]:
@@ -174,9 +180,8 @@ def _decode_steps(pieces: Iterator[bytes], coding: str, what: str) -> Iterator[b
     first = next(pieces, None)
     if first is None:
         return  # an empty body is empty, whatever its coding (as urllib3 reads it)
-    steps = unbrotli if coding == "br" else gunzip if coding != "deflate" else inflate
     try:
-        yield from steps(itertools.chain((first,), pieces), DECODE_STEP)
+        yield from _DECODERS[coding](itertools.chain((first,), pieces), DECODE_STEP)
     except Corrupt as exc:
         raise TransportError(
             f"the body of {what} could not be decoded (Content-Encoding {coding}): {exc}"
