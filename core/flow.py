@@ -631,6 +631,8 @@ class Run:
     #: Least seconds between checkpoint saves; a lagging checkpoint only means
     #: re-delivery, never loss. Saves of a large checkpoint are spaced further apart.
     CHECKPOINT_EVERY = 1.0
+    #: Files reported "not attempted" at a time once the deadline passed (see :meth:`_late`).
+    LATE_BATCH = 10_000
 
     def __init__(
         self,
@@ -657,6 +659,7 @@ class Run:
         self.progress = (
             for_user(user_id) if callable(for_user) else progress or (lambda _event, _data: None)
         )
+        self._progress_given = progress is not None
         self.info = RunInfo(uuid.uuid4().hex, user_id, time.time())
         self.summary = RunSummary(run_id=self.info.run_id, user_id=user_id)
         self._lock = threading.Lock()
@@ -795,11 +798,12 @@ class Run:
         """
         scheduled = False
         state = self._state
-        late: DigimeError | None = None
         undated = 0
         self._taken.reserve(len(listing))
         with self._lock:
             state.reserve(len(listing))
+        #: Files the deadline kept from starting: reported failed in batches (see _late).
+        late: list[str] = []
         for name, key, updated in listing.items():
             taken = self._taken.get_key(key)
             if state.too_old(updated):
@@ -816,9 +820,11 @@ class Run:
                 continue
             self._taken.set_key(key, updated)
             scheduled = True
-            if not self._submit(pool, name, updated):
-                late = late or self._too_late("not attempted")  # one error for them all
-                self._failed(name, late, timed_out=True)
+            if late or not self._submit(pool, name, updated):
+                late.append(name)
+                if len(late) >= self.LATE_BATCH:
+                    self._late(late)
+        self._late(late)
         with self._lock:
             self.summary.files_skipped = skipped
         if final and undated:
@@ -849,6 +855,31 @@ class Run:
             if self._inflight.get(name) is future:
                 del self._inflight[name]
         self._slots.release()
+
+    def _late(self, names: list[str]) -> None:
+        """Report files the deadline kept from starting as failed ("not attempted"), and empty
+        ``names``.
+
+        A long list can leave millions at its deadline: one error and one lock for a batch,
+        and the per-file log, hook and progress calls only where something receives them, so
+        that reporting them does not hold the pull long past its timeout.
+        """
+        if not names:
+            return
+        error = self._too_late("not attempted")
+        with self._lock:
+            self._timed_out += len(names)
+            self.summary.add_failures(names, str(error))
+        if log.isEnabledFor(logging.DEBUG):
+            for name in names:
+                log.debug("file %s of user %s failed: %s", name, self.user_id, error)
+        if self.hooks.listens("privateshare_file_failed"):
+            for name in names:
+                self.hooks.file_failed(self.user_id, name, error)
+        if self._progress_given:
+            for name in names:
+                self.progress("failed", (name, error))
+        names.clear()
 
     def _too_late(self, what: str) -> DigimeError:
         return DigimeError(

@@ -218,6 +218,12 @@ class RunSummary(msgspec.Struct):
         if len(self.files_failed) < MAX_FAILURES_LISTED:
             self.files_failed.append(failure)
 
+    def add_failures(self, names: list[str], reason: str) -> None:
+        """:meth:`add_failure` for many files that failed for one reason (no check)."""
+        self.files_failed_total += len(names)
+        room = MAX_FAILURES_LISTED - len(self.files_failed)
+        self.files_failed.extend(FileFailure(name, reason) for name in names[: max(0, room)])
+
 
 # --- discovery and account management (protocol.md#discovery, #account-management) ----
 

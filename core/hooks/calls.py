@@ -268,6 +268,10 @@ class Hooks:
         self._notify("privateshare_run_finished", summary=summary)
 
     # plumbing
+    def listens(self, hook: str) -> bool:
+        """Whether any plugin implements ``hook`` (to skip building calls nobody receives)."""
+        return bool(getattr(self.pm.hook, hook).get_hookimpls())
+
     def _each(self, hook: str) -> Iterator[tuple[str, Any]]:
         # pluggy calls the last registered first; we keep config order instead.
         # An implementation may accept a subset of the spec's arguments, as in pluggy.

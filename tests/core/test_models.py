@@ -73,6 +73,20 @@ def test_failures_are_all_counted_but_only_the_first_are_listed() -> None:
     assert summary.files_failed[0].name == "f0.json"
 
 
+def test_failures_for_one_reason_are_counted_and_listed_like_single_ones() -> None:
+    summary = RunSummary("r", "amy")
+    summary.add_failure(FileFailure("first.json", "bad"))
+    summary.add_failures([f"f{i}.json" for i in range(MAX_FAILURES_LISTED + 5)], "late")
+    summary.add_failures(["more.json"], "late")
+    assert summary.files_failed_total == MAX_FAILURES_LISTED + 7
+    assert len(summary.files_failed) == MAX_FAILURES_LISTED
+    assert summary.files_failed[:2] == [
+        FileFailure("first.json", "bad"),
+        FileFailure("f0.json", "late"),
+    ]
+    assert summary.files_failed[-1].name == f"f{MAX_FAILURES_LISTED - 2}.json"
+
+
 def test_a_sources_page_knows_whether_it_is_the_last() -> None:
     def page(count: int, offset: int, total: int) -> SourcesPage:
         data = [{"id": i, "name": f"s{i}"} for i in range(count)]

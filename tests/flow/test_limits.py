@@ -20,7 +20,7 @@ import pytest
 
 from privateshare import hookimpl
 from privateshare.client.files import decode_x_metadata
-from privateshare.flow import Flow
+from privateshare.flow import Flow, Run
 from privateshare.models import MAX_FAILURES_LISTED, Session, Token, UserAccessToken
 from privateshare.retry import current_deadline, past_deadline
 from privateshare.sandbox import Sandbox, SandboxSettings
@@ -208,13 +208,17 @@ def test_a_trickling_download_is_ended_by_the_deadline_end_to_end(
 
 
 def test_the_pool_is_fed_a_few_files_at_a_time_and_nothing_new_starts_after_the_deadline(
-    start_sandbox: Callable[..., Sandbox], tmp_path: Path
+    start_sandbox: Callable[..., Sandbox], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Workers held in the sink until the deadline: two run, two wait in the queue, and the
     # other sixteen are never queued. So the queue is bounded by 2 x concurrency, and past
-    # the deadline the queued ones do not start and the rest are reported not attempted.
+    # the deadline the queued ones do not start and the rest are reported not attempted:
+    # in batches (of 5 here, so 5 + 5 + 5 + 1), each file once to the hook and the progress.
+    monkeypatch.setattr(Run, "LATE_BATCH", 5)
     sandbox = start_sandbox(files=20)
     writers: list[str] = []
+    hooked: list[str] = []
+    progressed: list[str] = []
 
     class HoldingSink:
         @hookimpl
@@ -222,6 +226,14 @@ def test_the_pool_is_fed_a_few_files_at_a_time_and_nothing_new_starts_after_the_
             writers.append(file.name)
             while not past_deadline():  # the worker's scope: the run's deadline
                 time.sleep(0.05)
+
+        @hookimpl
+        def privateshare_file_failed(self, user_id: str, file_name: str, error: Exception) -> None:
+            hooked.append(file_name)
+
+    def progress(event: str, data: Any) -> None:
+        if event == "failed":
+            progressed.append(data[0])
 
     fw = framework_for(
         sandbox,
@@ -232,13 +244,16 @@ def test_the_pool_is_fed_a_few_files_at_a_time_and_nothing_new_starts_after_the_
     fw.pm.register(HoldingSink())
     flow = Flow(fw)
     token, session = consent(flow, "finn")
-    summary = flow.pull("finn", token=token, session=session)
+    summary = flow.pull("finn", token=token, session=session, progress=progress)
     reasons = [f.reason for f in summary.files_failed]
     assert len(writers) == 2, writers
     assert sum(r.startswith("not attempted") for r in reasons) == 16, reasons
     assert sum(r.startswith("not started") for r in reasons) == 2, reasons
     assert summary.files_delivered + summary.files_failed_total == 20
     assert summary.error and "[pull] timeout" in summary.error
+    failed = sorted(f.name for f in summary.files_failed)
+    assert len(failed) == summary.files_failed_total == len(set(failed))
+    assert sorted(hooked) == failed and sorted(progressed) == failed
 
 
 # --- item 5: transient faults on every call -----------------------------------------------
