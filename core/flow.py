@@ -804,6 +804,7 @@ class Run:
             state.reserve(len(listing))
         #: Files the deadline kept from starting: reported failed in batches (see _late).
         late: list[str] = []
+        too_late = False
         for name, key, updated in listing.items():
             taken = self._taken.get_key(key)
             if state.too_old(updated):
@@ -818,12 +819,14 @@ class Run:
             elif taken is None and not state.needs_key(key, updated):
                 skipped += 1  # every sink holds this version or a later one
                 continue
-            self._taken.set_key(key, updated)
             scheduled = True
-            if late or not self._submit(pool, name, updated):
-                late.append(name)
-                if len(late) >= self.LATE_BATCH:
-                    self._late(late)
+            if not too_late and self._submit(pool, name, updated):
+                self._taken.set_key(key, updated)
+                continue
+            too_late = True  # and the pull ends with this list: nothing more to take
+            late.append(name)
+            if len(late) >= self.LATE_BATCH:
+                self._late(late)
         self._late(late)
         with self._lock:
             self.summary.files_skipped = skipped
