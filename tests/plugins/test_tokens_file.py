@@ -29,6 +29,7 @@ from privateshare.plugins import tokens_file
 from privateshare.plugins.tokens_file import FileTokenStore
 from privateshare.testing.conformance import TokenStoreConformance
 
+from .checkpoint_base import SegmentedBaseTests
 from .unprivileged import hand_over, open_directory, run_as_other
 
 ACCESS = "acc-9f8e7d6c5b4a39281706f5e4d3c2b1a0"
@@ -705,6 +706,18 @@ def test_default_path_is_resolved_against_base_dir(tmp_path, handle) -> None:
 
 
 class TestFileTokenStoreConformance(TokenStoreConformance):
+    @pytest.fixture
+    def store_factory(self, tmp_path, handle):
+        return lambda: make_store(tmp_path, handle)
+
+    @pytest.fixture
+    def store(self, store_factory):
+        return store_factory()
+
+
+class TestFileStoreBase(SegmentedBaseTests):
+    """The checkpoint's base, read and written a segment at a time from and to the file."""
+
     @pytest.fixture
     def store_factory(self, tmp_path, handle):
         return lambda: make_store(tmp_path, handle)
