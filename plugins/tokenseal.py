@@ -804,6 +804,15 @@ class SealedRecordStore:
         return state
 
     @hookimpl
+    def privateshare_checkpoint_pieces(self, user_id: str) -> Iterator[tuple[str, dict[str, int]]]:
+        """The user's state in pieces: the base's segments, then each journal entry's changes.
+
+        Holds one segment (and the journal, which is small) at a time, never the state.
+        """
+        keys = self._open()
+        return self._checkpoint_pieces(keys, user_id, self._digest(keys, user_id))
+
+    @hookimpl
     def privateshare_checkpoint_save(
         self, user_id: str, changes: dict[str, dict[str, int]], replace: bool
     ) -> bool:

@@ -1002,3 +1002,23 @@ def test_run_record_is_sealed_and_forgotten_with_the_user(tmp_path, handle) -> N
     assert store.privateshare_token_delete(USER) is True
     assert store.privateshare_run_record_load(USER) is None
     assert [p.name for p in store.directory.iterdir() if p.is_file()] == ["store.key"]
+
+
+def test_the_state_is_handed_over_in_segments_then_journal_entries(tmp_path, handle, monkeypatch):
+    from privateshare.plugins import tokenseal
+
+    monkeypatch.setattr(tokenseal, "SEGMENT_NAMES", 2)
+    store = make_store(tmp_path, handle)
+    store.privateshare_checkpoint_save(USER, {"s": {"a": 1, "b": 2, "c": 3}, "t": {}}, True)
+    store.privateshare_checkpoint_save(USER, {"s": {"a": 4}}, False)
+    store.privateshare_checkpoint_save(USER, {"t": {"z": 5}, "s": {"d": 6}}, False)
+    pieces = list(make_store(tmp_path, handle).privateshare_checkpoint_pieces(USER))
+    assert pieces == [
+        ("s", {"a": 1, "b": 2}),
+        ("s", {"c": 3}),
+        ("t", {}),
+        ("s", {"a": 4}),
+        ("t", {"z": 5}),
+        ("s", {"d": 6}),
+    ]
+    assert list(store.privateshare_checkpoint_pieces("nobody")) == []
