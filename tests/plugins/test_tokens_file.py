@@ -552,6 +552,18 @@ elif mode == "crash":
         os._exit(3)  # the process dies between writing the temp file and renaming it
     os.replace = crash
     store.privateshare_token_save("alice", token("new"))
+elif mode == "crash-compacting":
+    from privateshare.plugins import tokenseal
+    bounded = tokenseal._bounded
+    def dies(*args):
+        for index, segment in enumerate(bounded(*args)):
+            if index == 5:
+                os._exit(3)  # killed half way through writing the new base
+            yield segment
+    tokenseal._bounded = dies
+    tokenseal.SEGMENT_NAMES = 10
+    keys = store._open()
+    store._checkpoint_compact(keys, "alice", keys.digest("alice"), {"s": {"000.json": 99}})
 """
 
 
@@ -587,6 +599,27 @@ def test_crash_between_write_and_replace(tmp_path, handle, key_file, script) -> 
     assert fresh.privateshare_token_users() == ["alice"]
     fresh.privateshare_token_save("alice", token("after", "after"))
     assert fresh.privateshare_token_load("alice") == token("after", "after")
+
+
+def test_a_process_killed_while_compacting_loses_only_that_save(
+    tmp_path, handle, key_file, script
+) -> None:
+    store = make_store(tmp_path, handle, path="tokens")
+    state = {f"{i:03d}.json": i for i in range(100)}
+    store.privateshare_checkpoint_save("alice", {"s": state}, True)
+    store.privateshare_checkpoint_save("alice", {"s": {"new.json": 7}}, False)
+    proc = _spawn(script, "crash-compacting", tmp_path, key_file)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 3, err
+    assert len(list(store.directory.glob(".*.tmp"))) == 1  # the new base, never renamed
+    fresh = make_store(tmp_path, handle, path="tokens")
+    expected = {"s": {**state, "new.json": 7}}
+    assert fresh.privateshare_checkpoint_load("alice") == expected
+    fresh.privateshare_checkpoint_save("alice", {"s": {"after.json": 8}}, False)
+    expected["s"]["after.json"] = 8
+    assert make_store(tmp_path, handle, path="tokens").privateshare_checkpoint_load("alice") == (
+        expected
+    )
 
 
 def test_lock_serialises_processes(tmp_path, handle, key_file, script) -> None:
@@ -1022,3 +1055,37 @@ def test_the_state_is_handed_over_in_segments_then_journal_entries(tmp_path, han
         ("s", {"d": 6}),
     ]
     assert list(store.privateshare_checkpoint_pieces("nobody")) == []
+
+
+def test_a_compaction_cut_short_leaves_the_base_and_journal_it_started_from(
+    tmp_path, handle, monkeypatch
+) -> None:
+    from privateshare.plugins import tokenseal
+
+    monkeypatch.setattr(tokenseal, "SEGMENT_NAMES", 10)
+    store = make_store(tmp_path, handle)
+    state = {"s": {f"{i:03d}.json": i for i in range(100)}}
+    store.privateshare_checkpoint_save(USER, state, True)
+    store.privateshare_checkpoint_save(USER, {"s": {"new.json": 7}}, False)
+    base, [journal] = _record(store, "checkpoint"), _journals(store)
+    before = (base.read_bytes(), journal.read_bytes())
+    merged = tokenseal._merged
+    written: list[int] = []
+
+    def dies_midway(*args):
+        for index, segment in enumerate(merged(*args)):
+            if index == 5:
+                raise KeyboardInterrupt  # as a kill would, half way through the new base
+            written.append(index)
+            yield segment
+
+    monkeypatch.setattr(tokenseal, "_merged", dies_midway)
+    keys = store._open()
+    with pytest.raises(KeyboardInterrupt):
+        store._checkpoint_compact(keys, USER, keys.digest(USER))
+    assert written == [0, 1, 2, 3, 4]  # the new base was being written when it stopped
+    assert (base.read_bytes(), journal.read_bytes()) == before
+    assert not [p for p in store.directory.iterdir() if p.name.endswith(".tmp")]
+    monkeypatch.setattr(tokenseal, "_merged", merged)
+    expected = {"s": {**state["s"], "new.json": 7}}
+    assert make_store(tmp_path, handle).privateshare_checkpoint_load(USER) == expected
