@@ -18,7 +18,7 @@ A copy of the directory without the contract private key is useless.
 
 A checkpoint save appends one sealed entry (a 4-byte length, then the sealed
 changes) to the journal and fsyncs it: O(what changed). When the journal outgrows
-the base it is folded into a new base naming a new generation, streamed: the old
+a quarter of the base it is folded into a new base naming a new generation, streamed: the old
 base is read and the new one written to its temp file a segment at a time (the
 base is made of separately sealed segments, see ``tokenseal``); a journal whose
 generation is not the base's is left over from a crash and ignored, and a torn
@@ -406,23 +406,24 @@ class FileTokenStore(SealedRecordStore, Plugin):
 
     def _journal_read(self, digest: str, journal: str, who: str) -> tuple[list[bytes], bool, int]:
         path = self._journal_path(digest, journal)
+        blobs: list[bytes] = []
         try:
-            data = path.read_bytes()
+            with path.open("rb") as fh:  # entry by entry: the journal is not held twice
+                size = os.fstat(fh.fileno()).st_size
+                at = 0
+                while at < size:
+                    head = fh.read(4)
+                    (length,) = struct.unpack(">I", head) if len(head) == 4 else (0,)
+                    blob = fh.read(length) if length else b""
+                    if not length or len(blob) < length:
+                        return blobs, True, size
+                    blobs.append(blob)
+                    at += 4 + length
         except FileNotFoundError:
             return [], False, 0
         except OSError as exc:
             raise _unreadable(path, exc, f"the checkpoint journal of {who}") from None
-        blobs: list[bytes] = []
-        at = 0
-        while at < len(data):
-            if at + 4 > len(data):
-                return blobs, True, len(data)
-            (size,) = struct.unpack_from(">I", data, at)
-            if size == 0 or at + 4 + size > len(data):
-                return blobs, True, len(data)
-            blobs.append(data[at + 4 : at + 4 + size])
-            at += 4 + size
-        return blobs, False, len(data)
+        return blobs, False, size
 
     def _journal_append(self, digest: str, journal: str, who: str, blob: bytes) -> int:
         path = self._journal_path(digest, journal)

@@ -64,13 +64,16 @@ RECORD_MAGIC = b"PSTOK\x02"  # magic, store key id, nonce, ciphertext
 KEY_ID_BYTES = 8
 NONCE_BYTES = 12
 Kind = Literal["token", "checkpoint", "journal", "run"]
-#: Journal bytes past which a save folds the journal into a new base (and at least the base's size).
-COMPACT_AT = 1 << 20
+#: Journal bytes past which a save folds the journal into a new base: at least this, a quarter
+#: of the base's size (so a save costs O(changes) over time), but at most JOURNAL_MAX, since a
+#: compaction holds the journal's changes decoded (~150 bytes a name) and those only.
+COMPACT_AT = 1 << 18
+JOURNAL_MAX = 16 << 20
 BASE_MAGIC = b"PSCKP\x03"  # magic, store key id, journal generation, sealed pieces
 BASE_FORMAT = 3
 #: A base segment holds at most this many names, and stops growing past SEGMENT_BYTES.
-SEGMENT_NAMES = 4096
-SEGMENT_BYTES = 1 << 18
+SEGMENT_NAMES = 1024
+SEGMENT_BYTES = 1 << 16
 #: A piece longer than this is damage, not something to read into memory.
 MAX_PIECE = 64 << 20
 _LENGTH = struct.Struct(">I")
@@ -182,6 +185,11 @@ def key_check(store_key: bytes, contract_id: str) -> str:
     return hmac.new(
         derive(store_key, b"key-check"), contract_id.encode("utf-8"), hashlib.sha256
     ).hexdigest()
+
+
+def compact_at(base_size: int) -> int:
+    """The journal size past which a save folds the journal into a new base."""
+    return max(COMPACT_AT, min(base_size // 4, JOURNAL_MAX))
 
 
 def piece_aad(
@@ -656,31 +664,40 @@ class SealedRecordStore:
                 f"{self.label}{place} holds the record of another user; {self.record_fix}"
             )
 
-    def _journal_entries(
+    def _journal_changes(
         self, keys: StoreKeys, digest: str, journal: str, who: str
-    ) -> tuple[list[dict[str, dict[str, int]]], bool, int]:
-        """The journal's changes in order, whether its tail was torn, and its size in bytes.
+    ) -> tuple[dict[str, dict[str, int]], bool, int]:
+        """The journal's changes merged in order (a later entry wins), whether its tail was
+        torn, and its size in bytes.
 
-        The journal is compacted once it outgrows the base (or COMPACT_AT): it stays small
-        next to the state.
+        The journal is compacted once it outgrows a quarter of the base (:func:`compact_at`),
+        so it stays small next to the state; each sealed entry is let go once it is merged.
         """
+        changes: dict[str, dict[str, int]] = {}
         if not journal:
-            return [], False, 0
+            return changes, False, 0
         blobs, torn, size = self._journal_read(digest, journal, who)
         bound = f"{digest}.{journal}"
-        changes: list[dict[str, dict[str, int]]] = []
-        for index, entry_blob in enumerate(blobs):
+        count = len(blobs)
+        blobs.reverse()
+        for index in range(count):
+            entry_blob = blobs.pop()
             where = f"entry {index + 1} of the checkpoint journal of {who}"
             try:
                 entry = self._unseal(keys, "journal", bound, entry_blob, where, JournalEntry)
             except ForeignKeyError:
                 raise
             except TokenStoreError:
-                if index < len(blobs) - 1:
+                if index < count - 1:
                     raise
                 torn = True  # a save cut short by a crash: its changes were never promised
                 break
-            changes.append(entry.changes)
+            for sink, names in entry.changes.items():
+                known = changes.get(sink)
+                if known is None:
+                    changes[sink] = names
+                else:
+                    known.update(names)
         return changes, torn, size
 
     def _checkpoint_where(
@@ -700,7 +717,7 @@ class SealedRecordStore:
             journal, segments = self._base_segments(keys, user_id, digest, stream, place)
             del segments
             base_size = _stream_size(stream)
-        _, torn, size = self._journal_entries(keys, digest, journal, who)
+        _, torn, size = self._journal_changes(keys, digest, journal, who)
         return CheckpointState(journal, base_size, size, marker), torn
 
     def _checkpoint_pieces(
@@ -721,7 +738,7 @@ class SealedRecordStore:
                 return
             with stream:
                 journal, segments = self._base_segments(keys, user_id, digest, stream, place)
-                changes, torn, size = self._journal_entries(keys, digest, journal, who)
+                changes, torn, size = self._journal_changes(keys, digest, journal, who)
                 if torn and not attempt:
                     del segments
                     log.warning(
@@ -736,8 +753,7 @@ class SealedRecordStore:
                     continue
                 cache[digest] = CheckpointState(journal, _stream_size(stream), size, marker)
                 yield from segments
-            for entry in changes:
-                yield from entry.items()
+            yield from changes.items()
             return
 
     def _checkpoint_write(
@@ -776,11 +792,7 @@ class SealedRecordStore:
             base: Iterator[tuple[str, dict[str, int]]] = iter(())
             if stream is not None:
                 old, base = self._base_segments(keys, user_id, digest, stream, place)
-                entries, _, _ = self._journal_entries(keys, digest, old, who)
-                for entry in entries:
-                    for sink, names in entry.items():
-                        newer.setdefault(sink, {}).update(names)
-                del entries
+                newer, _, _ = self._journal_changes(keys, digest, old, who)
             for sink, names in (changes or {}).items():
                 newer.setdefault(sink, {}).update(names)
             return self._checkpoint_write(keys, user_id, digest, _merged(base, newer), old or None)
@@ -805,7 +817,7 @@ class SealedRecordStore:
 
     @hookimpl
     def privateshare_checkpoint_pieces(self, user_id: str) -> Iterator[tuple[str, dict[str, int]]]:
-        """The user's state in pieces: the base's segments, then each journal entry's changes.
+        """The user's state in pieces: the base's segments, then the journal's changes.
 
         Holds one segment (and the journal, which is small) at a time, never the state.
         """
@@ -859,7 +871,7 @@ class SealedRecordStore:
                 digest, where.journal, f"user {user_id!r}", blob
             )
             cache[digest] = where
-            if where.journal_size > max(COMPACT_AT, where.base_size):
+            if where.journal_size > compact_at(where.base_size):
                 cache[digest] = self._checkpoint_compact(keys, user_id, digest)
         return True
 

@@ -1037,7 +1037,7 @@ def test_run_record_is_sealed_and_forgotten_with_the_user(tmp_path, handle) -> N
     assert [p.name for p in store.directory.iterdir() if p.is_file()] == ["store.key"]
 
 
-def test_the_state_is_handed_over_in_segments_then_journal_entries(tmp_path, handle, monkeypatch):
+def test_the_state_is_handed_over_in_segments_then_the_journal(tmp_path, handle, monkeypatch):
     from privateshare.plugins import tokenseal
 
     monkeypatch.setattr(tokenseal, "SEGMENT_NAMES", 2)
@@ -1046,13 +1046,12 @@ def test_the_state_is_handed_over_in_segments_then_journal_entries(tmp_path, han
     store.privateshare_checkpoint_save(USER, {"s": {"a": 4}}, False)
     store.privateshare_checkpoint_save(USER, {"t": {"z": 5}, "s": {"d": 6}}, False)
     pieces = list(make_store(tmp_path, handle).privateshare_checkpoint_pieces(USER))
-    assert pieces == [
+    assert pieces == [  # the base's segments, then the journal's changes merged
         ("s", {"a": 1, "b": 2}),
         ("s", {"c": 3}),
         ("t", {}),
-        ("s", {"a": 4}),
+        ("s", {"a": 4, "d": 6}),
         ("t", {"z": 5}),
-        ("s", {"d": 6}),
     ]
     assert list(store.privateshare_checkpoint_pieces("nobody")) == []
 
