@@ -845,6 +845,14 @@ def test_records_of_format_1_are_read_and_rewritten_as_format_2(tmp_path) -> Non
     store.privateshare_token_save("alice", expected)
     assert record.read_bytes().startswith(b"PSTOK\x02" + bytes.fromhex(store._open().key_id))
     assert make_store(tmp_path, handle, path="tokens").privateshare_token_load("alice") == expected
+    # Its checkpoint (format 1, from before journals) is rewritten in format 3 by a save.
+    base = store.directory / f"{store._open().digest('alice')}.checkpoint"
+    assert base.read_bytes().startswith(b"PSTOK\x01")
+    store.privateshare_checkpoint_save("alice", {"*": {"b.json": 2}}, False)
+    assert base.read_bytes().startswith(b"PSCKP\x03" + bytes.fromhex(store._open().key_id))
+    assert make_store(tmp_path, handle, path="tokens").privateshare_checkpoint_load("alice") == {
+        "*": {"a.json": 1_700_000_000_000, "b.json": 2}
+    }
 
 
 @pytest.fixture

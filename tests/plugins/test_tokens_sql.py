@@ -377,6 +377,16 @@ def test_records_of_format_1_are_read_and_rewritten_as_format_2(sql_db: SqlDb) -
     assert bytes(sealed).startswith(b"PSTOK\x02" + bytes.fromhex(store._open().key_id))
     again = make_store(sql_db, handle)
     assert again.privateshare_token_load("alice") == expected
+    # Its checkpoint (format 1, from before journals) is rewritten in format 3 by a save.
+    store.privateshare_checkpoint_save("alice", {"*": {"b.json": 2}}, False)
+    with store.db.engine.connect() as conn:
+        base = conn.execute(
+            sa.select(store.records.c.sealed).where(store.records.c.kind == "checkpoint")
+        ).scalar()
+    assert bytes(base).startswith(b"PSCKP\x03" + bytes.fromhex(store._open().key_id))
+    assert again.privateshare_checkpoint_load("alice") == {
+        "*": {"a.json": 1_700_000_000_000, "b.json": 2}
+    }
     for each in (store, again):
         each.close()
 
