@@ -22,7 +22,7 @@ import hashlib
 import logging
 import secrets
 from array import array
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 log = logging.getLogger(__name__)
 
@@ -244,6 +244,48 @@ class DeliveryState:
             _share_names(self._whole)
         #: sink -> name -> date delivered since the last save.
         self.pending: dict[str, dict[str, int]] = {}
+
+    @classmethod
+    def from_pieces(
+        cls,
+        pieces: Iterable[tuple[str, Mapping[str, int]]],
+        sinks: list[str],
+        *,
+        whole: Callable[[], Mapping[str, Mapping[str, int]]],
+        full: bool = False,
+        since_ms: int | None = None,
+    ) -> DeliveryState:
+        """The state from the token store's pieces (``privateshare_checkpoint_pieces``),
+        never holding more of its names than one piece: each goes into the sinks' digests.
+
+        A ``"*"`` piece or one of a sink no longer configured means the state is saved
+        whole, names and all, once: the pieces are then dropped and ``whole()`` loads it
+        (rare: a migration, or a change of the configured sinks).
+        """
+        done = {sink: NameDates() for sink in sinks}
+        seen: set[str] = set()
+        iterator = iter(pieces)
+        try:
+            for sink, names in iterator:
+                into = done.get(sink)
+                if into is None:  # LEGACY_SINKS, or forgotten: to be saved whole
+                    seen = {LEGACY_SINKS}
+                    break
+                seen.add(sink)
+                for name, updated in names.items():
+                    into.set_key(name_key(name), updated)
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                close()
+        if seen == {LEGACY_SINKS}:
+            del done
+            return cls(whole(), sinks, full=full, since_ms=since_ms)
+        state = cls({}, sinks, full=full, since_ms=since_ms)
+        state.done = done
+        if seen:
+            state.new = [sink for sink in state.sinks if sink not in seen]
+        return state
 
     @property
     def replace(self) -> bool:

@@ -682,11 +682,12 @@ class Run:
 
     def execute(self) -> RunSummary:
         started = time.monotonic()
-        self._state = state = DeliveryState(
-            self.hooks.checkpoint_load(self.user_id),
+        self._state = state = DeliveryState.from_pieces(
+            self.hooks.checkpoint_pieces(self.user_id),
             self.hooks.sink_names(),
             full=self.full,
             since_ms=self.since,
+            whole=lambda: self.hooks.checkpoint_load(self.user_id),
         )
         for note in state.messages():
             log.warning("user %s: %s", self.user_id, note)

@@ -18,7 +18,9 @@ A copy of the directory without the contract private key is useless.
 
 A checkpoint save appends one sealed entry (a 4-byte length, then the sealed
 changes) to the journal and fsyncs it: O(what changed). When the journal outgrows
-the base it is folded into a new base naming a new generation; a journal whose
+a quarter of the base it is folded into a new base naming a new generation, streamed: the old
+base is read and the new one written to its temp file a segment at a time (the
+base is made of separately sealed segments, see ``tokenseal``); a journal whose
 generation is not the base's is left over from a crash and ignored, and a torn
 last entry (a crash mid-append) is ignored, never misread.
 """
@@ -36,10 +38,10 @@ import struct
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, BinaryIO
 
 import filelock
 import msgspec
@@ -92,16 +94,20 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` all or nothing: temp file, fsync, rename, fsync directory.
+def atomic_write(path: Path, data: bytes | Iterable[bytes]) -> int:
+    """Write ``data`` (bytes, or chunks written as they come) to ``path`` all or nothing:
+    temp file, fsync, rename, fsync directory; the bytes written.
 
     The temp file is created by :func:`tempfile.mkstemp`, so it is mode 0600 from
     its first byte; readers see either the old file or the new one, never a part.
+    An exception from ``data`` leaves the old file as it was.
     """
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    size = 0
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            for chunk in (data,) if isinstance(data, bytes) else data:
+                size += fh.write(chunk)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -110,6 +116,7 @@ def atomic_write(path: Path, data: bytes) -> None:
             os.unlink(tmp)
         raise
     _fsync_dir(path.parent)
+    return size
 
 
 _PERMISSIONS_FIX = (
@@ -352,9 +359,12 @@ class FileTokenStore(SealedRecordStore, Plugin):
             ) from None
 
     def _write(self, digest: str, kind: Kind, who: str, blob: bytes) -> None:
+        self._replace(digest, kind, who, blob)
+
+    def _replace(self, digest: str, kind: Kind, who: str, data: bytes | Iterable[bytes]) -> int:
         path = self._path(digest, kind)
         try:
-            atomic_write(path, blob)
+            return atomic_write(path, data)
         except OSError as exc:
             raise TokenStoreError(
                 f"cannot write the {kind} record of {who} to {path} "
@@ -396,23 +406,24 @@ class FileTokenStore(SealedRecordStore, Plugin):
 
     def _journal_read(self, digest: str, journal: str, who: str) -> tuple[list[bytes], bool, int]:
         path = self._journal_path(digest, journal)
+        blobs: list[bytes] = []
         try:
-            data = path.read_bytes()
+            with path.open("rb") as fh:  # entry by entry: the journal is not held twice
+                size = os.fstat(fh.fileno()).st_size
+                at = 0
+                while at < size:
+                    head = fh.read(4)
+                    (length,) = struct.unpack(">I", head) if len(head) == 4 else (0,)
+                    blob = fh.read(length) if length else b""
+                    if not length or len(blob) < length:
+                        return blobs, True, size
+                    blobs.append(blob)
+                    at += 4 + length
         except FileNotFoundError:
             return [], False, 0
         except OSError as exc:
             raise _unreadable(path, exc, f"the checkpoint journal of {who}") from None
-        blobs: list[bytes] = []
-        at = 0
-        while at < len(data):
-            if at + 4 > len(data):
-                return blobs, True, len(data)
-            (size,) = struct.unpack_from(">I", data, at)
-            if size == 0 or at + 4 + size > len(data):
-                return blobs, True, len(data)
-            blobs.append(data[at + 4 : at + 4 + size])
-            at += 4 + size
-        return blobs, False, len(data)
+        return blobs, False, size
 
     def _journal_append(self, digest: str, journal: str, who: str, blob: bytes) -> int:
         path = self._journal_path(digest, journal)
@@ -437,11 +448,29 @@ class FileTokenStore(SealedRecordStore, Plugin):
             ) from None
         return size
 
-    def _checkpoint_rewrite(self, digest: str, who: str, blob: bytes, old: str | None) -> None:
-        self._write(digest, "checkpoint", who, blob)
+    def _checkpoint_open(self, digest: str, who: str) -> tuple[BinaryIO | None, str]:
+        """The base file, open: its pieces are read one at a time, never the whole file."""
+        path = self._path(digest, "checkpoint")
+        place = f"the checkpoint record of {who} at {path}"
+        try:
+            return path.open("rb"), place
+        except FileNotFoundError:
+            return None, place
+        except OSError as exc:
+            raise TokenStoreError(
+                f"cannot read {place} ({exc.strerror}); check its permissions (mode 0600, "
+                "owned by the user running privateshare)"
+            ) from None
+
+    def _checkpoint_rewrite(
+        self, digest: str, who: str, chunks: Iterable[bytes], old: str | None
+    ) -> int:
+        # The new base goes to a temp file piece by piece while the old one is read.
+        size = self._replace(digest, "checkpoint", who, chunks)
         if old:
             with contextlib.suppress(FileNotFoundError):
                 self._journal_path(digest, old).unlink()
+        return size
 
     def _checkpoint_lock(self, digest: str) -> AbstractContextManager[Any]:
         path = self.directory / "locks" / f"{digest}.checkpoint.lock"

@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import logging
 import math
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Annotated, Any
@@ -379,7 +380,16 @@ class SqlTokenStore(SealedRecordStore, Plugin):
         where = self._checkpoint_cache().get(digest)
         return (where.journal_size if where else 0) + len(blob)
 
-    def _checkpoint_rewrite(self, digest: str, who: str, blob: bytes, old: str | None) -> None:
+    def _checkpoint_rewrite(
+        self, digest: str, who: str, chunks: Iterable[bytes], old: str | None
+    ) -> int:
+        # One row, replaced in one transaction: the new base's sealed bytes are gathered
+        # first (~60 bytes a name, with the old base's while it is read), then written.
+        buffer = io.BytesIO()
+        for chunk in chunks:
+            buffer.write(chunk)
+        blob = buffer.getvalue()
+        del buffer
         j = self.journal.c
         row = {
             "contract": self.contract,
@@ -395,6 +405,7 @@ class SqlTokenStore(SealedRecordStore, Plugin):
                     sa.and_(j.contract == self.contract, j.digest == digest)
                 )
             )
+        return len(blob)
 
     def _checkpoint_lock(self, digest: str) -> AbstractContextManager[Any]:
         # Each append and rewrite is one transaction; saves racing from two processes can

@@ -9,18 +9,38 @@ associated data to that id, the contract, the record kind and the user's digest,
 so a record copied to another user, kind, contract or store fails to open, and a
 store key swapped for another store's is named as such. Records of format 1
 (no key id, written before) are still read; every save writes format 2.
+
+A checkpoint's base may hold millions of names, so it is not one record but a container
+of separately sealed pieces (format 3), written, read and merged one piece at a time::
+
+    PSCKP\x03 || store key id (8 bytes) || journal generation (16 ASCII hex digits)
+    then pieces, each: length (4 bytes, big-endian) || 96-bit nonce || ciphertext+tag
+      piece 0         BaseHeader {user_id, saved_at, journal, format}
+      pieces 1..n     Segment [sink, {name: updatedDate}]: one sink's names, at most
+                      SEGMENT_NAMES of them and about SEGMENT_BYTES; a sink's are contiguous
+      piece n+1       BaseEnd {segments: n}
+
+Each piece is AES-256-GCM sealed on its own, its associated data binding the contract,
+the user's digest, the store key id, the journal generation (new at every rewrite), the
+piece's role and its index: a piece modified, dropped, reordered, duplicated or taken
+from another user, contract, store or base fails to open, and a base cut short lacks
+its end piece. Bases of formats 1 and 2 (one ``CheckpointRecord``) are still read; every
+rewrite writes format 3.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import io
 import logging
+import re
 import secrets
+import struct
 import time
-from collections.abc import Iterable, Iterator
-from contextlib import AbstractContextManager
-from typing import Any, Literal
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any, BinaryIO, Literal
 
 import msgspec
 from cryptography.exceptions import InvalidTag
@@ -44,8 +64,20 @@ RECORD_MAGIC = b"PSTOK\x02"  # magic, store key id, nonce, ciphertext
 KEY_ID_BYTES = 8
 NONCE_BYTES = 12
 Kind = Literal["token", "checkpoint", "journal", "run"]
-#: Journal bytes past which a save folds the journal into a new base (and at least the base's size).
-COMPACT_AT = 1 << 20
+#: Journal bytes past which a save folds the journal into a new base: at least this, a quarter
+#: of the base's size (so a save costs O(changes) over time), but at most JOURNAL_MAX, since a
+#: compaction holds the journal's changes decoded (~150 bytes a name) and those only.
+COMPACT_AT = 1 << 18
+JOURNAL_MAX = 16 << 20
+BASE_MAGIC = b"PSCKP\x03"  # magic, store key id, journal generation, sealed pieces
+BASE_FORMAT = 3
+#: A base segment holds at most this many names, and stops growing past SEGMENT_BYTES.
+SEGMENT_NAMES = 1024
+SEGMENT_BYTES = 1 << 16
+#: A piece longer than this is damage, not something to read into memory.
+MAX_PIECE = 64 << 20
+_LENGTH = struct.Struct(">I")
+_GENERATION = re.compile(rb"^[0-9a-f]{16}$")
 
 
 class TokenRecord(msgspec.Struct, frozen=True):
@@ -67,6 +99,28 @@ class CheckpointRecord(msgspec.Struct, frozen=True):
     saved_at: float = 0.0
     sinks: dict[str, dict[str, int]] = {}
     journal: str = ""
+
+
+class BaseHeader(msgspec.Struct, frozen=True):
+    """The first piece of a format-3 base: whose it is and the journal that follows it."""
+
+    user_id: str
+    saved_at: float
+    journal: str
+    format: int = BASE_FORMAT
+
+
+class Segment(msgspec.Struct, frozen=True, array_like=True):
+    """One piece of a format-3 base: some of one sink's names and their updatedDate."""
+
+    sink: str
+    names: dict[str, int]
+
+
+class BaseEnd(msgspec.Struct, frozen=True):
+    """The last piece of a format-3 base: how many segments came before it."""
+
+    segments: int
 
 
 class JournalEntry(msgspec.Struct, frozen=True):
@@ -100,6 +154,14 @@ class MalformedRecord(ValueError):
 class TamperedRecord(ValueError):
     """The record does not open: modified, moved, or (format 1) sealed under another key."""
 
+    def __init__(self, kind: str, detail: str = "") -> None:
+        self.detail = detail
+        super().__init__(kind)
+
+
+class UnknownContent(ValueError):
+    """The record opens but its content is not what this privateshare writes."""
+
 
 class ForeignRecord(ValueError):
     """The record was sealed by another store key; ``key_id`` is that key's id."""
@@ -123,6 +185,20 @@ def key_check(store_key: bytes, contract_id: str) -> str:
     return hmac.new(
         derive(store_key, b"key-check"), contract_id.encode("utf-8"), hashlib.sha256
     ).hexdigest()
+
+
+def compact_at(base_size: int) -> int:
+    """The journal size past which a save folds the journal into a new base."""
+    return max(COMPACT_AT, min(base_size // 4, JOURNAL_MAX))
+
+
+def piece_aad(
+    contract_id: str, digest: str, key_id: str, journal: str, role: str, index: int
+) -> bytes:
+    """What a base's piece is bound to: contract, user, store key, base, role and place."""
+    return msgspec.json.encode(
+        ["privateshare-checkpoint-base/v3", contract_id, digest, key_id, journal, role, index]
+    )
 
 
 def record_aad(contract_id: str, kind: Kind, digest: str, key_id: str | None = None) -> bytes:
@@ -170,6 +246,8 @@ class StoreKeys:
             if key_id != self.key_id:
                 raise ForeignRecord(key_id)
             head += KEY_ID_BYTES
+        elif blob[:head] == BASE_MAGIC:  # a checkpoint's base, moved where a record was
+            raise TamperedRecord(kind)
         elif blob[:head] != RECORD_MAGIC_V1 or len(blob) < head + NONCE_BYTES + 16:
             raise MalformedRecord(kind)
         # A view, not a copy: a checkpoint's record may hold millions of names.
@@ -179,16 +257,147 @@ class StoreKeys:
         except InvalidTag:
             raise TamperedRecord(kind) from None
 
+    def seal_piece(self, aad: bytes, plaintext: bytes) -> bytes:
+        """One piece of a base, framed: its length, its nonce, its ciphertext."""
+        nonce = secrets.token_bytes(NONCE_BYTES)
+        sealed = self._aead.encrypt(nonce, plaintext, aad)
+        return _LENGTH.pack(NONCE_BYTES + len(sealed)) + nonce + sealed
+
+    def open_piece(self, aad: bytes, piece: bytes, detail: str) -> bytes:
+        """A piece's plaintext (``piece`` is its nonce and ciphertext), or TamperedRecord."""
+        try:
+            return self._aead.decrypt(piece[:NONCE_BYTES], piece[NONCE_BYTES:], aad)
+        except InvalidTag:
+            raise TamperedRecord("checkpoint", detail) from None
+
     def __repr__(self) -> str:
         return f"StoreKeys(key_id={self.key_id})"
 
 
+def seal_base(
+    keys: StoreKeys,
+    contract_id: str,
+    digest: str,
+    user_id: str,
+    journal: str,
+    state: Iterable[tuple[str, Mapping[str, int]]],
+) -> Iterator[bytes]:
+    """A format-3 base holding ``state``, in the pieces to write in order.
+
+    ``state`` is (sink, names) pieces, a sink's contiguous; they are cut into bounded
+    segments and each is sealed as it comes, so only one is held at a time.
+    """
+    yield BASE_MAGIC + bytes.fromhex(keys.key_id) + journal.encode("ascii")
+
+    def seal(role: str, index: int, record: msgspec.Struct) -> bytes:
+        aad = piece_aad(contract_id, digest, keys.key_id, journal, role, index)
+        return keys.seal_piece(aad, msgspec.json.encode(record))
+
+    yield seal("head", 0, BaseHeader(user_id, time.time(), journal))
+    count = 0
+    for sink, names in _bounded(state):
+        count += 1
+        yield seal("segment", count, Segment(sink, names))
+    yield seal("end", count + 1, BaseEnd(count))
+
+
+def _bounded(
+    state: Iterable[tuple[str, Mapping[str, int]]],
+) -> Iterator[tuple[str, dict[str, int]]]:
+    """``state`` cut (and small pieces of one sink joined) into segments of bounded size.
+
+    A sink with no names still gets one (empty) segment: it is in the state, delivered nothing.
+    """
+    sink: str | None = None
+    names: dict[str, int] = {}
+    size = 0
+    given = False  # whether ``sink`` has had a segment yet
+    for piece_sink, piece in state:
+        if piece_sink != sink:
+            if sink is not None and (names or not given):
+                yield sink, names
+            sink, names, size, given = piece_sink, {}, 0, False
+        for name, updated in piece.items():
+            names[name] = updated
+            size += len(name) + 24
+            if len(names) >= SEGMENT_NAMES or size >= SEGMENT_BYTES:
+                yield sink, names
+                names, size, given = {}, 0, True
+    if sink is not None and (names or not given):
+        yield sink, names
+
+
+def open_base(
+    keys: StoreKeys, contract_id: str, digest: str, stream: BinaryIO
+) -> tuple[BaseHeader, Iterator[tuple[str, dict[str, int]]]]:
+    """A format-3 base's header, and its segments read one at a time from ``stream``.
+
+    ``stream`` is past the magic. Raises MalformedRecord, ForeignRecord or TamperedRecord,
+    also while the segments are read (a base cut short: at its end).
+    """
+    head = stream.read(KEY_ID_BYTES + 16)
+    if len(head) < KEY_ID_BYTES + 16 or not _GENERATION.match(head[KEY_ID_BYTES:]):
+        raise MalformedRecord("checkpoint")
+    key_id = head[:KEY_ID_BYTES].hex()
+    if key_id != keys.key_id:
+        raise ForeignRecord(key_id)
+    journal = head[KEY_ID_BYTES:].decode("ascii")
+
+    def read(index: int) -> bytes:
+        size = stream.read(_LENGTH.size)
+        if len(size) < _LENGTH.size:
+            raise MalformedRecord("checkpoint")
+        (length,) = _LENGTH.unpack(size)
+        if length <= NONCE_BYTES + 16 or length > MAX_PIECE:
+            raise TamperedRecord("checkpoint", f"piece {index} has an impossible length")
+        sealed = stream.read(length)
+        if len(sealed) < length:
+            raise MalformedRecord("checkpoint")
+        return sealed
+
+    def open_(sealed: bytes, role: str, index: int, type_: type[Any]) -> Any:
+        aad = piece_aad(contract_id, digest, keys.key_id, journal, role, index)
+        plaintext = keys.open_piece(aad, sealed, f"piece {index}")
+        try:
+            return msgspec.json.decode(plaintext, type=type_)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            raise UnknownContent(f"piece {index}") from None
+
+    header: BaseHeader = open_(read(0), "head", 0, BaseHeader)
+    if header.journal != journal or header.format != BASE_FORMAT:
+        raise UnknownContent("piece 0")
+
+    def segments() -> Iterator[tuple[str, dict[str, int]]]:
+        sinks: set[str] = set()
+        last = None
+        index = 1
+        while True:
+            sealed = read(index)
+            try:
+                segment: Segment = open_(sealed, "segment", index, Segment)
+            except TamperedRecord:
+                end: BaseEnd = open_(sealed, "end", index, BaseEnd)  # or damage
+                if end.segments != index - 1 or stream.read(1):
+                    raise TamperedRecord("checkpoint", "its end") from None
+                return
+            if segment.sink != last:
+                if segment.sink in sinks:  # the writer keeps a sink's segments together
+                    raise UnknownContent(f"piece {index}")
+                sinks.add(segment.sink)
+                last = segment.sink
+            del sealed
+            yield segment.sink, segment.names
+            index += 1
+
+    return header, segments()
+
+
 def sealed_by(blob: bytes) -> str | None:
     """The id of the store key that sealed a record (None: format 1, or not a record)."""
-    end = len(RECORD_MAGIC) + KEY_ID_BYTES
-    return (
-        blob[len(RECORD_MAGIC) : end].hex() if blob[: len(RECORD_MAGIC)] == RECORD_MAGIC else None
-    )
+    head = blob[: len(RECORD_MAGIC)]
+    if head not in (RECORD_MAGIC, BASE_MAGIC):
+        return None
+    return blob[len(RECORD_MAGIC) : len(RECORD_MAGIC) + KEY_ID_BYTES].hex()
 
 
 class SealedRecordStore:
@@ -241,36 +450,49 @@ class SealedRecordStore:
         self, keys: StoreKeys, kind: Kind, digest: str, blob: bytes, place: str
     ) -> bytes:
         """The opened record ``place`` holds, or a TokenStoreError saying what is wrong."""
-        head = f"{self.label}{place}"
         try:
-            plaintext = keys.open(self.context.contract_id, kind, digest, blob)
-        except MalformedRecord:
-            raise TokenStoreError(
-                f"{head} is not a privateshare record (truncated or overwritten); {self.record_fix}"
-            ) from None
-        except ForeignRecord as exc:
-            raise ForeignKeyError(
+            return keys.open(self.context.contract_id, kind, digest, blob)
+        except (MalformedRecord, ForeignRecord, TamperedRecord) as exc:
+            raise self._unopened(exc, keys, place) from None
+
+    def _unopened(self, exc: ValueError, keys: StoreKeys, place: str) -> TokenStoreError:
+        """What to tell about a record (or a base's piece) that does not open."""
+        head = f"{self.label}{place}"
+        if isinstance(exc, ForeignRecord):
+            return ForeignKeyError(
                 f"{head} was sealed by store key {exc.key_id}, but {self.key_where} is store key "
                 f"{keys.key_id}: the store key was replaced (by another store's?) or the record "
                 f"was copied from another store; put back the store key {exc.key_id} from a "
                 f"backup, or {self.record_fix}",
                 exc.key_id,
-            ) from None
-        except TamperedRecord:
-            raise TokenStoreError(
-                f"{head} cannot be decrypted: it was modified, moved from another user or "
+            )
+        if isinstance(exc, TamperedRecord):
+            detail = f" ({exc.detail})" if exc.detail else ""
+            return TokenStoreError(
+                f"{head} cannot be decrypted{detail}: it was modified, moved from another user "
+                f"or contract, or written under another store key, or pieces of it were "
+                f"dropped, reordered or mixed with another's; {self.record_fix}"
+                if detail
+                else f"{head} cannot be decrypted: it was modified, moved from another user or "
                 f"contract, or written under another store key; {self.record_fix}"
-            ) from None
-        return plaintext
+            )
+        if isinstance(exc, UnknownContent):
+            return self._not_understood(place)
+        return TokenStoreError(
+            f"{head} is not a privateshare record (truncated or overwritten); {self.record_fix}"
+        )
+
+    def _not_understood(self, place: str) -> TokenStoreError:
+        return TokenStoreError(
+            f"{self.label}{place} decrypts but its content is not understood (written by "
+            f"a newer privateshare?); upgrade privateshare, or {self.record_fix}"
+        )
 
     def _decode(self, plaintext: bytes, place: str, type_: type[Any]) -> Any:
         try:
             return msgspec.json.decode(plaintext, type=type_)
         except (msgspec.DecodeError, msgspec.ValidationError):
-            raise TokenStoreError(
-                f"{self.label}{place} decrypts but its content is not understood (written by "
-                f"a newer privateshare?); upgrade privateshare, or {self.record_fix}"
-            ) from None
+            raise self._not_understood(place) from None
 
     def _load(self, user_id: str, kind: Kind, type_: type[Any]) -> Any:
         keys = self._open()
@@ -367,6 +589,15 @@ class SealedRecordStore:
         """Something that changes whenever the base snapshot is rewritten (None: no base)."""
         raise NotImplementedError
 
+    def _checkpoint_open(self, digest: str, who: str) -> tuple[BinaryIO | None, str]:
+        """The base's sealed bytes as a stream to read pieces from (None: no base), and where.
+
+        This default reads the whole base with ``_read``; a store that can stream it
+        (a file) reads it piece by piece instead.
+        """
+        blob, place = self._read(digest, "checkpoint", who)
+        return (None if blob is None else io.BytesIO(blob)), place
+
     def _journal_read(self, digest: str, journal: str, who: str) -> tuple[list[bytes], bool, int]:
         """The journal's sealed entries, whether its tail was torn, and its size in bytes."""
         raise NotImplementedError
@@ -375,8 +606,11 @@ class SealedRecordStore:
         """Append one sealed entry durably; the journal's size afterwards."""
         raise NotImplementedError
 
-    def _checkpoint_rewrite(self, digest: str, who: str, blob: bytes, old: str | None) -> None:
-        """Replace the base atomically and durably, then drop journal ``old``."""
+    def _checkpoint_rewrite(
+        self, digest: str, who: str, chunks: Iterable[bytes], old: str | None
+    ) -> int:
+        """Replace the base with ``chunks`` (joined) atomically and durably, then drop journal
+        ``old``; the new base's size. ``chunks`` may read the old base: consume it first."""
         raise NotImplementedError
 
     def _checkpoint_lock(self, digest: str) -> AbstractContextManager[Any]:
@@ -389,74 +623,152 @@ class SealedRecordStore:
             cache = self.__dict__.setdefault("_checkpoint_states", {})
         return cache
 
-    def _checkpoint_read(
-        self, keys: StoreKeys, user_id: str, digest: str
-    ) -> tuple[dict[str, dict[str, int]], CheckpointState | None, bool]:
-        """The state (base + journal), where it is, and whether the journal's tail was torn."""
-        who = f"user {user_id!r}"
-        marker = self._checkpoint_marker(digest)
-        blob, place = self._read(digest, "checkpoint", who)
-        if blob is None:
-            return {}, None, False
-        # A base of millions of names: the sealed bytes go before the plaintext is decoded.
-        base_size = len(blob)
-        plaintext = self._plaintext(keys, "checkpoint", digest, blob, place)
-        del blob
-        record = self._decode(plaintext, place, CheckpointRecord)
-        del plaintext
-        if record.user_id != user_id:
+    def _base_segments(
+        self, keys: StoreKeys, user_id: str, digest: str, stream: BinaryIO, place: str
+    ) -> tuple[str, Iterator[tuple[str, dict[str, int]]]]:
+        """A base's journal generation and its (sink, names) segments, read as they are used.
+
+        A base of format 1 or 2 is one record: it is opened and decoded whole (once: the
+        next rewrite writes format 3).
+        """
+        head = stream.read(len(BASE_MAGIC))
+        if head != BASE_MAGIC:
+            blob = head + stream.read()
+            plaintext = self._plaintext(keys, "checkpoint", digest, blob, place)
+            del blob
+            record = self._decode(plaintext, place, CheckpointRecord)
+            del plaintext
+            self._check_user(record.user_id, user_id, place)
+            sinks = record.sinks
+            if record.checkpoint:
+                sinks = dict(sinks)
+                sinks.setdefault(LEGACY_SINKS, {}).update(record.checkpoint)
+            return record.journal, iter(sinks.items())
+        try:
+            header, segments = open_base(keys, self.context.contract_id, digest, stream)
+        except (MalformedRecord, ForeignRecord, TamperedRecord, UnknownContent) as exc:
+            raise self._unopened(exc, keys, place) from None
+        self._check_user(header.user_id, user_id, place)
+
+        def checked() -> Iterator[tuple[str, dict[str, int]]]:
+            try:
+                yield from segments
+            except (MalformedRecord, ForeignRecord, TamperedRecord, UnknownContent) as exc:
+                raise self._unopened(exc, keys, place) from None
+
+        return header.journal, checked()
+
+    def _check_user(self, found: str, user_id: str, place: str) -> None:
+        if found != user_id:
             raise TokenStoreError(
                 f"{self.label}{place} holds the record of another user; {self.record_fix}"
             )
-        state = dict(record.sinks)  # the decoded dicts are this call's own: no copies
-        if record.checkpoint:
-            state.setdefault(LEGACY_SINKS, {}).update(record.checkpoint)
-        torn, size = False, 0
-        if record.journal:
-            blobs, torn, size = self._journal_read(digest, record.journal, who)
-            bound = f"{digest}.{record.journal}"
-            for index, entry_blob in enumerate(blobs):
-                where = f"entry {index + 1} of the checkpoint journal of {who}"
-                try:
-                    entry = self._unseal(keys, "journal", bound, entry_blob, where, JournalEntry)
-                except ForeignKeyError:
+
+    def _journal_changes(
+        self, keys: StoreKeys, digest: str, journal: str, who: str
+    ) -> tuple[dict[str, dict[str, int]], bool, int]:
+        """The journal's changes merged in order (a later entry wins), whether its tail was
+        torn, and its size in bytes.
+
+        The journal is compacted once it outgrows a quarter of the base (:func:`compact_at`),
+        so it stays small next to the state; each sealed entry is let go once it is merged.
+        """
+        changes: dict[str, dict[str, int]] = {}
+        if not journal:
+            return changes, False, 0
+        blobs, torn, size = self._journal_read(digest, journal, who)
+        bound = f"{digest}.{journal}"
+        count = len(blobs)
+        blobs.reverse()
+        for index in range(count):
+            entry_blob = blobs.pop()
+            where = f"entry {index + 1} of the checkpoint journal of {who}"
+            try:
+                entry = self._unseal(keys, "journal", bound, entry_blob, where, JournalEntry)
+            except ForeignKeyError:
+                raise
+            except TokenStoreError:
+                if index < count - 1:
                     raise
-                except TokenStoreError:
-                    if index < len(blobs) - 1:
-                        raise
-                    torn = True  # a save cut short by a crash: its changes were never promised
-                    break
-                for sink, names in entry.changes.items():
-                    state.setdefault(sink, {}).update(names)
-        return state, CheckpointState(record.journal, base_size, size, marker), torn
+                torn = True  # a save cut short by a crash: its changes were never promised
+                break
+            for sink, names in entry.changes.items():
+                known = changes.get(sink)
+                if known is None:
+                    changes[sink] = names
+                else:
+                    known.update(names)
+        return changes, torn, size
+
+    def _checkpoint_where(
+        self, keys: StoreKeys, user_id: str, digest: str
+    ) -> tuple[CheckpointState | None, bool]:
+        """Where the checkpoint is (None: no base) and whether its journal's tail was torn.
+
+        Reads the base's header and the journal, not the base's segments (a base of
+        format 1 or 2 is one record, read whole).
+        """
+        who = f"user {user_id!r}"
+        marker = self._checkpoint_marker(digest)
+        stream, place = self._checkpoint_open(digest, who)
+        if stream is None:
+            return None, False
+        with stream:
+            journal, segments = self._base_segments(keys, user_id, digest, stream, place)
+            del segments
+            base_size = _stream_size(stream)
+        _, torn, size = self._journal_changes(keys, digest, journal, who)
+        return CheckpointState(journal, base_size, size, marker), torn
+
+    def _checkpoint_pieces(
+        self, keys: StoreKeys, user_id: str, digest: str
+    ) -> Iterator[tuple[str, dict[str, int]]]:
+        """The user's state as (sink, names) pieces to apply in order: base, then journal.
+
+        A journal whose last entry was torn by a crash is compacted first. Remembers where
+        the checkpoint is for the saves that follow.
+        """
+        who = f"user {user_id!r}"
+        for attempt in range(2):
+            marker = self._checkpoint_marker(digest)
+            stream, place = self._checkpoint_open(digest, who)
+            cache = self._checkpoint_cache()
+            if stream is None:
+                cache.pop(digest, None)
+                return
+            with stream:
+                journal, segments = self._base_segments(keys, user_id, digest, stream, place)
+                changes, torn, size = self._journal_changes(keys, digest, journal, who)
+                if torn and not attempt:
+                    del segments
+                    log.warning(
+                        "%sthe checkpoint journal of user %r ends in a save cut short (a "
+                        "crash?); it is ignored and the journal compacted: those files are "
+                        "delivered again",
+                        self.label,
+                        user_id,
+                    )
+                    with self._checkpoint_lock(digest):
+                        cache[digest] = self._checkpoint_compact(keys, user_id, digest)
+                    continue
+                cache[digest] = CheckpointState(journal, _stream_size(stream), size, marker)
+                yield from segments
+            yield from changes.items()
+            return
 
     def _checkpoint_write(
         self,
         keys: StoreKeys,
         user_id: str,
         digest: str,
-        state: dict[str, dict[str, int]],
+        state: Iterable[tuple[str, Mapping[str, int]]],
         old: str | None,
     ) -> CheckpointState:
-        """A new base holding ``state`` and naming a fresh, empty journal."""
+        """A new base holding ``state`` (sink, names pieces) and naming a fresh, empty journal."""
         journal = secrets.token_hex(8)
-        record = CheckpointRecord(user_id, {}, time.time(), state, journal)
-        return self._checkpoint_put(
-            keys, user_id, digest, [msgspec.json.encode(record)], journal, old
-        )
-
-    def _checkpoint_put(
-        self,
-        keys: StoreKeys,
-        user_id: str,
-        digest: str,
-        holder: list[bytes],
-        journal: str,
-        old: str | None,
-    ) -> CheckpointState:
-        blob = keys.seal_encoded(self.context.contract_id, "checkpoint", digest, holder)
-        self._checkpoint_rewrite(digest, f"user {user_id!r}", blob, old)
-        return CheckpointState(journal, len(blob), 0, self._checkpoint_marker(digest))
+        sealed = seal_base(keys, self.context.contract_id, digest, user_id, journal, state)
+        size = self._checkpoint_rewrite(digest, f"user {user_id!r}", sealed, old)
+        return CheckpointState(journal, size, 0, self._checkpoint_marker(digest))
 
     def _checkpoint_compact(
         self,
@@ -467,18 +779,23 @@ class SealedRecordStore:
     ) -> CheckpointState:
         """Fold the journal (and ``changes``) into a new base, read from storage.
 
-        Holds the decoded state only until it is encoded: a compaction of a large
-        checkpoint peaks at the decoded state plus one encoded copy, not three.
+        Streams: the journal's changes are held (it is small), the old base is read and
+        the new one written a segment at a time, each with the journal's newer dates
+        applied; names the base lacked follow their sink's last segment. A journal whose
+        tail was torn is folded up to that entry.
         """
-        state, where, _ = self._checkpoint_read(keys, user_id, digest)
-        for sink, names in (changes or {}).items():
-            state.setdefault(sink, {}).update(names)
-        journal = secrets.token_hex(8)
-        holder = [msgspec.json.encode(CheckpointRecord(user_id, {}, time.time(), state, journal))]
-        del state
-        return self._checkpoint_put(
-            keys, user_id, digest, holder, journal, where.journal if where else None
-        )
+        who = f"user {user_id!r}"
+        stream, place = self._checkpoint_open(digest, who)
+        newer: dict[str, dict[str, int]] = {}
+        old: str | None = None
+        with stream if stream is not None else nullcontext():
+            base: Iterator[tuple[str, dict[str, int]]] = iter(())
+            if stream is not None:
+                old, base = self._base_segments(keys, user_id, digest, stream, place)
+                newer, _, _ = self._journal_changes(keys, digest, old, who)
+            for sink, names in (changes or {}).items():
+                newer.setdefault(sink, {}).update(names)
+            return self._checkpoint_write(keys, user_id, digest, _merged(base, newer), old or None)
 
     @hookimpl
     def privateshare_checkpoint_load(self, user_id: str) -> dict[str, dict[str, int]]:
@@ -489,25 +806,23 @@ class SealedRecordStore:
         """
         keys = self._open()
         digest = self._digest(keys, user_id)
-        state, where, torn = self._checkpoint_read(keys, user_id, digest)
-        if torn:
-            log.warning(
-                "%sthe checkpoint journal of user %r ends in a save cut short (a crash?); it is "
-                "ignored and the journal compacted: those files are delivered again",
-                self.label,
-                user_id,
-            )
-            with self._checkpoint_lock(digest):
-                state, where, _ = self._checkpoint_read(keys, user_id, digest)
-                where = self._checkpoint_write(
-                    keys, user_id, digest, state, where.journal if where else None
-                )
-        cache = self._checkpoint_cache()
-        if where is None:
-            cache.pop(digest, None)
-        else:
-            cache[digest] = where
+        state: dict[str, dict[str, int]] = {}
+        for sink, names in self._checkpoint_pieces(keys, user_id, digest):
+            known = state.get(sink)
+            if known is None:
+                state[sink] = names  # each piece is this call's own: no copy
+            else:
+                known.update(names)
         return state
+
+    @hookimpl
+    def privateshare_checkpoint_pieces(self, user_id: str) -> Iterator[tuple[str, dict[str, int]]]:
+        """The user's state in pieces: the base's segments, then the journal's changes.
+
+        Holds one segment (and the journal, which is small) at a time, never the state.
+        """
+        keys = self._open()
+        return self._checkpoint_pieces(keys, user_id, self._digest(keys, user_id))
 
     @hookimpl
     def privateshare_checkpoint_save(
@@ -532,19 +847,20 @@ class SealedRecordStore:
             where = cache.get(digest)
             if replace:
                 cache[digest] = self._checkpoint_write(
-                    keys, user_id, digest, changes, where.journal if where else None
+                    keys, user_id, digest, changes.items(), where.journal if where else None
                 )
                 return True
             changes = {sink: names for sink, names in changes.items() if names}
             if not changes:
                 return True
+            torn = False
             if where is None or where.marker != self._checkpoint_marker(digest):
                 # First save of this process, or another one rewrote the base meanwhile.
-                state, where, torn = self._checkpoint_read(keys, user_id, digest)
-                del state
-                if where is None or torn:
-                    cache[digest] = self._checkpoint_compact(keys, user_id, digest, changes)
-                    return True
+                where, torn = self._checkpoint_where(keys, user_id, digest)
+            # A base without a journal generation was written before journals: rewritten.
+            if where is None or torn or not where.journal:
+                cache[digest] = self._checkpoint_compact(keys, user_id, digest, changes)
+                return True
             blob = keys.seal(
                 self.context.contract_id,
                 "journal",
@@ -555,7 +871,7 @@ class SealedRecordStore:
                 digest, where.journal, f"user {user_id!r}", blob
             )
             cache[digest] = where
-            if where.journal_size > max(COMPACT_AT, where.base_size):
+            if where.journal_size > compact_at(where.base_size):
                 cache[digest] = self._checkpoint_compact(keys, user_id, digest)
         return True
 
@@ -572,6 +888,43 @@ class SealedRecordStore:
         """Replace the user's last run record, durably."""
         self._save(user_id, "run", RunRecord(user_id, dict(record), time.time()))
         return True
+
+
+def _stream_size(stream: BinaryIO) -> int:
+    """The size of the base ``stream`` reads (a file or the bytes read from a row)."""
+    where = stream.tell()
+    size = stream.seek(0, io.SEEK_END)
+    stream.seek(where)
+    return size
+
+
+def _merged(
+    base: Iterable[tuple[str, dict[str, int]]], newer: dict[str, dict[str, int]]
+) -> Iterator[tuple[str, dict[str, int]]]:
+    """The base's segments with ``newer``'s dates applied, each sink's new names after its
+    last segment, then the sinks the base lacks. Holds ``newer`` and one segment.
+
+    Relies on a sink's segments being together (the writer keeps them so; the reader checks).
+    """
+    current: str | None = None
+    for sink, names in base:
+        if sink != current:
+            if current is not None and (rest := newer.pop(current, None)):
+                yield current, rest
+            current = sink
+        dates = newer.get(sink)
+        if dates:
+            if len(dates) < len(names):
+                for name in [name for name in dates if name in names]:
+                    names[name] = dates.pop(name)
+            else:
+                for name in names:
+                    if name in dates:
+                        names[name] = dates.pop(name)
+        yield sink, names
+    if current is not None and (rest := newer.pop(current, None)):
+        yield current, rest
+    yield from newer.items()
 
 
 class ForeignKeyError(TokenStoreError):

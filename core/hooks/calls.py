@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
@@ -118,6 +118,15 @@ class Hooks:
     @calls("privateshare_checkpoint_load")
     def checkpoint_load(self, user_id: str) -> dict[str, dict[str, int]]:
         return dict(self.pm.hook.privateshare_checkpoint_load(user_id=user_id) or {})
+
+    @calls("privateshare_checkpoint_pieces")
+    def checkpoint_pieces(self, user_id: str) -> Iterable[tuple[str, Mapping[str, int]]]:
+        """The state in pieces; the whole mapping from ``checkpoint_load`` when the store
+        hands over no pieces."""
+        pieces = self.pm.hook.privateshare_checkpoint_pieces(user_id=user_id)
+        if pieces is None:
+            return self.checkpoint_load(user_id).items()
+        return pieces  # type: ignore[no-any-return]
 
     @calls("privateshare_checkpoint_save")
     def checkpoint_save(

@@ -79,6 +79,7 @@ FAMILIES: Mapping[str, Family] = MappingProxyType(
                     "privateshare_token_users",
                     "privateshare_token_lock",
                     "privateshare_checkpoint_load",
+                    "privateshare_checkpoint_pieces",
                     "privateshare_checkpoint_save",
                     "privateshare_run_record_load",
                     "privateshare_run_record_save",

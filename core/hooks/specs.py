@@ -13,7 +13,7 @@ called for every implementation.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -39,7 +39,7 @@ PROJECT = "privateshare"
 #: The version of the hook specifications. The minor part grows when hooks or optional
 #: arguments are added; the major part when a hook changes or goes. A plugin states the
 #: range it needs with ``requires_spec`` (e.g. ``">=1.0,<2"``); see docs/hooks.md.
-SPEC_VERSION = "1.0"
+SPEC_VERSION = "1.1"  # 1.1: privateshare_checkpoint_pieces
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
@@ -168,6 +168,27 @@ def privateshare_checkpoint_load(user_id: str) -> dict[str, dict[str, int]] | No
         and replaces it.
     :result: firstresult.
     :called: at the start of each pull, to deliver to each sink only what it lacks.
+    """
+
+
+@hookspec(firstresult=True)
+def privateshare_checkpoint_pieces(user_id: str) -> Iterable[tuple[str, Mapping[str, int]]] | None:
+    """Hand over a user's delivery state in pieces, so that a large one is never held whole.
+
+    Added in spec 1.1; optional: a store without it is read through
+    ``privateshare_checkpoint_load``.
+
+    :param user_id: the user.
+    :returns: an iterable of ``(sink, names)`` pieces, ``names`` mapping file names to the
+        last delivered ``updatedDate``, applied in order (a later piece's date for a name
+        wins): the state ``privateshare_checkpoint_load`` returns, in as many pieces per sink
+        as the store likes. A piece with no names still says that the sink has a state.
+        Read lazily, once, and maybe not to its end (``close()`` is called if it has one).
+        ``None``: not implemented.
+    :result: firstresult.
+    :called: at the start of each pull, before ``privateshare_checkpoint_load``, which is
+        called instead when this returns ``None``, and after it when the state must be held
+        whole (a ``"*"`` record or a sink no longer configured: the state is saved whole).
     """
 
 

@@ -92,15 +92,43 @@ def random_saved(rng: random.Random, names: list[str]) -> dict[str, dict[str, in
     return saved
 
 
+def as_pieces(rng: random.Random, saved: dict[str, dict[str, int]]):
+    """``saved`` as a token store may hand it over: each sink in pieces, sinks interleaved,
+    some names first with an older date (the later piece wins)."""
+    queues: dict[str, list[dict[str, int]]] = {}
+    for sink, names in saved.items():
+        items = list(names.items())
+        queue = queues[sink] = [] if items else [{}]
+        while items:
+            size = rng.randint(1, 40)
+            cut, items = dict(items[:size]), items[size:]
+            if rng.random() < 0.3:
+                queue.append({name: -9 for name in cut})
+            queue.append(cut)
+    while queues:
+        sink = rng.choice(sorted(queues))
+        yield sink, queues[sink].pop(0)
+        if not queues[sink]:
+            del queues[sink]
+
+
+@pytest.mark.parametrize("from_pieces", [False, True], ids=["mapping", "pieces"])
 @pytest.mark.parametrize("seed", range(40))
-def test_the_compact_state_answers_as_the_dicts_did(seed: int) -> None:
+def test_the_compact_state_answers_as_the_dicts_did(seed: int, from_pieces: bool) -> None:
     rng = random.Random(seed)
     names = NAMES + [f"file-{i}.json" for i in range(rng.randint(0, 120))]
     saved = random_saved(rng, names)
     sinks = rng.sample(["s1", "s2", "s3"], rng.randint(1, 3))
     full = rng.random() < 0.1
+    other = random.Random(seed + 1000)
+    if from_pieces and other.random() < 0.8:  # mostly states the pieces build alone
+        saved = {sink: names for sink, names in saved.items() if sink in sinks}
     ref = DictState(saved, sinks, full)
-    state = DeliveryState(saved, sinks, full=full)
+    if from_pieces:
+        pieces = as_pieces(other, saved)
+        state = DeliveryState.from_pieces(pieces, sinks, full=full, whole=lambda: saved)
+    else:
+        state = DeliveryState(saved, sinks, full=full)
     assert (state.migrated, state.forgotten, state.new) == (ref.migrated, ref.forgotten, ref.new)
     assert state.replace == ref.replace
     for _ in range(400):
@@ -122,6 +150,61 @@ def test_the_compact_state_answers_as_the_dicts_did(seed: int) -> None:
     assert state.take_changes() == ref.take_changes()
     for sink in sinks:
         assert len(state.done[sink]) == len(ref.done[sink])
+
+
+def test_pieces_are_held_one_at_a_time() -> None:
+    """50k names in pieces of 4,096: building the state holds the digests and one piece."""
+    count, size = 50_000, 4_096
+
+    def pieces():
+        for start in range(0, count, size):
+            yield (
+                "a",
+                {
+                    f"18_1_3_0_0_D_202501010000_{i:07d}.json": 1_735_689_600_000 + i
+                    for i in range(start, min(start + size, count))
+                },
+            )
+
+    def whole() -> dict[str, dict[str, int]]:
+        raise AssertionError("no piece needs the whole state")
+
+    tracemalloc.start()
+    try:
+        state = DeliveryState.from_pieces(pieces(), ["a", "b"], whole=whole)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak / count < 100, f"{peak / count:.0f} bytes per name at the peak"
+    assert state.new == ["b"] and not state.replace and not state.migrated
+    assert state.needs("18_1_3_0_0_D_202501010000_0000007.json", 1_735_689_600_007) == ["b"]
+
+
+@pytest.mark.parametrize("first", [LEGACY_SINKS, "gone"])
+def test_a_piece_to_save_whole_loads_the_whole_state_and_closes_the_pieces(first: str) -> None:
+    closed: list[bool] = []
+
+    def pieces():
+        try:
+            yield "s", {"a": 1}
+            yield first, {"b": 2}
+            yield "s", {"c": 3}
+        finally:
+            closed.append(True)
+
+    saved = {"s": {"a": 1, "c": 3}, first: {"b": 2}}
+    calls: list[bool] = []
+
+    def whole() -> dict[str, dict[str, int]]:
+        assert closed == [True]  # the pieces are let go before the whole state is loaded
+        calls.append(True)
+        return saved
+
+    state = DeliveryState.from_pieces(pieces(), ["s", "t"], whole=whole)
+    ref = DeliveryState(saved, ["s", "t"])
+    assert calls == [True] and state.replace
+    assert (state.migrated, state.forgotten, state.new) == (ref.migrated, ref.forgotten, ref.new)
+    assert state.take_changes() == ref.take_changes()
 
 
 def test_a_whole_state_not_saved_keeps_what_was_recorded_since() -> None:

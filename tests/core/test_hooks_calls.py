@@ -152,6 +152,8 @@ def test_every_hook_through_the_facade(tmp_path: Path) -> None:
         pass
     hooks.checkpoint_save("alice", {"s": {"a": 1}}, replace=True)
     assert hooks.checkpoint_load("alice") == {"s": {"a": 1}}
+    # No privateshare_checkpoint_pieces: the load hook's mapping, in one piece per sink.
+    assert list(hooks.checkpoint_pieces("alice")) == [("s", {"a": 1})]
     assert list(hooks.decrypt(io.BytesIO(b"x"), FileMetadata(), "key", "f")) == [b"x"]
     hooks.sinks_open_run(RUN)
     assert sink_writers(hooks, RUN, FILE) == []

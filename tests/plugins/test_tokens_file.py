@@ -29,6 +29,7 @@ from privateshare.plugins import tokens_file
 from privateshare.plugins.tokens_file import FileTokenStore
 from privateshare.testing.conformance import TokenStoreConformance
 
+from .checkpoint_base import SegmentedBaseTests
 from .unprivileged import hand_over, open_directory, run_as_other
 
 ACCESS = "acc-9f8e7d6c5b4a39281706f5e4d3c2b1a0"
@@ -551,6 +552,18 @@ elif mode == "crash":
         os._exit(3)  # the process dies between writing the temp file and renaming it
     os.replace = crash
     store.privateshare_token_save("alice", token("new"))
+elif mode == "crash-compacting":
+    from privateshare.plugins import tokenseal
+    bounded = tokenseal._bounded
+    def dies(*args):
+        for index, segment in enumerate(bounded(*args)):
+            if index == 5:
+                os._exit(3)  # killed half way through writing the new base
+            yield segment
+    tokenseal._bounded = dies
+    tokenseal.SEGMENT_NAMES = 10
+    keys = store._open()
+    store._checkpoint_compact(keys, "alice", keys.digest("alice"), {"s": {"000.json": 99}})
 """
 
 
@@ -586,6 +599,27 @@ def test_crash_between_write_and_replace(tmp_path, handle, key_file, script) -> 
     assert fresh.privateshare_token_users() == ["alice"]
     fresh.privateshare_token_save("alice", token("after", "after"))
     assert fresh.privateshare_token_load("alice") == token("after", "after")
+
+
+def test_a_process_killed_while_compacting_loses_only_that_save(
+    tmp_path, handle, key_file, script
+) -> None:
+    store = make_store(tmp_path, handle, path="tokens")
+    state = {f"{i:03d}.json": i for i in range(100)}
+    store.privateshare_checkpoint_save("alice", {"s": state}, True)
+    store.privateshare_checkpoint_save("alice", {"s": {"new.json": 7}}, False)
+    proc = _spawn(script, "crash-compacting", tmp_path, key_file)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 3, err
+    assert len(list(store.directory.glob(".*.tmp"))) == 1  # the new base, never renamed
+    fresh = make_store(tmp_path, handle, path="tokens")
+    expected = {"s": {**state, "new.json": 7}}
+    assert fresh.privateshare_checkpoint_load("alice") == expected
+    fresh.privateshare_checkpoint_save("alice", {"s": {"after.json": 8}}, False)
+    expected["s"]["after.json"] = 8
+    assert make_store(tmp_path, handle, path="tokens").privateshare_checkpoint_load("alice") == (
+        expected
+    )
 
 
 def test_lock_serialises_processes(tmp_path, handle, key_file, script) -> None:
@@ -714,6 +748,18 @@ class TestFileTokenStoreConformance(TokenStoreConformance):
         return store_factory()
 
 
+class TestFileStoreBase(SegmentedBaseTests):
+    """The checkpoint's base, read and written a segment at a time from and to the file."""
+
+    @pytest.fixture
+    def store_factory(self, tmp_path, handle):
+        return lambda: make_store(tmp_path, handle)
+
+    @pytest.fixture
+    def store(self, store_factory):
+        return store_factory()
+
+
 # --- a store that cannot be read as it is fails loudly, saying what to do --------------------
 
 
@@ -799,6 +845,14 @@ def test_records_of_format_1_are_read_and_rewritten_as_format_2(tmp_path) -> Non
     store.privateshare_token_save("alice", expected)
     assert record.read_bytes().startswith(b"PSTOK\x02" + bytes.fromhex(store._open().key_id))
     assert make_store(tmp_path, handle, path="tokens").privateshare_token_load("alice") == expected
+    # Its checkpoint (format 1, from before journals) is rewritten in format 3 by a save.
+    base = store.directory / f"{store._open().digest('alice')}.checkpoint"
+    assert base.read_bytes().startswith(b"PSTOK\x01")
+    store.privateshare_checkpoint_save("alice", {"*": {"b.json": 2}}, False)
+    assert base.read_bytes().startswith(b"PSCKP\x03" + bytes.fromhex(store._open().key_id))
+    assert make_store(tmp_path, handle, path="tokens").privateshare_checkpoint_load("alice") == {
+        "*": {"a.json": 1_700_000_000_000, "b.json": 2}
+    }
 
 
 @pytest.fixture
@@ -989,3 +1043,56 @@ def test_run_record_is_sealed_and_forgotten_with_the_user(tmp_path, handle) -> N
     assert store.privateshare_token_delete(USER) is True
     assert store.privateshare_run_record_load(USER) is None
     assert [p.name for p in store.directory.iterdir() if p.is_file()] == ["store.key"]
+
+
+def test_the_state_is_handed_over_in_segments_then_the_journal(tmp_path, handle, monkeypatch):
+    from privateshare.plugins import tokenseal
+
+    monkeypatch.setattr(tokenseal, "SEGMENT_NAMES", 2)
+    store = make_store(tmp_path, handle)
+    store.privateshare_checkpoint_save(USER, {"s": {"a": 1, "b": 2, "c": 3}, "t": {}}, True)
+    store.privateshare_checkpoint_save(USER, {"s": {"a": 4}}, False)
+    store.privateshare_checkpoint_save(USER, {"t": {"z": 5}, "s": {"d": 6}}, False)
+    pieces = list(make_store(tmp_path, handle).privateshare_checkpoint_pieces(USER))
+    assert pieces == [  # the base's segments, then the journal's changes merged
+        ("s", {"a": 1, "b": 2}),
+        ("s", {"c": 3}),
+        ("t", {}),
+        ("s", {"a": 4, "d": 6}),
+        ("t", {"z": 5}),
+    ]
+    assert list(store.privateshare_checkpoint_pieces("nobody")) == []
+
+
+def test_a_compaction_cut_short_leaves_the_base_and_journal_it_started_from(
+    tmp_path, handle, monkeypatch
+) -> None:
+    from privateshare.plugins import tokenseal
+
+    monkeypatch.setattr(tokenseal, "SEGMENT_NAMES", 10)
+    store = make_store(tmp_path, handle)
+    state = {"s": {f"{i:03d}.json": i for i in range(100)}}
+    store.privateshare_checkpoint_save(USER, state, True)
+    store.privateshare_checkpoint_save(USER, {"s": {"new.json": 7}}, False)
+    base, [journal] = _record(store, "checkpoint"), _journals(store)
+    before = (base.read_bytes(), journal.read_bytes())
+    merged = tokenseal._merged
+    written: list[int] = []
+
+    def dies_midway(*args):
+        for index, segment in enumerate(merged(*args)):
+            if index == 5:
+                raise KeyboardInterrupt  # as a kill would, half way through the new base
+            written.append(index)
+            yield segment
+
+    monkeypatch.setattr(tokenseal, "_merged", dies_midway)
+    keys = store._open()
+    with pytest.raises(KeyboardInterrupt):
+        store._checkpoint_compact(keys, USER, keys.digest(USER))
+    assert written == [0, 1, 2, 3, 4]  # the new base was being written when it stopped
+    assert (base.read_bytes(), journal.read_bytes()) == before
+    assert not [p for p in store.directory.iterdir() if p.name.endswith(".tmp")]
+    monkeypatch.setattr(tokenseal, "_merged", merged)
+    expected = {"s": {**state["s"], "new.json": 7}}
+    assert make_store(tmp_path, handle).privateshare_checkpoint_load(USER) == expected

@@ -30,6 +30,7 @@ from privateshare.plugins.tokens_sql import SqlTokenStore
 from privateshare.testing.conformance import TokenStoreConformance
 from privateshare.testing.sandboxed import consent, sandbox_config
 
+from .checkpoint_base import SegmentedBaseTests
 from .unprivileged import hand_over, open_directory, run_as_other
 
 SqlDb = Any  # conftest.SqlDb
@@ -69,6 +70,25 @@ def other_handle() -> SoftwareKeyHandle:
 
 class TestSqlTokenStoreConformance(TokenStoreConformance):
     """The suite every token store passes, on each database, locks across processes included."""
+
+    @pytest.fixture
+    def store(self, sql_db: SqlDb, privateshare_test_key: Any, tmp_path: Path) -> Any:
+        store = make_store(sql_db, privateshare_test_key.handle, tmp_path)
+        yield store
+        store.close()
+
+    @pytest.fixture
+    def store_factory(self, sql_db: SqlDb, privateshare_test_key: Any, tmp_path: Path) -> Any:
+        return lambda: make_store(sql_db, privateshare_test_key.handle, tmp_path)
+
+
+class TestSqlStoreBase(SegmentedBaseTests):
+    """The checkpoint's base in its row, read and written a segment at a time."""
+
+    def base_bytes_held(self, store: Any) -> float:
+        # The old base's row while it is read and the new one's gathered; PyMySQL also
+        # writes the new one escaped into the statement's text.
+        return 8.0 if store.db.engine.dialect.name in ("mysql", "mariadb") else 2.5
 
     @pytest.fixture
     def store(self, sql_db: SqlDb, privateshare_test_key: Any, tmp_path: Path) -> Any:
@@ -357,6 +377,16 @@ def test_records_of_format_1_are_read_and_rewritten_as_format_2(sql_db: SqlDb) -
     assert bytes(sealed).startswith(b"PSTOK\x02" + bytes.fromhex(store._open().key_id))
     again = make_store(sql_db, handle)
     assert again.privateshare_token_load("alice") == expected
+    # Its checkpoint (format 1, from before journals) is rewritten in format 3 by a save.
+    store.privateshare_checkpoint_save("alice", {"*": {"b.json": 2}}, False)
+    with store.db.engine.connect() as conn:
+        base = conn.execute(
+            sa.select(store.records.c.sealed).where(store.records.c.kind == "checkpoint")
+        ).scalar()
+    assert bytes(base).startswith(b"PSCKP\x03" + bytes.fromhex(store._open().key_id))
+    assert again.privateshare_checkpoint_load("alice") == {
+        "*": {"a.json": 1_700_000_000_000, "b.json": 2}
+    }
     for each in (store, again):
         each.close()
 

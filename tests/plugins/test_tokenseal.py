@@ -4,7 +4,9 @@ test_tokens_sql.py."""
 
 from __future__ import annotations
 
+import io
 import secrets
+import struct
 
 import msgspec
 import pytest
@@ -14,7 +16,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from privateshare.errors import TokenStoreError
 from privateshare.keys import SoftwareKeyHandle, public_key_fingerprint
 from privateshare.models import Token, UserAccessToken
+from privateshare.plugins import tokenseal
 from privateshare.plugins.tokenseal import (
+    BASE_MAGIC,
     RECORD_MAGIC,
     RECORD_MAGIC_V1,
     ForeignRecord,
@@ -25,8 +29,10 @@ from privateshare.plugins.tokenseal import (
     derive,
     key_check,
     new_store_key,
+    open_base,
     open_store_key,
     record_aad,
+    seal_base,
     sealed_by,
 )
 from privateshare.testing.helpers import TestKey
@@ -168,3 +174,152 @@ def test_a_handle_that_cannot_open_what_its_public_key_wraps_is_refused(
     other = rsa.generate_private_key(public_exponent=65537, key_size=1024)
     with pytest.raises(TokenStoreError, match="cannot decrypt what its own public key encrypts"):
         new_store_key(other.public_key(), privateshare_test_key.handle)
+
+
+# --- a checkpoint's base: separately sealed pieces ---------------------------------------
+
+
+def _base(keys: StoreKeys, state, user: str = "alice", journal: str = "0123456789abcdef") -> bytes:
+    pieces = seal_base(keys, "c1", keys.digest(user), user, journal, state)
+    return b"".join(pieces)
+
+
+def _read_base(keys: StoreKeys, blob: bytes, user: str = "alice"):
+    """The header and every segment of ``blob`` (which must start with the magic)."""
+    stream = io.BytesIO(blob)
+    assert stream.read(len(BASE_MAGIC)) == BASE_MAGIC
+    header, segments = open_base(keys, "c1", keys.digest(user), stream)
+    return header, list(segments)
+
+
+def _pieces(blob: bytes) -> tuple[bytes, list[bytes]]:
+    """The base's clear head, and its framed pieces (length included) in order."""
+    at = len(BASE_MAGIC) + 8 + 16
+    head, pieces = blob[:at], []
+    while at < len(blob):
+        (length,) = struct.unpack_from(">I", blob, at)
+        pieces.append(blob[at : at + 4 + length])
+        at += 4 + length
+    return head, pieces
+
+
+@pytest.fixture
+def small_segments(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tokenseal, "SEGMENT_NAMES", 3)
+
+
+def test_a_base_is_cut_into_bounded_segments_and_reads_back(keys, small_segments) -> None:
+    state = {"files": {f"{i}.json": i for i in range(10)}, "empty": {}, "db": {"x": -1}}
+    blob = _base(keys, state.items())
+    assert blob.startswith(BASE_MAGIC + bytes.fromhex(keys.key_id) + b"0123456789abcdef")
+    assert b"json" not in blob and b"alice" not in blob
+    assert sealed_by(blob) == keys.key_id
+    header, segments = _read_base(keys, blob)
+    assert (header.user_id, header.journal, header.format) == ("alice", "0123456789abcdef", 3)
+    assert [(sink, len(names)) for sink, names in segments] == [
+        ("files", 3),
+        ("files", 3),
+        ("files", 3),
+        ("files", 1),
+        ("empty", 0),
+        ("db", 1),
+    ]
+    rebuilt: dict[str, dict[str, int]] = {}
+    for sink, names in segments:
+        rebuilt.setdefault(sink, {}).update(names)
+    assert rebuilt == state
+    assert len(_pieces(blob)[1]) == 1 + 6 + 1  # header, segments, end
+
+
+def test_a_segment_stops_growing_at_segment_bytes(keys, monkeypatch) -> None:
+    monkeypatch.setattr(tokenseal, "SEGMENT_BYTES", 1_000)
+    state = {"files": {"n" * 200 + str(i): i for i in range(20)}}
+    _, segments = _read_base(keys, _base(keys, state.items()))
+    assert len(segments) == 4 and all(len(names) == 5 for _, names in segments)
+
+
+def _damaged(keys: StoreKeys) -> dict[str, bytes]:
+    """Bases damaged every way the format must catch, by what was done to them."""
+    state = {"files": {f"{i}.json": i for i in range(9)}, "db": {"a": 1}}
+    blob = _base(keys, state.items())
+    head, pieces = _pieces(blob)  # header, 3 + 1 segments, end
+    other_user = _pieces(_base(keys, state.items(), user="bob"))[1]
+    other_base = _pieces(_base(keys, state.items(), journal="fedcba9876543210"))[1]
+    flipped = bytearray(pieces[2])
+    flipped[-5] ^= 1
+    return {
+        "a byte changed": head + b"".join([*pieces[:2], bytes(flipped), *pieces[3:]]),
+        "a segment dropped": head + b"".join(pieces[:2] + pieces[3:]),
+        "segments reordered": head + b"".join([pieces[0], pieces[2], pieces[1], *pieces[3:]]),
+        "a segment duplicated": head + b"".join([*pieces[:3], pieces[2], *pieces[3:]]),
+        "a segment of another user": head + b"".join([*pieces[:2], other_user[2], *pieces[3:]]),
+        "a segment of another base": head + b"".join([*pieces[:2], other_base[2], *pieces[3:]]),
+        "the end dropped (cut at a piece)": head + b"".join(pieces[:-1]),
+        "cut inside a piece": blob[:-7],
+        "bytes after the end": blob + pieces[1],
+        "another base's generation": blob.replace(b"0123456789abcdef", b"fedcba9876543210", 1),
+        "an impossible length": head + b"\xff\xff\xff\xff" + b"".join(pieces)[4:],
+    }
+
+
+@pytest.mark.usefixtures("small_segments")
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "a byte changed",
+        "a segment dropped",
+        "segments reordered",
+        "a segment duplicated",
+        "a segment of another user",
+        "a segment of another base",
+        "the end dropped (cut at a piece)",
+        "cut inside a piece",
+        "bytes after the end",
+        "another base's generation",
+        "an impossible length",
+    ],
+)
+def test_a_damaged_base_does_not_read(keys: StoreKeys, damage: str) -> None:
+    blob = _damaged(keys)[damage]
+    with pytest.raises((TamperedRecord, MalformedRecord)):
+        _read_base(keys, blob)
+
+
+def test_a_base_of_another_store_key_is_named(keys: StoreKeys) -> None:
+    other = StoreKeys(secrets.token_bytes(32))
+    blob = b"".join(seal_base(other, "c1", keys.digest("alice"), "alice", "0" * 16, []))
+    with pytest.raises(ForeignRecord) as info:
+        _read_base(keys, blob)
+    assert info.value.key_id == other.key_id
+    assert sealed_by(blob) == other.key_id
+
+
+def test_a_base_is_no_record_of_another_kind(keys: StoreKeys) -> None:
+    blob = _base(keys, [("files", {"a": 1})])
+    with pytest.raises(TamperedRecord):
+        keys.open("c1", "token", keys.digest("alice"), blob)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_merging_a_journal_into_a_base_matches_a_dict(keys, small_segments, seed: int) -> None:
+    import random
+
+    rng = random.Random(seed)
+    names = [f"n{i}" for i in range(40)]
+    base = {sink: {n: rng.randrange(5) for n in rng.sample(names, 15)} for sink in ("a", "b", "c")}
+    newer = {
+        sink: {n: rng.randrange(5, 10) for n in rng.sample(names, rng.randrange(0, 20))}
+        for sink in ("b", "c", "d")
+    }
+    expected = {sink: dict(names) for sink, names in base.items()}
+    for sink, dates in newer.items():
+        expected.setdefault(sink, {}).update(dates)
+    _, segments = _read_base(keys, _base(keys, base.items()))
+    merged = list(tokenseal._bounded(tokenseal._merged(iter(segments), newer)))
+    sinks = [sink for sink, _ in merged]
+    assert sinks == sorted(sinks, key=sinks.index)  # each sink's segments together
+    result: dict[str, dict[str, int]] = {}
+    for sink, dates in merged:
+        assert len(dates) <= 3
+        result.setdefault(sink, {}).update(dates)
+    assert result == {sink: dates for sink, dates in expected.items() if dates}
