@@ -26,6 +26,7 @@ SPECS = {
 }
 #: Public facade methods that are not the call of one hook.
 NOT_HOOK_CALLS = {
+    "listens",  # whether any plugin implements a hook (to skip calls nobody receives)
     "sink_names",  # which sinks are configured
     "sink_writers",  # deprecated: privateshare.delivery.sink_writers
     "deliver",  # deprecated: privateshare.delivery.deliver
