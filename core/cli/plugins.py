@@ -65,6 +65,22 @@ def _hooks_of(obj: Any) -> list[str]:
     )
 
 
+def _spec_range(target: Any) -> dict[str, Any]:
+    """The hook spec range a plugin declares (``requires_spec``) and, when the running
+    specs are outside it, why it will not load."""
+    from ..errors import PluginError
+    from ..hooks.loading import check_spec_version
+
+    wanted = getattr(target, "requires_spec", None)
+    if wanted is None:
+        return {}
+    try:
+        check_spec_version(target, "this plugin")
+    except PluginError as exc:
+        return {"requires_spec": str(wanted), "spec_problem": str(exc)}
+    return {"requires_spec": str(wanted)}
+
+
 def _hook_plugin(name: str, source: str, load: Any, fix: str) -> dict[str, Any]:
     """One hook plugin (entry point or module): the hooks it implements, or why it is broken."""
     from ..checks import hook_problems
@@ -73,11 +89,16 @@ def _hook_plugin(name: str, source: str, load: Any, fix: str) -> dict[str, Any]:
         plugin = load()
     except Exception as exc:
         return {"name": name, "source": source, "error": f"{type(exc).__name__}: {exc}", "fix": fix}
+    spec = _spec_range(plugin)
+    problems = hook_problems(plugin)
+    if "spec_problem" in spec:
+        problems = [*problems, spec.pop("spec_problem")]
     return {
         "name": name,
         "source": source,
         "hooks": _hooks_of(plugin),
-        "problems": hook_problems(plugin),
+        "problems": problems,
+        **spec,
     }
 
 
@@ -129,10 +150,12 @@ def hook_plugins(config_path: Path | None) -> dict[str, list[dict[str, Any]]]:
 @config_option
 def plugins_command(as_json: bool, config_path: Path) -> None:
     """List installed plugins per family with their options, hook plugins, broken ones."""
+    from .. import __version__
     from ..checks import missing_extra
     from ..hooks.loading import EXTRAS, install_hint
+    from ..hooks.specs import SPEC_VERSION
 
-    report: dict[str, Any] = {}
+    report: dict[str, Any] = {"spec_version": SPEC_VERSION, "privateshare": __version__}
     for family in FAMILIES.values():
         found, broken = discover(family.key)
         plugins = []
@@ -143,6 +166,7 @@ def plugins_command(as_json: bool, config_path: Path) -> None:
                 "version": p.version,
                 "description": p.description,
                 "options": _options(p.options),
+                **_spec_range(p.target),
             }
             absent = missing_extra(family.key, p.name) if p.distribution == "privateshare" else None
             if absent:
@@ -172,8 +196,12 @@ def plugins_command(as_json: bool, config_path: Path) -> None:
     from rich.table import Table
 
     console = Console(soft_wrap=True)
+    console.print(
+        f"privateshare {__version__}, hook spec {SPEC_VERSION} (a plugin states the spec "
+        "versions it needs with requires_spec)"
+    )
     for key, family in report.items():
-        if key == "hooks":
+        if key not in FAMILIES:
             continue
         label = FAMILIES[key].label
         console.print(f"\n[bold]{label}s[/bold] ({family['namespace']})")
@@ -186,8 +214,10 @@ def plugins_command(as_json: bool, config_path: Path) -> None:
                 continue
             console.print(
                 f"  [green]{p['name']}[/green]  {p['distribution']} {p['version']}"
-                f"  {p['description']}"
+                f"  {p['description']}{_needs_spec(p)}"
             )
+            if p.get("spec_problem"):
+                console.print(f"    [red]problem:[/red] {escape(p['spec_problem'])}")
             if p["options"]:
                 table = Table(show_header=False, box=None, padding=(0, 1), pad_edge=False)
                 for o in p["options"]:
@@ -210,10 +240,14 @@ def plugins_command(as_json: bool, config_path: Path) -> None:
         commands = f"; commands: {', '.join(row['commands'])}" if row.get("commands") else ""
         console.print(
             f"  [green]{row['name']}[/green]  {escape(row['source'])}  hooks: "
-            f"{', '.join(row['hooks']) or 'none'}{commands}"
+            f"{', '.join(row['hooks']) or 'none'}{commands}{_needs_spec(row)}"
         )
         for problem in row["problems"]:
             console.print(f"    [red]problem:[/red] {escape(problem)}")
+
+
+def _needs_spec(row: dict[str, Any]) -> str:
+    return f"  (needs hook spec {row['requires_spec']})" if row.get("requires_spec") else ""
 
 
 __all__ = ["hook_plugins", "plugins_command"]

@@ -85,3 +85,41 @@ def test_a_backend_without_its_extra_says_what_to_install(monkeypatch: pytest.Mo
     data = json.loads(CliRunner().invoke(main, ["plugins", "--json"]).stdout)
     sql = next(p for p in data["sinks"]["plugins"] if p["name"] == "sql")
     assert sql["needs"] == "pip install 'privateshare[sql]'"
+
+
+def test_the_hook_spec_version_and_each_plugins_range_are_shown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from privateshare.hooks import SPEC_VERSION
+
+    for name, wanted in [("ps_spec_fits", ">=1.0,<2"), ("ps_spec_too_new", ">=99")]:
+        (tmp_path / f"{name}.py").write_text(
+            textwrap.dedent(
+                f"""
+                from privateshare import hookimpl
+
+                requires_spec = {wanted!r}
+
+                @hookimpl
+                def privateshare_run_finished(summary):
+                    pass
+                """
+            )
+        )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    config = tmp_path / "privateshare.toml"
+    config.write_text('[plugins]\nmodules = ["ps_spec_fits", "ps_spec_too_new"]\n')
+    data = json.loads(CliRunner().invoke(main, ["plugins", "--json", "-c", str(config)]).stdout)
+    assert data["spec_version"] == SPEC_VERSION
+    modules = {row["name"]: row for row in data["hooks"]["modules"]}
+    assert modules["ps_spec_fits"]["requires_spec"] == ">=1.0,<2"
+    assert modules["ps_spec_fits"]["problems"] == []
+    assert modules["ps_spec_too_new"]["requires_spec"] == ">=99"
+    (problem,) = modules["ps_spec_too_new"]["problems"]
+    assert f"needs hook spec version >=99 but this privateshare has hook spec {SPEC_VERSION}" in (
+        problem
+    )
+    text = CliRunner().invoke(main, ["plugins", "-c", str(config)]).stdout
+    assert text.startswith("privateshare ") and f"hook spec {SPEC_VERSION}" in text.splitlines()[0]
+    assert "ps_spec_too_new" in text and "(needs hook spec >=99)" in text
+    assert "problem: this plugin needs hook spec version >=99" in text
