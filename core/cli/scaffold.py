@@ -129,7 +129,8 @@ python -m pytest            # privateshare's SinkConformance suite and a framewo
 As generated, it stores each user's files under `root/<user>/<name>` (a `/` in a name is
 kept as `%2F`), atomically (temp file + rename). Replace the storage in `$module.py`
 (`${class_name}Writer` and `${class_name}.read`); keep the tests passing: they are the
-contract every privateshare sink meets. See privateshare's `docs/writing-plugins.md`.
+contract every privateshare sink meets. See
+<https://privateshare.readthedocs.io/en/latest/writing-plugins/>.
 """
 
 MODULE = '''\

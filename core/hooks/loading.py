@@ -201,7 +201,7 @@ def check_family_contract(cls: Any, spec: PluginSpec, source: str) -> None:
                 f"{where}: the {family.label} plugin {_qualname(cls)} implements {hook}, a hook "
                 f"of the {owner.label} family ({owner.table}); a {family.label} plugin may "
                 f"implement only {family.label} hooks and general hooks. Report it to the "
-                "plugin's authors (see docs/writing-plugins.md)"
+                "plugin's authors (see " + DOCS_URL + "writing-plugins/)"
             )
     if not set(hooks) & set(family.hooks):
         raise PluginError(

@@ -25,6 +25,7 @@ from celery.exceptions import Retry, SoftTimeLimitExceeded
 from celery.signals import worker_process_init, worker_process_shutdown
 from kombu.exceptions import OperationalError
 
+from .. import DOCS_URL
 from ..config import Config, load_config
 from ..errors import AuthorizationRequired, ConfigError
 from ..flow import Flow
@@ -47,7 +48,7 @@ def scale_settings(config: Config) -> ScaleSettings:
         raise ConfigError(
             f"{config.source}: [scale] is missing; add it to run pulls on Celery workers, "
             'for example:\n      [scale]\n      broker = "redis://127.0.0.1:6379/0"\n'
-            "  (see docs/scale-out.md)"
+            f"  (see {DOCS_URL}scale-out/)"
         )
     settings: ScaleSettings = config.scale
     return settings
