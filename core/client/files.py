@@ -199,9 +199,7 @@ class FileListDecoder:
     def _decode_rows(self) -> None:
         """Hand on the complete rows gathered so far, keeping the last (maybe partial) one."""
         buf = self._buf
-        window = max(0, len(buf) - self.WINDOW)
-        cuts = [match.start() for match in _BETWEEN_ROWS.finditer(buf, window)][-3:]
-        for cut in reversed(cuts):
+        for cut in reversed(self._last_cuts()):
             after = buf[cut + 1]
             buf[cut + 1] = 0x5D  # "]" after the "}" closes the rows before it
             try:
@@ -223,6 +221,23 @@ class FileListDecoder:
         # No cut parsed (a malformed answer, or rows that hold "},{" in strings or arrays):
         # wait for twice the data before trying again, so such an answer costs linear time.
         self._next_try = 2 * len(buf)
+
+    def _last_cuts(self) -> list[int]:
+        """The last three places within ``WINDOW`` of the end where a row may end.
+
+        Looked for in a short tail first, widened to the window when it holds fewer: short
+        rows put thousands of candidates in the window, and only the last three are tried.
+        The same three either way: a candidate (``},{`` with spaces) holds no other ``}``.
+        """
+        buf = self._buf
+        low = max(0, len(buf) - self.WINDOW)
+        tail = 4 << 10
+        while True:
+            start = max(low, len(buf) - tail)
+            cuts = [match.start() for match in _BETWEEN_ROWS.finditer(buf, start)][-3:]
+            if len(cuts) == 3 or start == low:
+                return cuts
+            tail *= 4
 
 
 def _skip_space(buf: bytearray, pos: int) -> int:

@@ -15,19 +15,18 @@ import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
-from selenium.webdriver.common.by import By
-from selenium.webdriver.support import expected_conditions
-from selenium.webdriver.support.ui import WebDriverWait
 
 from privateshare.cli import ExitCode
 from privateshare.sandbox import Sandbox
 from privateshare.testing.sandboxed import write_sandbox_config
 
 from ..helpers import cli, consent_command, free_port
+
+if TYPE_CHECKING:  # selenium is imported by the tests that drive a browser, not at collection
+    from selenium import webdriver
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -40,6 +39,9 @@ def browser() -> Iterator[webdriver.Chrome]:
         if os.environ.get("CI"):
             pytest.fail(reason)
         pytest.skip(reason)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
@@ -67,6 +69,9 @@ def in_browser(
     driver: webdriver.Chrome, artifacts: Path, *args: str, press: str, name: str
 ) -> subprocess.CompletedProcess[str]:
     """Run a consent command; the browser opens its URL and the test presses ``press``."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
 
     def answer(url: str) -> None:
         driver.get(url)

@@ -54,12 +54,14 @@ def test_demo_summary_counts_the_rows_of_its_table(tmp_path: Path) -> None:
     assert "6/6 files match" in result.stdout
 
 
-def test_sandbox_on_a_busy_port_names_it_and_suggests_port_0() -> None:
+def test_sandbox_on_a_busy_port_names_it_and_suggests_port_0(tmp_path: Path) -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        result = CliRunner().invoke(main, ["sandbox", "--port", str(port)])
+        # --dir: the default, ./privateshare-sandbox, would be made in the checkout.
+        command = ["sandbox", "--port", str(port), "--dir", str(tmp_path / "sandbox")]
+        result = CliRunner().invoke(main, command)
     assert result.exit_code == 1
     assert f"port {port} on 127.0.0.1 is already in use" in result.output
     assert "--port 0" in result.output

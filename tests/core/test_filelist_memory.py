@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import tracemalloc
 from typing import Any
 
@@ -62,6 +63,27 @@ def outcome(call: Any) -> Any:
         return call()
     except (ValidationError, MalformedAnswer) as exc:
         return type(exc)
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_a_batch_tries_the_same_last_cuts_as_a_scan_of_the_whole_window(seed: int) -> None:
+    # The places a batch may end are looked for in a short tail first (short rows put
+    # thousands in the window): the last three must be those of the whole window.
+    rng = random.Random(seed)
+    between = re.compile(rb"\}[ \t\r\n]*,[ \t\r\n]*\{")
+    for _ in range(40):
+        doc = document(rng, rng.randint(0, 3000))
+        for row in doc["fileList"][:: rng.randint(1, 50)]:  # long rows: fewer cuts in a tail
+            row["name"] += "n" * rng.choice([0, 2000, 9000])
+        raw = json.dumps(
+            doc, indent=rng.choice([None, 1, 8]), separators=(",", rng.choice([":", ": "]))
+        )
+        buf = raw.encode()[: rng.randint(0, len(raw))]
+        decoder = FileListDecoder(lambda rows: None)
+        decoder._buf = bytearray(buf)
+        window = max(0, len(buf) - FileListDecoder.WINDOW)
+        expected = [m.start() for m in between.finditer(buf, window)][-3:]
+        assert decoder._last_cuts() == expected
 
 
 @pytest.mark.parametrize("seed", range(4))

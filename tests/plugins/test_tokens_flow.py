@@ -347,11 +347,13 @@ def test_short_lived_tokens_deliver_every_file_with_bounded_refreshes(
     lifetime: str,
 ) -> None:
     # Tokens that expire after 3 uses, or after 3 seconds (2 to 3: expiries are whole
-    # seconds) in a pull that lasts several lifetimes: 300 files, 8 at a time.
+    # seconds) in a pull that lasts several lifetimes: 96 files, 8 at a time (~33 tokens used
+    # up; or 12 rounds of 0.15-0.25 s answers, ~4 s as 300 files at 0.05-0.1 s took, for a
+    # third of the CPU).
     settings: dict[str, Any] = {"access_token_max_uses": 3}
     if lifetime == "seconds":
-        settings = {"access_token_lifetime": 3, "latency": 0.05, "latency_jitter": 0.05}
-    sandbox = privateshare_sandbox(files=300, **settings)
+        settings = {"access_token_lifetime": 3, "latency": 0.15, "latency_jitter": 0.1}
+    sandbox = privateshare_sandbox(files=96, **settings)
     _, _, fw = setup(sandbox, tmp_path, tokens_table, pull={"concurrency": 8})
     flow = Flow(fw)
     consent(flow, "eve")
