@@ -181,7 +181,10 @@ def test_one_refresh_per_user_across_workers(deploy):
     for user in users:
         mine = [r for r in results if r["user_id"] == user]
         assert len(mine) == 2
-        assert all(r.get("ok") or "being pulled by another worker" in r["skipped"] for r in mine)
+        # The results say why, should one ever be neither (seen once on a loaded machine).
+        assert all(
+            r.get("ok") or "being pulled by another worker" in r.get("skipped", "") for r in mine
+        ), mine
         assert d.delivered(user) == d.sandbox.ground_truth()
     assert d.overlaps() == []
 
