@@ -133,6 +133,14 @@ def _unreadable(path: Path, exc: OSError, what: str = "") -> TokenStoreError:
     )
 
 
+def _cannot_read(place: str, exc: OSError) -> TokenStoreError:
+    """A record (or the base) that exists but cannot be read: ``place`` names it and its user."""
+    return TokenStoreError(
+        f"cannot read {place} ({exc.strerror}); check its permissions (mode 0600, "
+        "owned by the user running privateshare)"
+    )
+
+
 def _exists(path: Path) -> bool:
     """``path.exists()``, with an inaccessible path reported as such."""
     try:
@@ -353,10 +361,7 @@ class FileTokenStore(SealedRecordStore, Plugin):
         except FileNotFoundError:
             return None, place
         except OSError as exc:
-            raise TokenStoreError(
-                f"cannot read {place} ({exc.strerror}); check its permissions (mode 0600, "
-                "owned by the user running privateshare)"
-            ) from None
+            raise _cannot_read(place, exc) from None
 
     def _write(self, digest: str, kind: Kind, who: str, blob: bytes) -> None:
         self._replace(digest, kind, who, blob)
@@ -457,10 +462,7 @@ class FileTokenStore(SealedRecordStore, Plugin):
         except FileNotFoundError:
             return None, place
         except OSError as exc:
-            raise TokenStoreError(
-                f"cannot read {place} ({exc.strerror}); check its permissions (mode 0600, "
-                "owned by the user running privateshare)"
-            ) from None
+            raise _cannot_read(place, exc) from None
 
     def _checkpoint_rewrite(
         self, digest: str, who: str, chunks: Iterable[bytes], old: str | None

@@ -30,7 +30,7 @@ def _put_base(store: Any, blob: bytes, user: str = USER) -> None:
     store._write(store._open().digest(user), "checkpoint", f"user {user!r}", blob)
 
 
-def _pieces(blob: bytes) -> tuple[bytes, list[bytes]]:
+def base_pieces(blob: bytes) -> tuple[bytes, list[bytes]]:
     """A format-3 base's clear head and its framed pieces, in order."""
     at = len(BASE_MAGIC) + 8 + 16
     head, pieces = blob[:at], []
@@ -60,7 +60,7 @@ class SegmentedBaseTests:
         state = {sink: {f"{sink}/{i:05d}.json": i for i in range(300)} for sink in "ab"}
         state["none"] = {}
         store.privateshare_checkpoint_save(user_id=USER, changes=state, replace=True)
-        head, pieces = _pieces(_base(store))
+        head, pieces = base_pieces(_base(store))
         assert head.startswith(BASE_MAGIC) and len(pieces) == 1 + 6 + 6 + 1 + 1
         generations = set()
         for round_ in range(80):
@@ -72,7 +72,7 @@ class SegmentedBaseTests:
             store.privateshare_checkpoint_save(user_id=USER, changes=changes, replace=False)
             for sink, names in changes.items():
                 state.setdefault(sink, {}).update(names)
-            generations.add(_pieces(_base(store))[0])
+            generations.add(base_pieces(_base(store))[0])
         assert len(generations) > 2  # compacted more than once
         assert store_factory().privateshare_checkpoint_load(user_id=USER) == state
 
@@ -87,8 +87,8 @@ class SegmentedBaseTests:
         state = {"files": {f"{i:04d}.json": i for i in range(200)}}
         for user in (USER, "bob"):
             store.privateshare_checkpoint_save(user_id=user, changes=state, replace=True)
-        head, pieces = _pieces(_base(store))
-        _, bobs = _pieces(_base(store, "bob"))
+        head, pieces = base_pieces(_base(store))
+        _, bobs = base_pieces(_base(store, "bob"))
         flipped = bytearray(pieces[2])
         flipped[len(flipped) // 2] ^= 1
         body = {

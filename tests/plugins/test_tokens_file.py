@@ -738,7 +738,9 @@ def test_default_path_is_resolved_against_base_dir(tmp_path, handle) -> None:
 # --- the shared conformance suite -------------------------------------------------------
 
 
-class TestFileTokenStoreConformance(TokenStoreConformance):
+class FileStores:
+    """A file store under tmp_path, and a factory of more instances over the same directory."""
+
     @pytest.fixture
     def store_factory(self, tmp_path, handle):
         return lambda: make_store(tmp_path, handle)
@@ -748,16 +750,12 @@ class TestFileTokenStoreConformance(TokenStoreConformance):
         return store_factory()
 
 
-class TestFileStoreBase(SegmentedBaseTests):
+class TestFileTokenStoreConformance(FileStores, TokenStoreConformance):
+    pass
+
+
+class TestFileStoreBase(FileStores, SegmentedBaseTests):
     """The checkpoint's base, read and written a segment at a time from and to the file."""
-
-    @pytest.fixture
-    def store_factory(self, tmp_path, handle):
-        return lambda: make_store(tmp_path, handle)
-
-    @pytest.fixture
-    def store(self, store_factory):
-        return store_factory()
 
 
 # --- a store that cannot be read as it is fails loudly, saying what to do --------------------

@@ -68,8 +68,8 @@ def other_handle() -> SoftwareKeyHandle:
     return SoftwareKeyHandle(rsa.generate_private_key(public_exponent=65537, key_size=2048))
 
 
-class TestSqlTokenStoreConformance(TokenStoreConformance):
-    """The suite every token store passes, on each database, locks across processes included."""
+class SqlStores:
+    """A sql store on each database, and a factory of more instances over the same tables."""
 
     @pytest.fixture
     def store(self, sql_db: SqlDb, privateshare_test_key: Any, tmp_path: Path) -> Any:
@@ -82,23 +82,17 @@ class TestSqlTokenStoreConformance(TokenStoreConformance):
         return lambda: make_store(sql_db, privateshare_test_key.handle, tmp_path)
 
 
-class TestSqlStoreBase(SegmentedBaseTests):
+class TestSqlTokenStoreConformance(SqlStores, TokenStoreConformance):
+    """The suite every token store passes, on each database, locks across processes included."""
+
+
+class TestSqlStoreBase(SqlStores, SegmentedBaseTests):
     """The checkpoint's base in its row, read and written a segment at a time."""
 
     def base_bytes_held(self, store: Any) -> float:
         # The old base's row while it is read and the new one's gathered; PyMySQL also
         # writes the new one escaped into the statement's text.
         return 8.0 if store.db.engine.dialect.name in ("mysql", "mariadb") else 2.5
-
-    @pytest.fixture
-    def store(self, sql_db: SqlDb, privateshare_test_key: Any, tmp_path: Path) -> Any:
-        store = make_store(sql_db, privateshare_test_key.handle, tmp_path)
-        yield store
-        store.close()
-
-    @pytest.fixture
-    def store_factory(self, sql_db: SqlDb, privateshare_test_key: Any, tmp_path: Path) -> Any:
-        return lambda: make_store(sql_db, privateshare_test_key.handle, tmp_path)
 
 
 def dump(store: SqlTokenStore) -> list[bytes]:

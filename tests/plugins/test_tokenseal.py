@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import secrets
-import struct
 
 import msgspec
 import pytest
@@ -36,6 +35,8 @@ from privateshare.plugins.tokenseal import (
     sealed_by,
 )
 from privateshare.testing.helpers import TestKey
+
+from .checkpoint_base import base_pieces
 
 STORE_KEY = bytes(range(32))
 RECORD = TokenRecord("alice", UserAccessToken(Token("a", 1), Token("r", 2)), 5.0)
@@ -192,17 +193,6 @@ def _read_base(keys: StoreKeys, blob: bytes, user: str = "alice"):
     return header, list(segments)
 
 
-def _pieces(blob: bytes) -> tuple[bytes, list[bytes]]:
-    """The base's clear head, and its framed pieces (length included) in order."""
-    at = len(BASE_MAGIC) + 8 + 16
-    head, pieces = blob[:at], []
-    while at < len(blob):
-        (length,) = struct.unpack_from(">I", blob, at)
-        pieces.append(blob[at : at + 4 + length])
-        at += 4 + length
-    return head, pieces
-
-
 @pytest.fixture
 def small_segments(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(tokenseal, "SEGMENT_NAMES", 3)
@@ -228,7 +218,7 @@ def test_a_base_is_cut_into_bounded_segments_and_reads_back(keys, small_segments
     for sink, names in segments:
         rebuilt.setdefault(sink, {}).update(names)
     assert rebuilt == state
-    assert len(_pieces(blob)[1]) == 1 + 6 + 1  # header, segments, end
+    assert len(base_pieces(blob)[1]) == 1 + 6 + 1  # header, segments, end
 
 
 def test_a_segment_stops_growing_at_segment_bytes(keys, monkeypatch) -> None:
@@ -242,9 +232,9 @@ def _damaged(keys: StoreKeys) -> dict[str, bytes]:
     """Bases damaged every way the format must catch, by what was done to them."""
     state = {"files": {f"{i}.json": i for i in range(9)}, "db": {"a": 1}}
     blob = _base(keys, state.items())
-    head, pieces = _pieces(blob)  # header, 3 + 1 segments, end
-    other_user = _pieces(_base(keys, state.items(), user="bob"))[1]
-    other_base = _pieces(_base(keys, state.items(), journal="fedcba9876543210"))[1]
+    head, pieces = base_pieces(blob)  # header, 3 + 1 segments, end
+    other_user = base_pieces(_base(keys, state.items(), user="bob"))[1]
+    other_base = base_pieces(_base(keys, state.items(), journal="fedcba9876543210"))[1]
     flipped = bytearray(pieces[2])
     flipped[-5] ^= 1
     return {
