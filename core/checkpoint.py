@@ -264,12 +264,13 @@ class DeliveryState:
         """
         done = {sink: NameDates() for sink in sinks}
         seen: set[str] = set()
+        saved_whole = False
         iterator = iter(pieces)
         try:
             for sink, names in iterator:
                 into = done.get(sink)
                 if into is None:  # LEGACY_SINKS, or forgotten: to be saved whole
-                    seen = {LEGACY_SINKS}
+                    saved_whole = True
                     break
                 seen.add(sink)
                 for name, updated in names.items():
@@ -278,7 +279,7 @@ class DeliveryState:
             close = getattr(iterator, "close", None)
             if close is not None:
                 close()
-        if seen == {LEGACY_SINKS}:
+        if saved_whole:
             del done
             return cls(whole(), sinks, full=full, since_ms=since_ms)
         state = cls({}, sinks, full=full, since_ms=since_ms)

@@ -692,12 +692,7 @@ class SealedRecordStore:
                     raise
                 torn = True  # a save cut short by a crash: its changes were never promised
                 break
-            for sink, names in entry.changes.items():
-                known = changes.get(sink)
-                if known is None:
-                    changes[sink] = names
-                else:
-                    known.update(names)
+            _merge(changes, entry.changes.items())
         return changes, torn, size
 
     def _checkpoint_where(
@@ -807,12 +802,7 @@ class SealedRecordStore:
         keys = self._open()
         digest = self._digest(keys, user_id)
         state: dict[str, dict[str, int]] = {}
-        for sink, names in self._checkpoint_pieces(keys, user_id, digest):
-            known = state.get(sink)
-            if known is None:
-                state[sink] = names  # each piece is this call's own: no copy
-            else:
-                known.update(names)
+        _merge(state, self._checkpoint_pieces(keys, user_id, digest))
         return state
 
     @hookimpl
@@ -888,6 +878,19 @@ class SealedRecordStore:
         """Replace the user's last run record, durably."""
         self._save(user_id, "run", RunRecord(user_id, dict(record), time.time()))
         return True
+
+
+def _merge(state: dict[str, dict[str, int]], pieces: Iterable[tuple[str, dict[str, int]]]) -> None:
+    """Apply ``pieces`` over ``state`` in order (a later date for a name wins).
+
+    A sink's first piece is kept, not copied: the pieces are the caller's own, decoded for it.
+    """
+    for sink, names in pieces:
+        known = state.get(sink)
+        if known is None:
+            state[sink] = names
+        else:
+            known.update(names)
 
 
 def _stream_size(stream: BinaryIO) -> int:
